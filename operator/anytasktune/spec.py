@@ -1,0 +1,307 @@
+"""The TaskFineTune resource: typed models, the single source of truth for the CRD.
+
+`crd.py` turns these models into the CRD's OpenAPI schema; the CEL rules below are
+attached to the schema and each has a Python twin (`check`) so that local mode and
+`anytasktune validate` reject exactly what the API server rejects.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Annotated, Any, Literal, Optional
+
+from pydantic import BaseModel, Field, create_model, model_validator
+
+from anytasktune.trainspec import (
+    RULES_KEY,
+    S3_URI_PATTERN,
+    BaseModelRef,
+    DataContractConfig,
+    DatasetRef,
+    DeepSpeedConfig,
+    EvaluationConfig,
+    LoraConfig,
+    Strict,
+    TaskType,
+    TrainingConfig,
+)
+
+GROUP = "anytasktune.io"
+VERSION = "v1alpha1"
+KIND = "TaskFineTune"
+PLURAL = "taskfinetunes"
+SINGULAR = "taskfinetune"
+SHORT_NAMES = ["tft"]
+
+# KubeRay refuses RayJob names longer than 47 characters; ours are
+# "<name>-<subtask>-<n>" with n up to 3 digits, so name + subtask <= 42.
+MAX_RAYJOB_NAME = 47
+MAX_NAME_PLUS_SUBTASK = MAX_RAYJOB_NAME - 5
+MAX_SUBTASKS = 64
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+QUANTITY = r"^([0-9]+(\.[0-9]+)?)(m|Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
+
+
+@dataclass(frozen=True)
+class CelRule:
+    """One x-kubernetes-validations entry and its Python twin.
+
+    `check(value)` returns True when the value is valid; `value` is the JSON-like
+    dict of the schema node the rule is attached to (after defaulting)."""
+
+    rule: str
+    message: str
+    check: Callable[[dict[str, Any]], bool]
+    field_path: str | None = None
+    transition: bool = False  # needs oldSelf: only the API server can check it
+
+    def as_schema(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"rule": self.rule, "message": self.message}
+        if self.field_path:
+            out["fieldPath"] = self.field_path
+        return out
+
+
+def _is_s3(uri: Any) -> bool:
+    return isinstance(uri, str) and re.match(S3_URI_PATTERN, uri) is not None
+
+
+S3_RULE_CEL = S3_URI_PATTERN.replace("\\", "\\\\")
+
+
+def cel_rules(*rules: CelRule) -> dict[str, Any]:
+    """json_schema_extra that attaches rules; crd.py emits them, validation runs them."""
+    return {RULES_KEY: list(rules)}
+
+
+# --- building blocks ---------------------------------------------------------
+
+
+def partial_model(model: type[BaseModel], name: str) -> type[BaseModel]:
+    """The same fields as `model`, all optional and without defaults: a per-sub-task
+    override, merged over spec.defaults when a sub-task is resolved."""
+    fields: dict[str, Any] = {}
+    for field_name, info in model.model_fields.items():
+        constrained = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
+        fields[field_name] = (Optional[constrained], Field(None, description=info.description))
+    override = create_model(name, __base__=Strict, **fields)
+    override.__doc__ = f"Override of {model.__name__}: only the fields given replace the defaults."
+    return override
+
+
+LoraOverride = partial_model(LoraConfig, "LoraOverride")
+TrainingOverride = partial_model(TrainingConfig, "TrainingOverride")
+DeepSpeedOverride = partial_model(DeepSpeedConfig, "DeepSpeedOverride")
+EvaluationOverride = partial_model(EvaluationConfig, "EvaluationOverride")
+DataContractOverride = partial_model(DataContractConfig, "DataContractOverride")
+
+OVERRIDABLE: dict[str, type[BaseModel]] = {
+    "lora": LoraConfig,
+    "training": TrainingConfig,
+    "deepspeed": DeepSpeedConfig,
+    "evaluation": EvaluationConfig,
+    "dataContract": DataContractConfig,
+}
+
+
+class Defaults(Strict):
+    """Settings every sub-task inherits unless it overrides them."""
+
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    dataContract: DataContractConfig = Field(default_factory=DataContractConfig)
+
+
+class DatasetSpec(DatasetRef):
+    model_config = {
+        "json_schema_extra": cel_rules(
+            CelRule(
+                rule=f"self.uri.matches('{S3_RULE_CEL}')",
+                message="dataset.uri must be an s3://bucket/key URI",
+                check=lambda v: _is_s3(v.get("uri")),
+                field_path=".uri",
+            )
+        )
+    }
+
+
+class Subtask(Strict):
+    """One concrete sub-task of the domain: one dataset, one adapter."""
+
+    name: str = Field(..., min_length=1, max_length=40, pattern=DNS_LABEL, description="DNS label, unique in the pool.")
+    dataset: DatasetSpec
+    instruction: str = Field("", max_length=8192, description="Fixed task instruction prepended to every input.")
+    taskType: TaskType = Field(TaskType.generation, description="Chooses the default evaluation metric.")
+    lora: LoraOverride | None = None  # type: ignore[valid-type]
+    training: TrainingOverride | None = None  # type: ignore[valid-type]
+    deepspeed: DeepSpeedOverride | None = None  # type: ignore[valid-type]
+    evaluation: EvaluationOverride | None = None  # type: ignore[valid-type]
+    dataContract: DataContractOverride | None = None  # type: ignore[valid-type]
+
+    model_config = {
+        "json_schema_extra": cel_rules(
+            CelRule(
+                rule="self.dataset.format != 'taskfinetune' || size(self.instruction) > 0",
+                message="instruction is required when dataset.format is taskfinetune "
+                "(the fixed task instruction is prepended to every input)",
+                check=lambda v: v.get("dataset", {}).get("format", "taskfinetune") != "taskfinetune"
+                or len(v.get("instruction", "")) > 0,
+                field_path=".instruction",
+            )
+        )
+    }
+
+
+class BaseModelSpec(BaseModelRef):
+    model_config = {
+        "json_schema_extra": cel_rules(
+            CelRule(
+                rule="has(self.uri) != has(self.id)",
+                message="baseModel needs exactly one of uri (s3://…) or id (resolved from cachePath)",
+                check=lambda v: (v.get("uri") is not None) != (v.get("id") is not None),
+            ),
+            CelRule(
+                rule=f"!has(self.uri) || self.uri.matches('{S3_RULE_CEL}')",
+                message="baseModel.uri must be an s3://bucket/prefix/ URI",
+                check=lambda v: v.get("uri") is None or _is_s3(v["uri"]),
+                field_path=".uri",
+            ),
+        )
+    }
+
+
+class SecretRef(Strict):
+    name: str = Field(..., min_length=1, max_length=253, pattern=DNS_LABEL.replace("$", "") + r"(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    accessKeyIdKey: str = Field("AWS_ACCESS_KEY_ID", min_length=1, max_length=253)
+    secretAccessKeyKey: str = Field("AWS_SECRET_ACCESS_KEY", min_length=1, max_length=253)
+
+
+class Storage(Strict):
+    output: str = Field(..., max_length=1024, description="s3://bucket/prefix/ where adapters and manifests are written.")
+    endpoint: str | None = Field(None, max_length=1024, description="Custom S3 endpoint (MinIO, SeaweedFS, Ceph…); empty = AWS.")
+    region: str = Field("us-east-1", max_length=64)
+    addressingStyle: Literal["auto", "path", "virtual"] = "auto"
+    credentialsSecret: SecretRef | None = Field(
+        None, description="Secret with the access keys; omit to use the pods' identity (IRSA, instance role)."
+    )
+
+    model_config = {
+        "json_schema_extra": cel_rules(
+            CelRule(
+                rule=f"self.output.matches('{S3_RULE_CEL}')",
+                message="storage.output must be an s3://bucket/prefix/ URI",
+                check=lambda v: _is_s3(v.get("output")),
+                field_path=".output",
+            ),
+            CelRule(
+                rule="!has(self.endpoint) || self.endpoint.matches('^https?://[^/]+')",
+                message="storage.endpoint must be an http:// or https:// URL",
+                check=lambda v: v.get("endpoint") is None or re.match(r"^https?://[^/]+", v["endpoint"]) is not None,
+                field_path=".endpoint",
+            ),
+        )
+    }
+
+
+class TolerationOperator(str, Enum):
+    Exists = "Exists"
+    Equal = "Equal"
+
+
+class Toleration(Strict):
+    key: str | None = Field(None, max_length=316)
+    operator: TolerationOperator | None = None
+    value: str | None = Field(None, max_length=63)
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    tolerationSeconds: int | None = None
+
+
+class HeadShape(Strict):
+    cpu: str = Field("2", pattern=QUANTITY)
+    memory: str = Field("8Gi", pattern=QUANTITY)
+
+
+class ClusterShape(Strict):
+    """The Ray cluster each sub-task's RayJob runs on."""
+
+    workers: int = Field(1, ge=1, le=256, description="Ray Train workers (one worker pod each).")
+    gpusPerWorker: int = Field(1, ge=0, le=16, description="nvidia.com/gpu per worker; 0 trains on CPU.")
+    cpusPerWorker: str = Field("8", pattern=QUANTITY)
+    memoryPerWorker: str = Field("32Gi", pattern=QUANTITY)
+    head: HeadShape = Field(default_factory=HeadShape)
+    image: str | None = Field(None, max_length=512, description="Training image; empty = the operator's default.")
+    imagePullPolicy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    rayVersion: str = Field("2.60.0", max_length=32)
+    nodeSelector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+    serviceAccountName: str | None = Field(None, max_length=253)
+    ttlSecondsAfterFinished: int = Field(600, ge=0, le=7 * 24 * 3600, description="Keep the finished Ray cluster this long.")
+    activeDeadlineSeconds: int | None = Field(None, ge=60, description="Fail an attempt that runs longer than this.")
+
+
+class TaskFineTuneSpec(Strict):
+    domain: str = Field(..., min_length=1, max_length=63, pattern=DNS_LABEL, description="The domain of the task pool.")
+    baseModel: BaseModelSpec
+    storage: Storage
+    defaults: Defaults = Field(default_factory=Defaults)
+    subtasks: list[Subtask] = Field(..., min_length=1, max_length=MAX_SUBTASKS)
+    cluster: ClusterShape = Field(default_factory=ClusterShape)
+    maxParallelSubtasks: int = Field(4, ge=1, le=MAX_SUBTASKS, description="RayJobs running at once; the rest wait in order.")
+    backoffLimit: int = Field(2, ge=0, le=10, description="Retries of a failed sub-task before it is Failed.")
+    suspend: bool = Field(False, description="Launch nothing new and suspend running RayJobs.")
+    queueName: str | None = Field(None, max_length=63, description="Kueue LocalQueue; set as kueue.x-k8s.io/queue-name.")
+
+    model_config = {
+        "json_schema_extra": cel_rules(
+            CelRule(
+                rule="self.subtasks.all(s, self.subtasks.exists_one(t, t.name == s.name))",
+                message="sub-task names must be unique",
+                check=lambda v: len({s["name"] for s in v.get("subtasks", [])}) == len(v.get("subtasks", [])),
+                field_path=".subtasks",
+            ),
+        )
+    }
+
+
+# Rules on the root object: they see metadata.name and oldSelf.
+ROOT_RULES: tuple[CelRule, ...] = (
+    CelRule(
+        rule=f"self.spec.subtasks.all(s, size(self.metadata.name) + size(s.name) <= {MAX_NAME_PLUS_SUBTASK})",
+        message=f"metadata.name and each sub-task name may total at most {MAX_NAME_PLUS_SUBTASK} characters, "
+        f"so that RayJob names <name>-<subtask>-<n> fit KubeRay's {MAX_RAYJOB_NAME}-character limit",
+        check=lambda v: all(
+            len(v.get("metadata", {}).get("name", "")) + len(s["name"]) <= MAX_NAME_PLUS_SUBTASK
+            for s in v.get("spec", {}).get("subtasks", [])
+        ),
+    ),
+    CelRule(
+        rule="!has(oldSelf.status) || !has(oldSelf.status.startTime) || self.spec.storage.output == oldSelf.spec.storage.output",
+        message="spec.storage.output cannot change once training started: adapters already written there "
+        "would be orphaned; create a new TaskFineTune instead",
+        check=lambda v: True,
+        transition=True,
+    ),
+)
+
+
+class TaskFineTune(BaseModel):
+    """The whole object as a client holds it (metadata kept as a dict)."""
+
+    apiVersion: Literal["anytasktune.io/v1alpha1"] = f"{GROUP}/{VERSION}"  # type: ignore[assignment]
+    kind: Literal["TaskFineTune"] = KIND
+    metadata: dict[str, Any]
+    spec: TaskFineTuneSpec
+    status: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _root_rules(self) -> TaskFineTune:
+        whole = {"metadata": self.metadata, "spec": self.spec.model_dump(mode="json")}
+        for rule in ROOT_RULES:
+            if not rule.transition and not rule.check(whole):
+                raise ValueError(rule.message)
+        return self

@@ -1,0 +1,258 @@
+"""The resolved, versioned training spec of one sub-task: the contract between the
+operator (which renders it into a ConfigMap) and the trainjob (which reads it).
+
+Pure pydantic: this module must never import torch, ray or kopf, because both the
+operator image (no torch) and the training image (no kopf) import it.
+
+Field names are camelCase on purpose: the same models describe the Kubernetes
+resource, whose fields users write in YAML.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+TRAINSPEC_API_VERSION = "anytasktune.io/v1alpha1"
+TRAINSPEC_KIND = "TrainJobSpec"
+
+RULES_KEY = "x-anytasktune-rules"  # json_schema_extra key holding spec.CelRule objects
+S3_URI_PATTERN = r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$"
+
+
+class Strict(BaseModel):
+    """Unknown fields are errors, as with a structural CRD schema.
+
+    A subclass may attach CEL rules (see spec.cel_rules); their Python twins run
+    here, so local validation rejects what the API server rejects."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _cel_twins(self) -> Any:
+        extra = self.model_config.get("json_schema_extra")
+        rules = extra.get(RULES_KEY, []) if isinstance(extra, dict) else []
+        if rules:
+            value = self.model_dump(mode="json", exclude_none=True)
+            for rule in rules:
+                if not rule.check(value):
+                    raise ValueError(rule.message)
+        return self
+
+
+class DatasetFormat(str, Enum):
+    alpaca = "alpaca"  # {"instruction", "input", "output"}
+    messages = "messages"  # {"messages": [{"role", "content"}]}
+    sharegpt = "sharegpt"  # {"conversations": [{"from", "value"}]}
+    taskfinetune = "taskfinetune"  # {"input", "output"} + the sub-task's fixed instruction
+
+
+class TaskType(str, Enum):
+    """Chooses the default task metric: what "better" means for this sub-task."""
+
+    extraction = "extraction"  # token F1 (character-level for Chinese)
+    classification = "classification"  # accuracy on the label
+    generation = "generation"  # ROUGE-L
+    rewriting = "rewriting"  # ROUGE-L
+    exact = "exact"  # exact match
+
+
+class Metric(str, Enum):
+    exact_match = "exact_match"
+    f1 = "f1"
+    rouge_l = "rouge_l"
+    accuracy = "accuracy"
+
+
+DEFAULT_METRIC_FOR_TASK: dict[TaskType, Metric] = {
+    TaskType.extraction: Metric.f1,
+    TaskType.classification: Metric.accuracy,
+    TaskType.generation: Metric.rouge_l,
+    TaskType.rewriting: Metric.rouge_l,
+    TaskType.exact: Metric.exact_match,
+}
+
+
+class Precision(str, Enum):
+    auto = "auto"  # bf16 on GPU, fp32 on CPU (bf16 measured slower on CPU)
+    bf16 = "bf16"
+    fp16 = "fp16"
+    fp32 = "fp32"
+
+
+class LoraConfig(Strict):
+    r: int = Field(16, ge=1, le=256, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, le=1024, description="LoRA scaling numerator (lora_alpha).")
+    dropout: float = Field(0.05, ge=0.0, le=0.9, description="Dropout on the LoRA path.")
+    targetModules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "v_proj"],
+        min_length=1,
+        max_length=32,
+        description="Module names (or suffixes) that receive LoRA adapters.",
+    )
+    modulesToSave: list[str] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Modules trained in full and saved with the adapter (e.g. lm_head).",
+    )
+
+
+class TrainingConfig(Strict):
+    epochs: int = Field(3, ge=1, le=100)
+    maxSteps: int = Field(0, ge=0, le=10_000_000, description="Stop after this many optimizer steps; 0 = run all epochs.")
+    learningRate: float = Field(2e-4, gt=0.0, le=1.0)
+    microBatchSize: int = Field(4, ge=1, le=1024, description="Sequences per worker per forward pass.")
+    gradientAccumulationSteps: int = Field(1, ge=1, le=1024)
+    maxSeqLength: int = Field(2048, ge=16, le=131072, description="Tokens per sequence; longer samples are truncated.")
+    warmupRatio: float = Field(0.03, ge=0.0, le=0.5)
+    weightDecay: float = Field(0.0, ge=0.0, le=1.0)
+    maxGradNorm: float = Field(1.0, ge=0.0, le=1000.0, description="Gradient clipping; 0 disables it.")
+    gradientCheckpointing: bool = False
+    seed: int = Field(42, ge=0, le=2**31 - 1)
+    checkpointEverySteps: int = Field(200, ge=0, le=1_000_000, description="0 = only at the end of each epoch.")
+    logEverySteps: int = Field(10, ge=1, le=100_000)
+
+
+class DeepSpeedConfig(Strict):
+    zeroStage: int = Field(2, ge=0, le=3, description="ZeRO stage 0-3.")
+    offloadOptimizer: bool = Field(False, description="ZeRO-Offload of optimizer state to CPU (stage >= 1).")
+    precision: Precision = Precision.auto
+
+
+class EvaluationConfig(Strict):
+    holdout: float = Field(0.1, gt=0.0, le=0.5, description="Share of records held out for evaluation (by record hash).")
+    metrics: list[Metric] = Field(
+        default_factory=list,
+        max_length=4,
+        description="Task metrics; empty = the default for the sub-task's taskType.",
+    )
+    maxNewTokens: int = Field(128, ge=1, le=8192)
+    batchSize: int = Field(8, ge=1, le=512)
+    maxSamples: int = Field(0, ge=0, le=1_000_000, description="Evaluate at most this many held-out records; 0 = all.")
+
+
+class DataContractConfig(Strict):
+    minSamples: int = Field(10, ge=1, le=10_000_000, description="Fewer training records than this fail the sub-task.")
+    maxTruncatedFraction: float = Field(0.05, ge=0.0, le=1.0, description="Share of records longer than maxSeqLength allowed.")
+    maxDuplicateFraction: float = Field(0.0, ge=0.0, le=1.0, description="Share of exact duplicate records allowed.")
+
+
+class DatasetRef(Strict):
+    uri: str = Field(..., min_length=6, max_length=1024, description="s3://bucket/key of a JSON Lines or JSON array file.")
+    format: DatasetFormat = DatasetFormat.taskfinetune
+
+
+class BaseModelRef(Strict):
+    uri: str | None = Field(None, max_length=1024, description="s3://bucket/prefix/ holding a Hugging Face model folder.")
+    id: str | None = Field(
+        None,
+        max_length=256,
+        description="Model id (e.g. Qwen/Qwen2.5-7B-Instruct) resolved offline from cachePath on the nodes.",
+    )
+    cachePath: str | None = Field(None, max_length=1024, description="Hugging Face cache folder on the nodes (HF_HOME).")
+
+
+class Scaling(Strict):
+    numWorkers: int = Field(1, ge=1)
+    useGpu: bool = False
+    cpusPerWorker: float = Field(1.0, gt=0)
+    gpusPerWorker: float = Field(0.0, ge=0)
+
+
+class StorageTarget(Strict):
+    endpoint: str | None = None
+    region: str = "us-east-1"
+    addressingStyle: Literal["auto", "path", "virtual"] = "auto"
+
+
+class TrainJobSpec(Strict):
+    """Everything one trainjob run needs, fully resolved (no defaults left to apply)."""
+
+    apiVersion: Literal["anytasktune.io/v1alpha1"] = TRAINSPEC_API_VERSION
+    kind: Literal["TrainJobSpec"] = TRAINSPEC_KIND
+    taskFineTune: str
+    namespace: str = "default"
+    domain: str
+    subtask: str
+    instruction: str = ""
+    taskType: TaskType = TaskType.generation
+    baseModel: BaseModelRef
+    dataset: DatasetRef
+    lora: LoraConfig
+    training: TrainingConfig
+    deepspeed: DeepSpeedConfig
+    evaluation: EvaluationConfig
+    dataContract: DataContractConfig
+    storage: StorageTarget
+    outputPrefix: str = Field(..., description="s3://… prefix; the run writes <outputPrefix>/<runId>/.")
+    scaling: Scaling
+
+    def run_id(self) -> str:
+        """Content hash of what determines the result: same spec, same run id, same
+        checkpoint folder, so a retry resumes instead of starting over."""
+        return spec_hash(self.model_dump(mode="json"))
+
+    def run_prefix(self) -> str:
+        return f"{self.outputPrefix.rstrip('/')}/{self.run_id()}/"
+
+    def checkpoint_prefix(self) -> str:
+        return f"{self.outputPrefix.rstrip('/')}/checkpoints/{self.run_id()}/"
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainJobSpec:
+        return cls.model_validate_json(text)
+
+
+def spec_hash(obj: Any, length: int = 10) -> str:
+    canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:length]
+
+
+def metrics_for(evaluation: EvaluationConfig, task_type: TaskType) -> list[Metric]:
+    return list(evaluation.metrics) or [DEFAULT_METRIC_FOR_TASK[task_type]]
+
+
+# --- how a trainjob reports failure to the operator --------------------------
+# Ray copies the tail of the entrypoint's output into the job message, and KubeRay
+# copies that into RayJob.status.message; the operator classifies the failure from
+# this marker line (and the exit code) to decide whether a retry can help.
+FAILURE_MARKER = "ANYTASKTUNE_FAILURE"
+
+
+class FailureClass(str, Enum):
+    DataContract = "DataContract"  # bad dataset: retrying cannot help
+    InvalidSpec = "InvalidSpec"  # spec the schema could not catch: retrying cannot help
+    OutOfMemory = "OutOfMemory"  # retry, resuming from the last checkpoint
+    Preempted = "Preempted"  # node loss / eviction / spot reclaim: retry
+    StorageUnavailable = "StorageUnavailable"  # S3 outage after retries: retry
+    DeadlineExceeded = "DeadlineExceeded"  # activeDeadlineSeconds hit: retry (resumes)
+    Unknown = "Unknown"  # anything else: retry
+
+
+RETRYABLE = {
+    FailureClass.OutOfMemory,
+    FailureClass.Preempted,
+    FailureClass.StorageUnavailable,
+    FailureClass.DeadlineExceeded,
+    FailureClass.Unknown,
+}
+
+EXIT_CODE_FOR_CLASS = {
+    FailureClass.DataContract: 3,
+    FailureClass.InvalidSpec: 4,
+    FailureClass.StorageUnavailable: 5,
+    FailureClass.OutOfMemory: 6,
+}
+
+
+def failure_line(cls: FailureClass, message: str) -> str:
+    """The last line a failing trainjob prints: `ANYTASKTUNE_FAILURE class=X: message`."""
+    one_line = " ".join(message.split())
+    return f"{FAILURE_MARKER} class={cls.value}: {one_line}"
