@@ -305,3 +305,72 @@ class TaskFineTune(BaseModel):
             if not rule.transition and not rule.check(whole):
                 raise ValueError(rule.message)
         return self
+
+
+# --- status (written only by the operator) -----------------------------------
+
+
+class Loose(BaseModel):
+    model_config = {"extra": "ignore"}
+
+
+class Condition(Loose):
+    """metav1.Condition."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    lastTransitionTime: str
+    observedGeneration: int = 0
+
+
+class SubtaskPhase(str, Enum):
+    Pending = "Pending"
+    Running = "Running"
+    Succeeded = "Succeeded"
+    Failed = "Failed"
+
+
+class Phase(str, Enum):
+    Pending = "Pending"  # nothing launched yet
+    Running = "Running"  # at least one sub-task still has work to do
+    Suspended = "Suspended"
+    Succeeded = "Succeeded"  # every sub-task succeeded
+    Failed = "Failed"  # all done, at least one sub-task failed (the others' adapters are kept)
+    Invalid = "Invalid"  # the spec cannot be resolved; fix it
+
+
+class EvalScores(Loose):
+    base: dict[str, float] = Field(default_factory=dict)
+    adapter: dict[str, float] = Field(default_factory=dict)
+    lift: dict[str, float] = Field(default_factory=dict)
+
+
+class SubtaskStatus(Loose):
+    name: str
+    phase: SubtaskPhase = SubtaskPhase.Pending
+    runId: str = ""
+    attempts: int = 0
+    rayJob: str = ""
+    startTime: str | None = None
+    completionTime: str | None = None
+    nextRetryTime: str | None = None
+    failureClass: str | None = None
+    message: str = ""
+    adapter: str | None = None
+    metrics: EvalScores | None = None
+
+
+class TaskFineTuneStatus(Loose):
+    observedGeneration: int = 0
+    phase: Phase = Phase.Pending
+    progress: str = Field("", description="succeeded/total sub-tasks")
+    succeeded: int = 0
+    failed: int = 0
+    running: int = 0
+    total: int = 0
+    startTime: str | None = None
+    completionTime: str | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    subtasks: list[SubtaskStatus] = Field(default_factory=list)

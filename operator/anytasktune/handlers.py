@@ -1,0 +1,262 @@
+"""kopf handlers: thin glue between the API server and the pure planner.
+
+Run with `kopf run --standalone -m anytasktune.handlers --all-namespaces` (or
+`anytasktune operator`). Only watch-event handlers are used, so kopf writes no
+annotations and no finalizers on our objects: deleting a TaskFineTune can never
+wedge, and its children go with it through ownerReferences.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timezone
+from typing import Any
+
+import kopf
+import kubernetes
+from kubernetes.client.rest import ApiException
+
+from anytasktune import metrics
+from anytasktune.config import OperatorConfig
+from anytasktune.plan import (
+    DeleteJob,
+    Event,
+    Launch,
+    ObservedJob,
+    Plan,
+    SetSuspend,
+    plan,
+    subtasks_needing_manifest,
+)
+from anytasktune.render import LABEL_MANAGED_BY, LABEL_TFT, MANAGER
+from anytasktune.resolve import resolve_subtask
+from anytasktune.spec import GROUP, KIND, PLURAL, VERSION, TaskFineTune, TaskFineTuneStatus
+
+log = logging.getLogger("anytasktune")
+CONFIG = OperatorConfig.from_env()
+_locks: dict[tuple[str, str], asyncio.Lock] = {}
+_requeues: dict[tuple[str, str], asyncio.TimerHandle] = {}
+
+
+class Kube:
+    """The few API calls reconcile needs (blocking; run in a worker thread)."""
+
+    def __init__(self) -> None:
+        try:
+            kubernetes.config.load_incluster_config()
+        except kubernetes.config.ConfigException:
+            kubernetes.config.load_kube_config()
+        self.custom = kubernetes.client.CustomObjectsApi()
+        self.core = kubernetes.client.CoreV1Api()
+
+    def get_tft(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)  # type: ignore[no-any-return]
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def list_rayjobs(self, namespace: str, tft: str) -> list[dict[str, Any]]:
+        selector = f"{LABEL_MANAGED_BY}={MANAGER},{LABEL_TFT}={tft}"
+        resp = self.custom.list_namespaced_custom_object("ray.io", "v1", namespace, "rayjobs", label_selector=selector)
+        return list(resp.get("items", []))
+
+    def create(self, namespace: str, launch: Launch) -> None:
+        # ConfigMap first: the RayJob's pods mount it. A 409 means an earlier pass
+        # (or an operator before a restart) already created it: success.
+        try:
+            self.core.create_namespaced_config_map(namespace, launch.configmap)
+        except ApiException as err:
+            if err.status != 409:
+                raise
+        try:
+            self.custom.create_namespaced_custom_object("ray.io", "v1", namespace, "rayjobs", launch.rayjob)
+        except ApiException as err:
+            if err.status != 409:
+                raise
+            return
+        metrics.RAYJOBS_CREATED.inc()
+        if launch.retry_of:
+            metrics.RETRIES.labels(failure_class=launch.retry_of).inc()
+
+    def delete_rayjob(self, namespace: str, name: str) -> None:
+        try:
+            self.custom.delete_namespaced_custom_object("ray.io", "v1", namespace, "rayjobs", name, propagation_policy="Background")
+        except ApiException as err:
+            if err.status != 404:
+                raise
+
+    def set_suspend(self, namespace: str, name: str, suspend: bool) -> None:
+        self.custom.patch_namespaced_custom_object("ray.io", "v1", namespace, "rayjobs", name, {"spec": {"suspend": suspend}})
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": status})
+
+    def event(self, tft: dict[str, Any], event: Event) -> None:
+        meta = tft["metadata"]
+        now = datetime.now(timezone.utc)
+        body = kubernetes.client.CoreV1Event(
+            metadata=kubernetes.client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
+            involved_object=kubernetes.client.V1ObjectReference(
+                api_version=f"{GROUP}/{VERSION}",
+                kind=KIND,
+                name=meta["name"],
+                namespace=meta["namespace"],
+                uid=meta.get("uid"),
+                resource_version=meta.get("resourceVersion"),
+            ),
+            type=event.type,
+            reason=event.reason,
+            message=event.message[:1024],
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+            source=kubernetes.client.V1EventSource(component="anytasktune-operator"),
+            reporting_component="anytasktune.io/operator",
+            reporting_instance="anytasktune-operator",
+        )
+        try:
+            self.core.create_namespaced_event(meta["namespace"], body)
+        except ApiException as err:  # an Event is best effort: never fail a reconcile for it
+            log.warning("could not post event %s: %s", event.reason, err.reason)
+
+
+def status_body(status: TaskFineTuneStatus) -> dict[str, Any]:
+    """A merge-patch body: absent optional fields are sent as null so they are removed."""
+    body = status.model_dump(mode="json", exclude_none=True)
+    for key in TaskFineTuneStatus.model_fields:
+        body.setdefault(key, None)
+    return body
+
+
+def read_manifests(tft: dict[str, Any], names: list[str]) -> dict[str, dict[str, Any]]:
+    """Fetch manifest.json of succeeded runs (the evaluation lives there)."""
+    if not names:
+        return {}
+    from anytasktune import storage  # boto3 is only needed once something succeeded
+
+    model = TaskFineTune.model_validate({"metadata": tft["metadata"], "spec": tft["spec"]})
+    found: dict[str, dict[str, Any]] = {}
+    for subtask in model.spec.subtasks:
+        if subtask.name not in names:
+            continue
+        train = resolve_subtask(model.metadata["name"], model.metadata.get("namespace", "default"), model.spec, subtask)
+        try:
+            found[subtask.name] = storage.read_json(train.run_prefix() + "manifest.json", model.spec.storage)
+        except Exception as err:  # noqa: BLE001 - reported, retried on the next pass
+            metrics.ERRORS.labels(target="s3").inc()
+            log.warning("manifest of %s/%s not readable yet: %s", tft["metadata"]["name"], subtask.name, err)
+    return found
+
+
+def reconcile_once(kube: Kube, namespace: str, name: str, config: OperatorConfig) -> Plan | None:
+    tft = kube.get_tft(namespace, name)
+    if tft is None or tft["metadata"].get("deletionTimestamp"):
+        return None  # ownerReferences let the garbage collector remove the children
+    observed = [ObservedJob.from_object(o) for o in kube.list_rayjobs(namespace, name)]
+    now = datetime.now(timezone.utc)
+    result = plan(tft, observed, {}, now, config)
+    needed = subtasks_needing_manifest(result.status)
+    if needed:
+        manifests = read_manifests(tft, needed)
+        if manifests:
+            result = plan(tft, observed, manifests, now, config)
+
+    for action in result.actions:
+        if isinstance(action, Launch):
+            kube.create(namespace, action)
+        elif isinstance(action, DeleteJob):
+            kube.delete_rayjob(namespace, action.name)
+        elif isinstance(action, SetSuspend):
+            kube.set_suspend(namespace, action.name, action.suspend)
+
+    new_status = status_body(result.status)
+    old_status = status_body(TaskFineTuneStatus.model_validate(tft.get("status") or {}))
+    if new_status != old_status:  # write only on change: no churn, no self-triggered loops
+        kube.patch_status(namespace, name, new_status)
+    for event in result.events:
+        kube.event(tft, event)
+    metrics.observe_status(namespace, name, result.status)
+    return result
+
+
+_kube: Kube | None = None
+
+
+def _client() -> Kube:
+    global _kube
+    if _kube is None:
+        _kube = Kube()
+    return _kube
+
+
+async def reconcile(namespace: str, name: str) -> None:
+    """Serialize passes per TaskFineTune; schedule a retry pass when the plan asks."""
+    key = (namespace, name)
+    lock = _locks.setdefault(key, asyncio.Lock())
+    async with lock:
+        with metrics.RECONCILE_SECONDS.time():
+            try:
+                result = await asyncio.to_thread(reconcile_once, _client(), namespace, name, CONFIG)
+            except ApiException as err:
+                metrics.ERRORS.labels(target="apiserver").inc()
+                log.warning("reconcile %s/%s: API error %s %s; retrying", namespace, name, err.status, err.reason)
+                _requeue(namespace, name, 5.0)
+                return
+    if result is not None and result.requeue_after is not None:
+        _requeue(namespace, name, result.requeue_after)
+
+
+def _requeue(namespace: str, name: str, delay: float) -> None:
+    key = (namespace, name)
+    loop = asyncio.get_running_loop()
+    if (old := _requeues.pop(key, None)) is not None:
+        old.cancel()
+    _requeues[key] = loop.call_later(delay, lambda: asyncio.ensure_future(reconcile(namespace, name)))
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.persistence.finalizer = f"{GROUP}/kopf-finalizer"  # never added: no change/delete handlers
+    metrics.start_server()
+    asyncio.get_running_loop().create_task(_resync_forever())
+
+
+async def _resync_forever() -> None:
+    """Safety net: level-based passes over every TaskFineTune, whatever events were missed."""
+    while True:
+        await asyncio.sleep(CONFIG.resync_seconds)
+        try:
+            items = await asyncio.to_thread(_list_all)
+        except ApiException as err:
+            metrics.ERRORS.labels(target="apiserver").inc()
+            log.warning("resync list failed: %s", err.reason)
+            continue
+        for namespace, name in items:
+            await reconcile(namespace, name)
+
+
+def _list_all() -> list[tuple[str, str]]:
+    resp = _client().custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)
+    return [(o["metadata"]["namespace"], o["metadata"]["name"]) for o in resp.get("items", [])]
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def on_taskfinetune(event: dict[str, Any], name: str, namespace: str, **_: Any) -> None:
+    if event.get("type") == "DELETED":
+        _locks.pop((namespace, name), None)
+        if (handle := _requeues.pop((namespace, name), None)) is not None:
+            handle.cancel()
+        return
+    await reconcile(namespace, name)
+
+
+@kopf.on.event("ray.io", "v1", "rayjobs", labels={LABEL_MANAGED_BY: MANAGER})
+async def on_rayjob(labels: dict[str, str], namespace: str, **_: Any) -> None:
+    parent = labels.get(LABEL_TFT)
+    if parent:
+        await reconcile(namespace, parent)

@@ -1,0 +1,32 @@
+"""Prometheus metrics of the operator (served on ANYTASKTUNE_METRICS_PORT, default 8080)."""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from anytasktune.spec import SubtaskPhase, TaskFineTuneStatus
+
+SUBTASKS = Gauge(
+    "anytasktune_subtasks", "Sub-tasks by phase", ["namespace", "taskfinetune", "phase"]
+)
+RAYJOBS_CREATED = Counter("anytasktune_rayjobs_created_total", "RayJobs created by the operator")
+RETRIES = Counter("anytasktune_retries_total", "Sub-task attempts relaunched, by failure class", ["failure_class"])
+RECONCILE_SECONDS = Histogram("anytasktune_reconcile_duration_seconds", "Duration of one reconcile pass")
+ERRORS = Counter("anytasktune_errors_total", "Errors talking to the API server or S3", ["target"])
+
+ALL_METRICS = ("anytasktune_subtasks", "anytasktune_rayjobs_created_total", "anytasktune_retries_total",
+               "anytasktune_reconcile_duration_seconds", "anytasktune_errors_total")
+
+
+def observe_status(namespace: str, name: str, status: TaskFineTuneStatus) -> None:
+    for phase in SubtaskPhase:
+        count = sum(1 for s in status.subtasks if s.phase == phase)
+        SUBTASKS.labels(namespace=namespace, taskfinetune=name, phase=phase.value).set(count)
+
+
+def start_server() -> None:
+    port = int(os.environ.get("ANYTASKTUNE_METRICS_PORT", "8080"))
+    if port > 0:
+        start_http_server(port)

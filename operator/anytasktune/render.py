@@ -1,0 +1,203 @@
+"""Render one launch of a sub-task into Kubernetes objects (pure: no I/O).
+
+A launch is a ConfigMap holding the resolved TrainJobSpec and a KubeRay `ray.io/v1`
+RayJob whose entrypoint runs the trainjob module against that spec. Both are named
+`<taskfinetune>-<subtask>-<n>`, owned by the TaskFineTune and labelled back to it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from anytasktune.config import OperatorConfig
+from anytasktune.spec import GROUP, KIND, VERSION, TaskFineTuneSpec
+from anytasktune.trainspec import TrainJobSpec
+
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_TFT = f"{GROUP}/taskfinetune"
+LABEL_SUBTASK = f"{GROUP}/subtask"
+LABEL_RUN_ID = f"{GROUP}/run-id"
+LABEL_ATTEMPT = f"{GROUP}/attempt"
+LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+MANAGER = "anytasktune"
+SPEC_FILE = "spec.json"
+RAY_UID = 1000  # the training image's non-root user
+
+
+def child_name(tft: str, subtask: str, n: int) -> str:
+    return f"{tft}-{subtask}-{n}"
+
+
+def owner_reference(tft: str, uid: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "name": tft,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def child_labels(tft: str, subtask: str, run_id: str, n: int) -> dict[str, str]:
+    return {
+        LABEL_MANAGED_BY: MANAGER,
+        LABEL_TFT: tft,
+        LABEL_SUBTASK: subtask,
+        LABEL_RUN_ID: run_id,
+        LABEL_ATTEMPT: str(n),
+    }
+
+
+def _metadata(name: str, namespace: str, labels: dict[str, str], owner: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "namespace": namespace, "labels": dict(labels), "ownerReferences": [owner]}
+
+
+def _env(spec: TaskFineTuneSpec) -> list[dict[str, Any]]:
+    storage = spec.storage
+    env: list[dict[str, Any]] = [
+        {"name": "AWS_DEFAULT_REGION", "value": storage.region},
+        {"name": "AWS_REGION", "value": storage.region},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        {"name": "HF_HUB_OFFLINE", "value": "1"},
+    ]
+    if storage.endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL_S3", "value": storage.endpoint})
+    if spec.baseModel.cachePath:
+        env.append({"name": "HF_HOME", "value": spec.baseModel.cachePath})
+    secret = storage.credentialsSecret
+    if secret is not None:  # credentials only by reference: never copied into our objects
+        for var, key in (("AWS_ACCESS_KEY_ID", secret.accessKeyIdKey), ("AWS_SECRET_ACCESS_KEY", secret.secretAccessKeyKey)):
+            env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": key}}})
+    return env
+
+
+def _security(restricted: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Pod and container security contexts satisfying Pod Security "restricted"."""
+    if not restricted:
+        return {}, {}
+    pod = {
+        "runAsNonRoot": True,
+        "runAsUser": RAY_UID,
+        "runAsGroup": RAY_UID,
+        "fsGroup": RAY_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    container = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    return pod, container
+
+
+def _pod_template(
+    *,
+    container_name: str,
+    image: str,
+    spec: TaskFineTuneSpec,
+    config: OperatorConfig,
+    configmap: str,
+    resources: dict[str, Any],
+    labels: dict[str, str],
+    scheduling: bool,
+) -> dict[str, Any]:
+    cluster = spec.cluster
+    pod_security, container_security = _security(config.restricted_pods)
+    container: dict[str, Any] = {
+        "name": container_name,
+        "image": image,
+        "env": _env(spec),
+        "resources": resources,
+        "volumeMounts": [
+            {"name": "trainjob-spec", "mountPath": config.spec_mount_path, "readOnly": True},
+            {"name": "dshm", "mountPath": "/dev/shm"},  # torch dataloaders and NCCL need more than 64Mi
+        ],
+    }
+    if cluster.imagePullPolicy:
+        container["imagePullPolicy"] = cluster.imagePullPolicy
+    if container_security:
+        container["securityContext"] = container_security
+    pod: dict[str, Any] = {
+        "containers": [container],
+        "volumes": [
+            {"name": "trainjob-spec", "configMap": {"name": configmap}},
+            {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+        ],
+    }
+    if pod_security:
+        pod["securityContext"] = pod_security
+    if cluster.serviceAccountName:
+        pod["serviceAccountName"] = cluster.serviceAccountName
+    if scheduling:  # GPU placement applies to the workers, not the CPU-only head
+        if cluster.nodeSelector:
+            pod["nodeSelector"] = dict(cluster.nodeSelector)
+        if cluster.tolerations:
+            pod["tolerations"] = [t.model_dump(mode="json", exclude_none=True) for t in cluster.tolerations]
+    return {"metadata": {"labels": dict(labels)}, "spec": pod}
+
+
+def render_configmap(
+    tft: str, namespace: str, uid: str, train: TrainJobSpec, n: int
+) -> dict[str, Any]:
+    name = child_name(tft, train.subtask, n)
+    labels = child_labels(tft, train.subtask, train.run_id(), n)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(name, namespace, labels, owner_reference(tft, uid)),
+        "data": {SPEC_FILE: train.to_json()},
+    }
+
+
+def render_rayjob(
+    tft: str,
+    namespace: str,
+    uid: str,
+    spec: TaskFineTuneSpec,
+    train: TrainJobSpec,
+    n: int,
+    config: OperatorConfig,
+) -> dict[str, Any]:
+    cluster = spec.cluster
+    name = child_name(tft, train.subtask, n)
+    labels = child_labels(tft, train.subtask, train.run_id(), n)
+    metadata = _metadata(name, namespace, labels, owner_reference(tft, uid))
+    if spec.queueName:
+        metadata["labels"][LABEL_KUEUE_QUEUE] = spec.queueName
+    image = cluster.image or config.training_image
+    worker_resources: dict[str, Any] = {
+        "requests": {"cpu": cluster.cpusPerWorker, "memory": cluster.memoryPerWorker},
+        "limits": {"cpu": cluster.cpusPerWorker, "memory": cluster.memoryPerWorker},
+    }
+    if cluster.gpusPerWorker > 0:
+        worker_resources["limits"]["nvidia.com/gpu"] = cluster.gpusPerWorker
+        worker_resources["requests"]["nvidia.com/gpu"] = cluster.gpusPerWorker
+    head_resources = {
+        "requests": {"cpu": cluster.head.cpu, "memory": cluster.head.memory},
+        "limits": {"cpu": cluster.head.cpu, "memory": cluster.head.memory},
+    }
+    common = {"image": image, "spec": spec, "config": config, "configmap": name, "labels": labels}
+    rayjob_spec: dict[str, Any] = {
+        "entrypoint": f"python -m {config.trainjob_module} --spec {config.spec_mount_path}/{SPEC_FILE}",
+        "shutdownAfterJobFinishes": True,
+        "ttlSecondsAfterFinished": cluster.ttlSecondsAfterFinished,
+        "backoffLimit": 0,  # retries are ours: classified, resumed from checkpoints
+        "rayClusterSpec": {
+            "rayVersion": cluster.rayVersion,
+            "headGroupSpec": {
+                # The head schedules but does not train: workers hold all the CPUs/GPUs.
+                "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
+                "template": _pod_template(container_name="ray-head", resources=head_resources, scheduling=False, **common),
+            },
+            "workerGroupSpecs": [
+                {
+                    "groupName": "workers",
+                    "replicas": cluster.workers,
+                    "minReplicas": cluster.workers,
+                    "maxReplicas": cluster.workers,
+                    "rayStartParams": {},
+                    "template": _pod_template(container_name="ray-worker", resources=worker_resources, scheduling=True, **common),
+                }
+            ],
+        },
+    }
+    if cluster.activeDeadlineSeconds:
+        rayjob_spec["activeDeadlineSeconds"] = cluster.activeDeadlineSeconds
+    return {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": metadata, "spec": rayjob_spec}

@@ -1,0 +1,70 @@
+"""Resolve one sub-task of a TaskFineTune into its TrainJobSpec (pure)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from anytasktune.spec import OVERRIDABLE, Subtask, TaskFineTuneSpec
+from anytasktune.trainspec import (
+    BaseModelRef,
+    DatasetRef,
+    Scaling,
+    StorageTarget,
+    TrainJobSpec,
+)
+
+
+class ResolveError(ValueError):
+    """The merged spec is invalid in a way the CRD schema could not see."""
+
+
+def _merge(section: str, spec: TaskFineTuneSpec, subtask: Subtask) -> Any:
+    model = OVERRIDABLE[section]
+    base = getattr(spec.defaults, section).model_dump()
+    override = getattr(subtask, section)
+    if override is not None:
+        base.update(override.model_dump(exclude_none=True))
+    try:
+        return model.model_validate(base)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ResolveError(f"sub-task {subtask.name}: {section}.{where}: {first['msg']}") from err
+
+
+def resolve_subtask(name: str, namespace: str, spec: TaskFineTuneSpec, subtask: Subtask) -> TrainJobSpec:
+    deepspeed = _merge("deepspeed", spec, subtask)
+    if deepspeed.offloadOptimizer and deepspeed.zeroStage == 0:
+        raise ResolveError(f"sub-task {subtask.name}: deepspeed.offloadOptimizer needs zeroStage >= 1")
+    cluster = spec.cluster
+    gpus = cluster.gpusPerWorker
+    return TrainJobSpec(
+        taskFineTune=name,
+        namespace=namespace,
+        domain=spec.domain,
+        subtask=subtask.name,
+        instruction=subtask.instruction,
+        taskType=subtask.taskType,
+        baseModel=BaseModelRef.model_validate(spec.baseModel.model_dump()),
+        dataset=DatasetRef.model_validate(subtask.dataset.model_dump()),
+        lora=_merge("lora", spec, subtask),
+        training=_merge("training", spec, subtask),
+        deepspeed=deepspeed,
+        evaluation=_merge("evaluation", spec, subtask),
+        dataContract=_merge("dataContract", spec, subtask),
+        storage=StorageTarget(
+            endpoint=spec.storage.endpoint,
+            region=spec.storage.region,
+            addressingStyle=spec.storage.addressingStyle,
+        ),
+        outputPrefix=f"{spec.storage.output.rstrip('/')}/{name}/{subtask.name}",
+        scaling=Scaling(
+            numWorkers=cluster.workers,
+            useGpu=gpus > 0,
+            gpusPerWorker=float(gpus),
+            # Ray Train asks for one CPU per worker; the pod's CPU limit bounds the rest.
+            cpusPerWorker=1.0,
+        ),
+    )

@@ -1,0 +1,268 @@
+"""The planner, table-driven: spec + observed RayJobs + old status -> actions, status, events."""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from anytasktune.config import OperatorConfig
+from anytasktune.plan import (
+    DeleteJob,
+    Launch,
+    ObservedJob,
+    SetSuspend,
+    classify_failure,
+    format_time,
+    plan,
+    retry_delay,
+)
+from anytasktune.resolve import resolve_subtask
+from anytasktune.spec import TaskFineTune
+from anytasktune.trainspec import FailureClass, failure_line
+
+NOW = datetime(2026, 11, 24, 12, 0, 0, tzinfo=timezone.utc)
+CONFIG = OperatorConfig(retry_backoff_seconds=10, retry_backoff_max_seconds=300)
+
+
+def tft(subtasks: int = 3, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "domain": "legal",
+        "baseModel": {"uri": "s3://models/qwen/"},
+        "storage": {"output": "s3://adapters/out/"},
+        "subtasks": [
+            {"name": f"task{i}", "dataset": {"uri": f"s3://datasets/t{i}.jsonl"}, "instruction": f"Do task {i}."}
+            for i in range(subtasks)
+        ],
+        "maxParallelSubtasks": 2,
+        "backoffLimit": 1,
+    }
+    body.update(spec)
+    return {"metadata": {"name": "legal", "namespace": "ns", "uid": "u-1", "generation": 1}, "spec": body}
+
+
+def run_id(obj: dict[str, Any], subtask: str) -> str:
+    model = TaskFineTune.model_validate(obj)
+    sub = next(s for s in model.spec.subtasks if s.name == subtask)
+    return resolve_subtask("legal", "ns", model.spec, sub).run_id()
+
+
+def job(obj: dict[str, Any], subtask: str, attempt: int, state: str, **kw: Any) -> ObservedJob:
+    """state: active | running | succeeded | failed"""
+    status = {
+        "active": ("Initializing", ""),
+        "running": ("Running", "RUNNING"),
+        "succeeded": ("Complete", "SUCCEEDED"),
+        "failed": ("Failed", "FAILED"),
+    }[state]
+    fields: dict[str, Any] = dict(
+        name=f"legal-{subtask}-{attempt}",
+        subtask=subtask,
+        run_id=run_id(obj, subtask),
+        attempt=attempt,
+        deployment_status=status[0],
+        job_status=status[1],
+        start_time=format_time(NOW - timedelta(minutes=30)),
+        end_time=format_time(NOW - timedelta(minutes=1)) if state in ("succeeded", "failed") else None,
+    )
+    fields.update(kw)
+    return ObservedJob(**fields)
+
+
+def launches(p: Any) -> list[str]:
+    return [a.name for a in p.actions if isinstance(a, Launch)]
+
+
+def phases(p: Any) -> dict[str, str]:
+    return {s.name: s.phase.value for s in p.status.subtasks}
+
+
+def test_first_pass_launches_up_to_the_parallelism_limit_in_order() -> None:
+    obj = tft()
+    p = plan(obj, [], {}, NOW, CONFIG)
+    assert launches(p) == ["legal-task0-1", "legal-task1-1"]
+    assert phases(p) == {"task0": "Pending", "task1": "Pending", "task2": "Pending"}
+    assert p.status.phase.value == "Running"
+    assert p.status.progress == "0/3"
+    assert [e.reason for e in p.events] == ["Launched", "Launched"]
+    assert "waiting" in p.status.subtasks[2].message
+
+
+def test_a_finished_subtask_frees_a_slot_for_the_next() -> None:
+    obj = tft()
+    observed = [job(obj, "task0", 1, "succeeded"), job(obj, "task1", 1, "running")]
+    p = plan(obj, observed, {}, NOW, CONFIG)
+    assert launches(p) == ["legal-task2-1"]
+    assert phases(p) == {"task0": "Succeeded", "task1": "Running", "task2": "Pending"}
+    assert p.status.subtasks[0].adapter and p.status.subtasks[0].adapter.startswith("s3://adapters/out/legal/task0/")
+    assert "SubtaskSucceeded" in [e.reason for e in p.events]
+
+
+def test_restart_recomputes_the_same_plan_without_duplicates() -> None:
+    obj = tft()
+    first = plan(obj, [], {}, NOW, CONFIG)
+    # The operator died after creating task0's RayJob but before writing status.
+    observed = [job(obj, "task0", 1, "active")]
+    second = plan(obj, observed, {}, NOW, CONFIG)
+    assert launches(second) == ["legal-task1-1"]  # same name as in the first plan: a 409 is success
+    assert set(launches(second)) <= set(launches(first))
+
+
+@pytest.mark.parametrize(
+    ("message", "reason", "deployment", "expected"),
+    [
+        ("x\n" + failure_line(FailureClass.DataContract, "k.jsonl:3: empty output"), "", "Failed", FailureClass.DataContract),
+        ("Job entrypoint command failed\nTraceback...\ntorch.OutOfMemoryError: CUDA out of memory", "", "Failed", FailureClass.OutOfMemory),
+        ("pod was OOMKilled", "", "Failed", FailureClass.OutOfMemory),
+        ("The node was preempted", "", "Failed", FailureClass.Preempted),
+        ("", "DeadlineExceeded", "Failed", FailureClass.DeadlineExceeded),
+        ("bad spec", "ValidationFailed", "ValidationFailed", FailureClass.InvalidSpec),
+        ("segfault", "AppFailed", "Failed", FailureClass.Unknown),
+        (failure_line(FailureClass.StorageUnavailable, "s3 down"), "", "Failed", FailureClass.StorageUnavailable),
+    ],
+)
+def test_failure_classification(message: str, reason: str, deployment: str, expected: FailureClass) -> None:
+    j = ObservedJob(name="j", subtask="s", run_id="r", attempt=1, deployment_status=deployment, job_status="FAILED", reason=reason, message=message)
+    assert classify_failure(j) == expected
+
+
+def test_retryable_failure_waits_for_backoff_then_relaunches() -> None:
+    obj = tft(subtasks=1)
+    failed = job(obj, "task0", 1, "failed", message="OOMKilled", end_time=format_time(NOW - timedelta(seconds=3)))
+    waiting = plan(obj, [failed], {}, NOW, CONFIG)
+    assert launches(waiting) == []
+    assert waiting.status.subtasks[0].nextRetryTime == format_time(NOW + timedelta(seconds=7))
+    assert waiting.requeue_after == pytest.approx(7.0)
+    assert waiting.status.subtasks[0].failureClass == "OutOfMemory"
+
+    later = plan(obj, [failed], {}, NOW + timedelta(seconds=8), CONFIG)
+    assert launches(later) == ["legal-task0-2"]
+    launch = next(a for a in later.actions if isinstance(a, Launch))
+    assert launch.retry_of == "OutOfMemory"
+    assert later.status.subtasks[0].attempts == 2
+    assert [e.reason for e in later.events] == ["Retrying"]
+
+
+def test_backoff_limit_exhausted_fails_the_subtask_but_not_the_others() -> None:
+    obj = tft(subtasks=2)
+    observed = [
+        job(obj, "task0", 1, "failed", message="boom"),
+        job(obj, "task0", 2, "failed", message="boom again"),
+        job(obj, "task1", 1, "running"),
+    ]
+    p = plan(obj, observed, {}, NOW, CONFIG)
+    assert launches(p) == []
+    assert phases(p) == {"task0": "Failed", "task1": "Running"}
+    assert "backoff limit 1 exceeded after 2 failed attempts" in p.status.subtasks[0].message
+    assert p.status.phase.value == "Running"
+    degraded = next(c for c in p.status.conditions if c.type == "Degraded")
+    assert (degraded.status, degraded.reason) == ("True", "SubtaskFailed")
+
+
+def test_data_contract_failure_is_never_retried() -> None:
+    obj = tft(subtasks=1, backoffLimit=5)
+    bad = job(obj, "task0", 1, "failed", message=failure_line(FailureClass.DataContract, "s3://datasets/t0.jsonl:7: output is empty"))
+    p = plan(obj, [bad], {}, NOW + timedelta(hours=1), CONFIG)
+    assert launches(p) == []
+    assert phases(p) == {"task0": "Failed"}
+    assert p.status.subtasks[0].failureClass == "DataContract"
+    assert "t0.jsonl:7" in p.status.subtasks[0].message
+    assert p.status.phase.value == "Failed"
+    assert {e.reason for e in p.events} >= {"SubtaskFailed", "CompletedWithFailures"}
+
+
+def test_all_succeeded_completes_with_conditions_and_metrics() -> None:
+    obj = tft(subtasks=2)
+    observed = [job(obj, "task0", 1, "succeeded"), job(obj, "task1", 2, "succeeded")]
+    manifests = {"task0": {"evaluation": {"base": {"f1": 0.2}, "adapter": {"f1": 0.8}, "lift": {"f1": 0.6}}}}
+    p = plan(obj, observed, manifests, NOW, CONFIG)
+    assert p.status.phase.value == "Succeeded"
+    assert p.status.progress == "2/2"
+    assert p.status.completionTime == format_time(NOW)
+    assert p.status.subtasks[0].metrics is not None and p.status.subtasks[0].metrics.lift == {"f1": 0.6}
+    assert "0.200 -> 0.800 (+0.600)" in p.status.subtasks[0].message
+    conditions = {c.type: (c.status, c.reason) for c in p.status.conditions}
+    assert conditions == {
+        "Progressing": ("False", "Completed"),
+        "Succeeded": ("True", "AllSubtasksSucceeded"),
+        "Degraded": ("False", "AsExpected"),
+        "Suspended": ("False", "NotSuspended"),
+    }
+    assert all(c.observedGeneration == 1 for c in p.status.conditions)
+
+
+def test_suspend_launches_nothing_and_suspends_running_jobs_then_resume_unsuspends() -> None:
+    obj = tft(suspend=True)
+    running = job(obj, "task0", 1, "running")
+    p = plan(obj, [running], {}, NOW, CONFIG)
+    assert launches(p) == []
+    assert SetSuspend("legal-task0-1", True) in p.actions
+    assert p.status.phase.value == "Suspended"
+
+    resumed = tft(suspend=False)
+    suspended = job(resumed, "task0", 1, "active", suspend=True, deployment_status="Suspended")
+    p2 = plan(resumed, [suspended], {}, NOW, CONFIG)
+    assert SetSuspend("legal-task0-1", False) in p2.actions
+    assert launches(p2) == ["legal-task1-1"]  # one slot left next to the resumed job
+
+
+def test_spec_change_supersedes_running_job_and_relaunches_with_a_new_run_id() -> None:
+    old = tft(subtasks=1)
+    running = job(old, "task0", 1, "running")
+    new = copy.deepcopy(old)
+    new["spec"]["subtasks"][0]["lora"] = {"r": 64}
+    new["metadata"]["generation"] = 2
+    p = plan(new, [running], {}, NOW, CONFIG)
+    assert DeleteJob("legal-task0-1", "Superseded") in p.actions
+    assert launches(p) == ["legal-task0-2"]  # next number: never reuses a name
+    assert p.status.subtasks[0].runId == run_id(new, "task0") != running.run_id
+    assert p.status.observedGeneration == 2
+
+
+def test_succeeded_subtask_with_unchanged_spec_is_not_retrained_after_another_changes() -> None:
+    old = tft(subtasks=2)
+    observed = [job(old, "task0", 1, "succeeded"), job(old, "task1", 1, "succeeded")]
+    new = copy.deepcopy(old)
+    new["spec"]["subtasks"][1]["instruction"] = "A sharper instruction."
+    p = plan(new, observed, {}, NOW, CONFIG)
+    assert launches(p) == ["legal-task1-2"]
+    assert phases(p) == {"task0": "Succeeded", "task1": "Pending"}
+
+
+def test_removed_subtask_has_its_running_job_deleted() -> None:
+    obj = tft(subtasks=2)
+    orphan = ObservedJob(name="legal-gone-1", subtask="gone", run_id="x", attempt=1, job_status="RUNNING")
+    p = plan(obj, [orphan], {}, NOW, CONFIG)
+    assert DeleteJob("legal-gone-1", "SubtaskRemoved") in p.actions
+
+
+def test_invalid_spec_is_reported_not_launched() -> None:
+    obj = tft(subtasks=1)
+    obj["spec"]["subtasks"][0]["deepspeed"] = {"offloadOptimizer": True, "zeroStage": 0}
+    p = plan(obj, [], {}, NOW, CONFIG)
+    assert launches(p) == []
+    assert p.status.subtasks[0].failureClass == "InvalidSpec"
+    assert "offloadOptimizer needs zeroStage >= 1" in p.status.subtasks[0].message
+
+    broken = tft(subtasks=1)
+    broken["spec"]["maxParallelSubtasks"] = 0
+    p2 = plan(broken, [], {}, NOW, CONFIG)
+    assert p2.status.phase.value == "Invalid"
+    assert [e.reason for e in p2.events] == ["InvalidSpec"]
+
+
+def test_unchanged_world_gives_the_same_status_and_no_events() -> None:
+    obj = tft(subtasks=2)
+    observed = [job(obj, "task0", 1, "running"), job(obj, "task1", 1, "running")]
+    first = plan(obj, observed, {}, NOW, CONFIG)
+    obj["status"] = first.status.model_dump(mode="json", exclude_none=True)
+    second = plan(obj, observed, {}, NOW + timedelta(minutes=5), CONFIG)
+    assert second.status == first.status  # transition times kept: status is written only on change
+    assert second.events == [] and second.actions == []
+
+
+@pytest.mark.parametrize(("failures", "delay"), [(1, 10), (2, 20), (3, 40), (10, 300)])
+def test_retry_delay_doubles_and_is_capped(failures: int, delay: float) -> None:
+    assert retry_delay(failures, CONFIG) == delay
