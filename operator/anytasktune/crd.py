@@ -20,8 +20,9 @@ CRD_PATH = Path("manifests/crd/anytasktune.io_taskfinetunes.yaml")
 
 # Lists whose items have a natural key: server-side apply merges them per item,
 # and the API server itself rejects duplicate keys.
-LIST_MAP_KEYS = {("Subtask", "subtasks"): "name", ("Condition", "conditions"): "type", ("SubtaskStatus", "subtasks"): "name"}
+LIST_MAP_KEYS = {("TaskFineTuneSpec", "subtasks"): "name", ("TaskFineTuneStatus", "conditions"): "type", ("TaskFineTuneStatus", "subtasks"): "name"}
 SET_LISTS = {"targetModules", "modulesToSave", "metrics"}
+BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength", "pattern", "minItems", "maxItems", "default")
 
 
 def _model_classes(root: type[BaseModel]) -> dict[str, type[BaseModel]]:
@@ -87,9 +88,10 @@ class _Converter:
                             default = _factory_default(field.default_factory())  # type: ignore[call-arg]
                             if default not in ([], {}) or isinstance(field.default_factory(), BaseModel):  # type: ignore[call-arg]
                                 converted["default"] = default
-                        if (model, name) in LIST_MAP_KEYS:
+                        key = LIST_MAP_KEYS.get((model or "", name))
+                        if key is not None:
                             converted["x-kubernetes-list-type"] = "map"
-                            converted["x-kubernetes-list-map-keys"] = [LIST_MAP_KEYS[(model, name)]]
+                            converted["x-kubernetes-list-map-keys"] = [key]
                     if name in SET_LISTS and converted.get("type") == "array":
                         converted["x-kubernetes-list-type"] = "set"
                     props[name] = converted
@@ -107,7 +109,7 @@ class _Converter:
             out["items"] = self.convert(node["items"])
         else:
             out["type"] = node["type"]
-        for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength", "pattern", "minItems", "maxItems", "default"):
+        for key in BOUNDS:
             if key in node and key not in out:
                 out[key] = node[key]
         # OpenAPI v3.0 (what CRDs speak) spells exclusive bounds as booleans.

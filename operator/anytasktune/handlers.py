@@ -52,7 +52,8 @@ class Kube:
 
     def get_tft(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)  # type: ignore[no-any-return]
+            obj: dict[str, Any] = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)  # type: ignore[assignment]
+            return obj
         except ApiException as err:
             if err.status == 404:
                 return None
@@ -60,14 +61,16 @@ class Kube:
 
     def list_rayjobs(self, namespace: str, tft: str) -> list[dict[str, Any]]:
         selector = f"{LABEL_MANAGED_BY}={MANAGER},{LABEL_TFT}={tft}"
-        resp = self.custom.list_namespaced_custom_object("ray.io", "v1", namespace, "rayjobs", label_selector=selector)
+        resp: dict[str, Any] = self.custom.list_namespaced_custom_object(  # type: ignore[assignment]
+            "ray.io", "v1", namespace, "rayjobs", label_selector=selector
+        )
         return list(resp.get("items", []))
 
     def create(self, namespace: str, launch: Launch) -> None:
         # ConfigMap first: the RayJob's pods mount it. A 409 means an earlier pass
         # (or an operator before a restart) already created it: success.
         try:
-            self.core.create_namespaced_config_map(namespace, launch.configmap)
+            self.core.create_namespaced_config_map(namespace, launch.configmap)  # type: ignore[arg-type]
         except ApiException as err:
             if err.status != 409:
                 raise
@@ -241,13 +244,14 @@ async def _resync_forever() -> None:
 
 
 def _list_all() -> list[tuple[str, str]]:
-    resp = _client().custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)
+    resp: dict[str, Any] = _client().custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)  # type: ignore[assignment]
     return [(o["metadata"]["namespace"], o["metadata"]["name"]) for o in resp.get("items", [])]
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def on_taskfinetune(event: dict[str, Any], name: str, namespace: str, **_: Any) -> None:
-    if event.get("type") == "DELETED":
+async def on_taskfinetune(**kwargs: Any) -> None:
+    name, namespace = kwargs["name"], kwargs["namespace"]
+    if kwargs["type"] == "DELETED":
         _locks.pop((namespace, name), None)
         if (handle := _requeues.pop((namespace, name), None)) is not None:
             handle.cancel()
@@ -256,7 +260,7 @@ async def on_taskfinetune(event: dict[str, Any], name: str, namespace: str, **_:
 
 
 @kopf.on.event("ray.io", "v1", "rayjobs", labels={LABEL_MANAGED_BY: MANAGER})
-async def on_rayjob(labels: dict[str, str], namespace: str, **_: Any) -> None:
-    parent = labels.get(LABEL_TFT)
+async def on_rayjob(**kwargs: Any) -> None:
+    parent = kwargs["labels"].get(LABEL_TFT)
     if parent:
-        await reconcile(namespace, parent)
+        await reconcile(kwargs["namespace"], parent)

@@ -292,7 +292,8 @@ def plan(
             st.rayJob, st.phase, st.nextRetryTime = child_name(name, subtask.name, n), SubtaskPhase.Pending, None
             st.startTime = st.startTime or format_time(now)
             reason, what = ("Retrying", f"retrying after {st.failureClass}") if retry else ("Launched", "launched")
-            out.events.append(Event("Normal" if not retry else "Warning", reason, f"sub-task {subtask.name}: {what}, RayJob {st.rayJob} (attempt {st.attempts})"))
+            message = f"sub-task {subtask.name}: {what}, RayJob {st.rayJob} (attempt {st.attempts})"
+            out.events.append(Event("Warning" if retry else "Normal", reason, message))
         elif needs_launch:
             st.message = "suspended" if spec.suspend else f"waiting: {spec.maxParallelSubtasks} sub-tasks already running"
         statuses.append(st)
@@ -366,7 +367,8 @@ def _summarize(old: TaskFineTuneStatus, subtasks: list[SubtaskStatus], suspend: 
         progressing = ("False", "Completed", f"{succeeded}/{total} sub-tasks succeeded")
         done = ("True", "AllSubtasksSucceeded", progressing[2]) if failed == 0 else ("False", "SubtasksFailed", f"failed: {failed_names}")
     else:
-        progressing = ("False", "Suspended", "spec.suspend is true") if suspend else ("True", "Training", f"{succeeded}/{total} sub-tasks succeeded, {count[SubtaskPhase.Running]} running")
+        summary = f"{succeeded}/{total} sub-tasks succeeded, {count[SubtaskPhase.Running]} running"
+        progressing = ("False", "Suspended", "spec.suspend is true") if suspend else ("True", "Training", summary)
         done = ("Unknown", "InProgress", progressing[2])
     degraded = ("True", "SubtaskFailed", f"failed: {failed_names}") if failed else ("False", "AsExpected", "")
     suspended = ("True", "Suspended", "spec.suspend is true") if suspend and not finished else ("False", "NotSuspended", "")

@@ -173,7 +173,7 @@ def render_rayjob(
         "requests": {"cpu": cluster.head.cpu, "memory": cluster.head.memory},
         "limits": {"cpu": cluster.head.cpu, "memory": cluster.head.memory},
     }
-    common = {"image": image, "spec": spec, "config": config, "configmap": name, "labels": labels}
+    common: dict[str, Any] = {"image": image, "spec": spec, "config": config, "configmap": name, "labels": labels}
     rayjob_spec: dict[str, Any] = {
         "entrypoint": f"python -m {config.trainjob_module} --spec {config.spec_mount_path}/{SPEC_FILE}",
         "shutdownAfterJobFinishes": True,

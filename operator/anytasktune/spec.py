@@ -85,8 +85,8 @@ def partial_model(model: type[BaseModel], name: str) -> type[BaseModel]:
     override, merged over spec.defaults when a sub-task is resolved."""
     fields: dict[str, Any] = {}
     for field_name, info in model.model_fields.items():
-        constrained = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
-        fields[field_name] = (Optional[constrained], Field(None, description=info.description))
+        constrained = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+        fields[field_name] = (Optional[constrained], Field(None, description=info.description))  # noqa: UP045 - runtime type
     override = create_model(name, __base__=Strict, **fields)
     override.__doc__ = f"Override of {model.__name__}: only the fields given replace the defaults."
     return override
@@ -292,8 +292,8 @@ ROOT_RULES: tuple[CelRule, ...] = (
 class TaskFineTune(BaseModel):
     """The whole object as a client holds it (metadata kept as a dict)."""
 
-    apiVersion: Literal["anytasktune.io/v1alpha1"] = f"{GROUP}/{VERSION}"  # type: ignore[assignment]
-    kind: Literal["TaskFineTune"] = KIND
+    apiVersion: Literal["anytasktune.io/v1alpha1"] = "anytasktune.io/v1alpha1"
+    kind: Literal["TaskFineTune"] = "TaskFineTune"
     metadata: dict[str, Any]
     spec: TaskFineTuneSpec
     status: dict[str, Any] | None = None

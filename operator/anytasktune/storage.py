@@ -21,7 +21,8 @@ def client(storage: Storage) -> Any:
     from botocore.config import Config
 
     style = {"auto": None, "path": "path", "virtual": "virtual"}[storage.addressingStyle]
-    config = Config(retries={"max_attempts": 5, "mode": "standard"}, s3={"addressing_style": style} if style else {})
+    s3: Any = {"addressing_style": style} if style else {}
+    config = Config(retries={"max_attempts": 5, "mode": "standard"}, s3=s3)
     return boto3.client("s3", endpoint_url=storage.endpoint, region_name=storage.region, config=config)
 
 

@@ -35,7 +35,7 @@ class Strict(BaseModel):
     @model_validator(mode="after")
     def _cel_twins(self) -> Any:
         extra = self.model_config.get("json_schema_extra")
-        rules = extra.get(RULES_KEY, []) if isinstance(extra, dict) else []
+        rules: list[Any] = list(extra.get(RULES_KEY) or []) if isinstance(extra, dict) else []  # type: ignore[arg-type]
         if rules:
             value = self.model_dump(mode="json", exclude_none=True)
             for rule in rules:
@@ -172,8 +172,8 @@ class StorageTarget(Strict):
 class TrainJobSpec(Strict):
     """Everything one trainjob run needs, fully resolved (no defaults left to apply)."""
 
-    apiVersion: Literal["anytasktune.io/v1alpha1"] = TRAINSPEC_API_VERSION
-    kind: Literal["TrainJobSpec"] = TRAINSPEC_KIND
+    apiVersion: Literal["anytasktune.io/v1alpha1"] = "anytasktune.io/v1alpha1"
+    kind: Literal["TrainJobSpec"] = "TrainJobSpec"
     taskFineTune: str
     namespace: str = "default"
     domain: str

@@ -1,0 +1,64 @@
+# AnyTaskTune — `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# Heavy build outputs (Go-built control plane, DeepSpeed ops, converted models)
+# live here and survive `git clean`, so a warm `make test` is fast.
+export ANYTASKTUNE_CACHE ?= $(HOME)/.cache/anytasktune
+VENV        ?= .venv
+PYTHON      ?= python3
+PY          := $(VENV)/bin/python
+EXTRAS      := operator,train,local,dev
+STAMP       := $(VENV)/.installed-$(shell cat pyproject.toml 2>/dev/null | sha256sum | cut -c1-12)
+PYTEST      := $(PY) -m pytest
+export TORCH_EXTENSIONS_DIR ?= $(ANYTASKTUNE_CACHE)/torch_extensions
+export DS_ACCELERATOR ?= cpu
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip setuptools wheel
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	@rm -f $(VENV)/.installed-*; touch $@
+
+.PHONY: setup
+setup: $(STAMP) ## Create the virtualenv and install every Python dependency
+
+.PHONY: controlplane
+controlplane: ## Build kube-apiserver, kube-controller-manager, etcd and helm from pinned Go modules (cached)
+	bash hack/build-controlplane.sh
+
+.PHONY: manifests
+manifests: setup ## Regenerate the CRD (and everything derived from it) from the typed models
+	$(PY) -m anytasktune.crd
+
+.PHONY: lint
+lint: setup ## ruff and mypy
+	$(PY) -m ruff check operator trainjob tests bench
+	$(PY) -m mypy
+
+.PHONY: test-unit
+test-unit: setup ## Unit tests: pure planner, renderer, parsers, metrics (seconds)
+	$(PYTEST) tests/unit -q
+
+.PHONY: test-integration
+test-integration: setup controlplane ## Integration tests against a real kube-apiserver + etcd
+	$(PYTEST) tests/integration -q
+
+.PHONY: test-e2e
+test-e2e: setup ## End-to-end: real Ray, DeepSpeed, PEFT and an S3 server, on CPU
+	$(PYTEST) tests/e2e -q
+
+.PHONY: test
+test: lint test-unit test-integration test-e2e ## Everything CI runs: lint, unit, integration, e2e
+
+.PHONY: demo
+demo: setup ## Run the example TaskFineTune on this machine and print the summary table
+	$(PY) -m anytasktune.cli validate manifests/examples/*.yaml
+
+.PHONY: clean
+clean: ## Remove the virtualenv and local outputs (keeps $(ANYTASKTUNE_CACHE))
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

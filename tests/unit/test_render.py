@@ -1,0 +1,141 @@
+"""The RayJob renderer and the generated CRD (pure, no cluster)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from anytasktune import crd
+from anytasktune.config import OperatorConfig
+from anytasktune.render import render_configmap, render_rayjob
+from anytasktune.resolve import resolve_subtask
+from anytasktune.spec import TaskFineTune
+from anytasktune.trainspec import TrainJobSpec
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = yaml.safe_load((ROOT / "manifests/examples/legal-assistant.yaml").read_text())
+
+
+def render(example: dict[str, Any] = EXAMPLE, subtask: int = 0, config: OperatorConfig | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    model = TaskFineTune.model_validate(example)
+    sub = model.spec.subtasks[subtask]
+    train = resolve_subtask("legal-assistant", "ns", model.spec, sub)
+    cfg = config or OperatorConfig(training_image="registry.local/trainjob:1")
+    return render_configmap("legal-assistant", "ns", "uid-1", train, 3), render_rayjob("legal-assistant", "ns", "uid-1", model.spec, train, 3, cfg)
+
+
+def test_configmap_carries_the_resolved_spec_with_overrides_merged_over_defaults() -> None:
+    cm, _ = render(subtask=1)
+    train = TrainJobSpec.from_json(cm["data"]["spec.json"])
+    assert train.lora.r == 32  # sub-task override
+    assert train.lora.alpha == 32 and train.lora.targetModules == ["q_proj", "k_proj", "v_proj", "o_proj"]  # defaults
+    assert train.outputPrefix == "s3://adapters/legal-assistant/clause-risk"
+    assert train.instruction.startswith("Rate the legal risk")
+    assert train.scaling.numWorkers == 2 and train.scaling.useGpu
+
+
+def test_rayjob_identity_labels_and_ownership() -> None:
+    cm, job = render()
+    meta = job["metadata"]
+    assert meta["name"] == cm["metadata"]["name"] == "legal-assistant-keyword-extraction-3"
+    assert len(meta["name"]) <= 47
+    assert meta["labels"]["anytasktune.io/taskfinetune"] == "legal-assistant"
+    assert meta["labels"]["anytasktune.io/subtask"] == "keyword-extraction"
+    assert meta["labels"]["anytasktune.io/attempt"] == "3"
+    owner = meta["ownerReferences"][0]
+    assert owner == {"apiVersion": "anytasktune.io/v1alpha1", "kind": "TaskFineTune", "name": "legal-assistant", "uid": "uid-1",
+                     "controller": True, "blockOwnerDeletion": True}
+    assert cm["metadata"]["ownerReferences"] == [owner]
+
+
+def test_rayjob_shape_follows_the_cluster_spec() -> None:
+    _, job = render()
+    spec = job["spec"]
+    assert spec["entrypoint"] == "python -m anytasktune_trainjob --spec /etc/anytasktune/spec.json"
+    assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] == 600
+    workers = spec["rayClusterSpec"]["workerGroupSpecs"][0]
+    assert workers["replicas"] == workers["minReplicas"] == workers["maxReplicas"] == 2
+    pod = workers["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"] == "registry.local/trainjob:1"
+    assert container["resources"]["limits"] == {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": 1}
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    head = spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    assert "nvidia.com/gpu" not in json.dumps(head) and "nodeSelector" not in head
+    assert {"name": "trainjob-spec", "configMap": {"name": "legal-assistant-keyword-extraction-3"}} in head["volumes"]
+
+
+def test_credentials_only_by_secret_reference() -> None:
+    _, job = render()
+    env = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["env"]
+    by_name = {e["name"]: e for e in env}
+    assert by_name["AWS_ACCESS_KEY_ID"] == {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": "s3-credentials", "key": "AWS_ACCESS_KEY_ID"}}}
+    assert "value" not in by_name["AWS_SECRET_ACCESS_KEY"]
+
+
+@pytest.mark.parametrize("restricted", [True, False])
+def test_pods_are_restricted_by_default(restricted: bool) -> None:
+    _, job = render(config=OperatorConfig(restricted_pods=restricted))
+    for group in [job["spec"]["rayClusterSpec"]["headGroupSpec"], *job["spec"]["rayClusterSpec"]["workerGroupSpecs"]]:
+        pod = group["template"]["spec"]
+        container = pod["containers"][0]
+        if restricted:
+            assert pod["securityContext"]["runAsNonRoot"] is True
+            assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+            assert container["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+        else:
+            assert "securityContext" not in pod and "securityContext" not in container
+
+
+def test_kueue_queue_and_cpu_only_cluster() -> None:
+    example = yaml.safe_load((ROOT / "manifests/examples/healthcare-cpu-minimal.yaml").read_text())
+    model = TaskFineTune.model_validate(example)
+    train = resolve_subtask("healthcare", "ns", model.spec, model.spec.subtasks[0])
+    job = render_rayjob("healthcare", "ns", "u", model.spec, train, 1, OperatorConfig())
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-ml"
+    worker = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    assert "nvidia.com/gpu" not in worker["resources"]["limits"]
+    env = {e["name"]: e.get("value") for e in worker["env"]}
+    assert env["AWS_ENDPOINT_URL_S3"] == "http://minio.storage.svc:9000" and env["HF_HOME"] == "/models/hf"
+    assert "AWS_ACCESS_KEY_ID" not in env  # no Secret: the pod identity (IRSA) supplies credentials
+    assert not train.scaling.useGpu
+
+
+def test_run_id_is_stable_and_changes_with_the_spec() -> None:
+    cm1, _ = render()
+    cm2, _ = render()
+    assert cm1["metadata"]["labels"]["anytasktune.io/run-id"] == cm2["metadata"]["labels"]["anytasktune.io/run-id"]
+    changed = json.loads(json.dumps(EXAMPLE))
+    changed["spec"]["defaults"]["training"]["epochs"] = 4
+    cm3, _ = render(changed)
+    assert cm3["metadata"]["labels"]["anytasktune.io/run-id"] != cm1["metadata"]["labels"]["anytasktune.io/run-id"]
+
+
+def test_committed_crd_matches_the_models() -> None:
+    committed = (ROOT / crd.CRD_PATH).read_text()
+    assert committed == crd.render_yaml(), "the CRD drifted from operator/anytasktune/spec.py: run `make manifests`"
+
+
+def test_crd_schema_is_structural_enough_for_the_api_server() -> None:
+    schema = crd.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+    def walk(node: dict[str, Any], path: str) -> None:
+        assert "$ref" not in node and "anyOf" not in node and "title" not in node, path
+        if node.get("type") == "object":
+            for name, sub in node.get("properties", {}).items():
+                walk(sub, f"{path}.{name}")
+            if isinstance(node.get("additionalProperties"), dict):
+                walk(node["additionalProperties"], f"{path}[*]")
+        elif node.get("type") == "array":
+            walk(node["items"], f"{path}[]")
+        else:
+            assert node.get("type") in {"string", "integer", "number", "boolean"}, path
+
+    walk(schema, "")
+    subtasks = schema["properties"]["spec"]["properties"]["subtasks"]
+    assert subtasks["x-kubernetes-list-type"] == "map" and subtasks["x-kubernetes-list-map-keys"] == ["name"]
