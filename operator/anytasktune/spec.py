@@ -88,23 +88,25 @@ def partial_model(model: type[BaseModel], name: str) -> type[BaseModel]:
         constrained = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
         fields[field_name] = (Optional[constrained], Field(None, description=info.description))  # noqa: UP045 - runtime type
     override = create_model(name, __base__=Strict, **fields)
-    override.__doc__ = f"Override of {model.__name__}: only the fields given replace the defaults."
+    section = next((k for k, v in OVERRIDABLE_MODELS.items() if v is model), model.__name__)
+    override.__doc__ = f"Override of spec.defaults.{section}: same fields, no defaults; only the fields given replace the defaults."
     return override
 
 
-LoraOverride = partial_model(LoraConfig, "LoraOverride")
-TrainingOverride = partial_model(TrainingConfig, "TrainingOverride")
-DeepSpeedOverride = partial_model(DeepSpeedConfig, "DeepSpeedOverride")
-EvaluationOverride = partial_model(EvaluationConfig, "EvaluationOverride")
-DataContractOverride = partial_model(DataContractConfig, "DataContractOverride")
-
-OVERRIDABLE: dict[str, type[BaseModel]] = {
+OVERRIDABLE_MODELS: dict[str, type[BaseModel]] = {
     "lora": LoraConfig,
     "training": TrainingConfig,
     "deepspeed": DeepSpeedConfig,
     "evaluation": EvaluationConfig,
     "dataContract": DataContractConfig,
 }
+LoraOverride = partial_model(LoraConfig, "LoraOverride")
+TrainingOverride = partial_model(TrainingConfig, "TrainingOverride")
+DeepSpeedOverride = partial_model(DeepSpeedConfig, "DeepSpeedOverride")
+EvaluationOverride = partial_model(EvaluationConfig, "EvaluationOverride")
+DataContractOverride = partial_model(DataContractConfig, "DataContractOverride")
+
+OVERRIDABLE = OVERRIDABLE_MODELS
 
 
 class Defaults(Strict):

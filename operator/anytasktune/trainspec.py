@@ -85,6 +85,8 @@ class Precision(str, Enum):
 
 
 class LoraConfig(Strict):
+    """PEFT LoRA settings of the adapter."""
+
     r: int = Field(16, ge=1, le=256, description="LoRA rank.")
     alpha: int = Field(32, ge=1, le=1024, description="LoRA scaling numerator (lora_alpha).")
     dropout: float = Field(0.05, ge=0.0, le=0.9, description="Dropout on the LoRA path.")
@@ -102,6 +104,8 @@ class LoraConfig(Strict):
 
 
 class TrainingConfig(Strict):
+    """Optimisation settings of the Ray Train loop."""
+
     epochs: int = Field(3, ge=1, le=100)
     maxSteps: int = Field(0, ge=0, le=10_000_000, description="Stop after this many optimizer steps; 0 = run all epochs.")
     learningRate: float = Field(2e-4, gt=0.0, le=1.0)
@@ -118,12 +122,16 @@ class TrainingConfig(Strict):
 
 
 class DeepSpeedConfig(Strict):
+    """DeepSpeed ZeRO settings (config generated per run)."""
+
     zeroStage: int = Field(2, ge=0, le=3, description="ZeRO stage 0-3.")
     offloadOptimizer: bool = Field(False, description="ZeRO-Offload of optimizer state to CPU (stage >= 1).")
     precision: Precision = Precision.auto
 
 
 class EvaluationConfig(Strict):
+    """Held-out evaluation: base model vs adapter, same prompts."""
+
     holdout: float = Field(0.1, gt=0.0, le=0.5, description="Share of records held out for evaluation (by record hash).")
     metrics: list[Metric] = Field(
         default_factory=list,
@@ -136,6 +144,8 @@ class EvaluationConfig(Strict):
 
 
 class DataContractConfig(Strict):
+    """Checks every dataset must pass before training starts."""
+
     minSamples: int = Field(10, ge=1, le=10_000_000, description="Fewer training records than this fail the sub-task.")
     maxTruncatedFraction: float = Field(0.05, ge=0.0, le=1.0, description="Share of records longer than maxSeqLength allowed.")
     maxDuplicateFraction: float = Field(0.0, ge=0.0, le=1.0, description="Share of exact duplicate records allowed.")

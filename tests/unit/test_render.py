@@ -139,3 +139,8 @@ def test_crd_schema_is_structural_enough_for_the_api_server() -> None:
     walk(schema, "")
     subtasks = schema["properties"]["spec"]["properties"]["subtasks"]
     assert subtasks["x-kubernetes-list-type"] == "map" and subtasks["x-kubernetes-list-map-keys"] == ["name"]
+
+
+def test_readme_field_reference_matches_the_models() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert crd.update_readme(readme) == readme, "README field reference drifted: run `make manifests`"

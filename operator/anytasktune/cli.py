@@ -1,0 +1,253 @@
+"""`anytasktune`: validate, render, run locally, inspect status, check datasets, run the operator.
+
+Exit codes: 0 success, 1 a check failed (invalid resource, failed sub-task), 2 usage
+error. Errors go to stderr; user errors never print a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+
+from anytasktune.config import OperatorConfig
+from anytasktune.render import render_configmap, render_rayjob
+from anytasktune.resolve import ResolveError, resolve_subtask
+from anytasktune.spec import GROUP, PLURAL, VERSION, TaskFineTune
+from anytasktune.validation import Problem, load_documents, validate_file
+
+PLACEHOLDER_UID = "00000000-0000-0000-0000-000000000000"
+
+
+class _ReviewDumper(yaml.SafeDumper):
+    """YAML for humans: multi-line strings (the ConfigMap's spec.json) as literal blocks."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_ReviewDumper.add_representer(str, _str)
+
+
+def to_yaml(data: Any, *, many: bool = False) -> str:
+    dump = yaml.dump_all if many else yaml.dump
+    return dump(data, Dumper=_ReviewDumper, sort_keys=False, allow_unicode=True)  # type: ignore[no-any-return, operator]
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed without a traceback."""
+
+
+def _emit(data: Any, output: str) -> None:
+    if output == "json":
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+    else:
+        print(to_yaml(data), end="")
+
+
+def load_taskfinetunes(path: str) -> list[TaskFineTune]:
+    """Parse and validate every TaskFineTune of a file, or raise UserError with file:line problems."""
+    problems = validate_file(path)
+    if problems:
+        raise UserError("\n".join(str(p) for p in problems))
+    return [TaskFineTune.model_validate({k: v for k, v in d.obj.items() if k != "status"}) for d in load_documents(path)]
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    results: dict[str, list[Problem]] = {f: validate_file(f) for f in args.files}
+    bad = sum(1 for p in results.values() if p)
+    if args.output == "json":
+        _emit([{"file": f, "valid": not p, "problems": [vars(x) for x in p]} for f, p in results.items()], "json")
+    else:
+        for f, problems in results.items():
+            if problems:
+                for p in problems:
+                    print(p, file=sys.stderr)
+            else:
+                print(f"{f}: valid")
+    return 1 if bad else 0
+
+
+def render_children(tft: TaskFineTune, namespace: str, config: OperatorConfig) -> list[dict[str, Any]]:
+    """The first attempt's children of every sub-task, as the operator would create them."""
+    name = tft.metadata["name"]
+    objects: list[dict[str, Any]] = []
+    for subtask in tft.spec.subtasks:
+        try:
+            train = resolve_subtask(name, namespace, tft.spec, subtask)
+        except ResolveError as err:
+            raise UserError(str(err)) from err
+        objects.append(render_configmap(name, namespace, PLACEHOLDER_UID, train, 1))
+        objects.append(render_rayjob(name, namespace, PLACEHOLDER_UID, tft.spec, train, 1, config))
+    return objects
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    config = OperatorConfig.from_env()
+    if args.image:
+        config = OperatorConfig(**{**vars(config), "training_image": args.image})
+    objects: list[dict[str, Any]] = []
+    for tft in load_taskfinetunes(args.file):
+        namespace = args.namespace or tft.metadata.get("namespace") or "default"
+        objects += render_children(tft, namespace, config)
+    if args.output == "json":
+        _emit({"apiVersion": "v1", "kind": "List", "items": objects}, "json")
+    else:
+        print("# Children the operator creates for the first attempt of each sub-task.")
+        print(f"# ownerReferences carry a placeholder uid ({PLACEHOLDER_UID}); the operator uses the real one.")
+        print(to_yaml(objects, many=True), end="")
+    return 0
+
+
+def _status_rows(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for s in (obj.get("status") or {}).get("subtasks", []):
+        m = s.get("metrics") or {}
+        rows.append({
+            "taskfinetune": obj["metadata"]["name"],
+            "subtask": s["name"],
+            "phase": s.get("phase", ""),
+            "attempts": s.get("attempts", 0),
+            "base": m.get("base", {}),
+            "adapter_score": m.get("adapter", {}),
+            "lift": m.get("lift", {}),
+            "adapter": s.get("adapter") or "",
+            "message": s.get("message", ""),
+        })
+    return rows
+
+
+def _fmt_scores(scores: dict[str, float], signed: bool = False) -> str:
+    return " ".join(f"{k}={v:+.3f}" if signed else f"{k}={v:.3f}" for k, v in sorted(scores.items())) or "-"
+
+
+def print_table(rows: list[dict[str, str]], columns: Sequence[str]) -> None:
+    widths = {c: max([len(c), *(len(str(r[c])) for r in rows)]) for c in columns}
+    print("  ".join(c.upper().ljust(widths[c]) for c in columns))
+    for r in rows:
+        print("  ".join(str(r[c]).ljust(widths[c]) for c in columns))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    try:
+        import kubernetes
+    except ImportError as err:
+        raise UserError("`status` needs the operator extra: pip install 'anytasktune[operator]'") from err
+    try:
+        kubernetes.config.load_kube_config(context=args.context)
+    except Exception as err:  # noqa: BLE001 - any kubeconfig problem is a user error here
+        raise UserError(f"cannot load kubeconfig: {err}") from err
+    api = kubernetes.client.CustomObjectsApi()
+    namespace = args.namespace or "default"
+    try:
+        if args.name:
+            items = [api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, args.name)]
+        else:
+            items = api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL).get("items", [])  # type: ignore[union-attr]
+    except kubernetes.client.rest.ApiException as err:
+        raise UserError(f"cannot read TaskFineTunes in namespace {namespace}: {err.status} {err.reason}") from err
+    rows = [r for obj in items for r in _status_rows(obj)]  # type: ignore[arg-type]
+    if args.output == "json":
+        _emit(rows, "json")
+        return 0
+    if not rows:
+        print(f"no sub-task status yet in namespace {namespace}", file=sys.stderr)
+        return 0
+    table = [{**r, "base": _fmt_scores(r["base"]), "adapter_score": _fmt_scores(r["adapter_score"]), "lift": _fmt_scores(r["lift"], True)} for r in rows]
+    print_table(table, ["taskfinetune", "subtask", "phase", "attempts", "base", "adapter_score", "lift", "adapter"])
+    return 0
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    argv = [sys.executable, "-m", "kopf", "run", "--standalone", "-m", "anytasktune.handlers"]
+    if args.namespace:
+        for ns in args.namespace:
+            argv += ["--namespace", ns]
+    else:
+        argv.append("--all-namespaces")
+    if args.verbose:
+        argv.append("--verbose")
+    os.execv(sys.executable, argv)
+    return 0  # not reached
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from anytasktune import local
+
+    return local.main(args)
+
+
+def cmd_datasets_check(args: argparse.Namespace) -> int:
+    from anytasktune import local
+
+    return local.datasets_check(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="anytasktune", description="Fine-tune one LoRA adapter per sub-task of a domain (Task-Fine-Tune).")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check TaskFineTune files as the API server would (schema + CEL rules)")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("render", help="print the RayJobs and ConfigMaps the operator would create, for review")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("-n", "--namespace", help="namespace of the children (default: the resource's, else 'default')")
+    p.add_argument("--image", help="training image (default: ANYTASKTUNE_TRAINING_IMAGE or the release's image)")
+    p.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("run", help="train every sub-task on this machine: local Ray, embedded S3, same planner")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--workdir", default=None, help="where the embedded S3 keeps its data and adapters are copied (default: ./out)")
+    p.add_argument("--s3-endpoint", default=None, help="use this S3 endpoint instead of starting an embedded one")
+    p.add_argument("--base-model", default=None, help="local model folder to use instead of spec.baseModel")
+    p.add_argument("--no-progress", action="store_true", help="plain log lines instead of progress bars")
+    p.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", help="table of sub-tasks (phase, attempts, metrics, adapter) from a cluster")
+    p.add_argument("name", nargs="?", help="a TaskFineTune (default: all in the namespace)")
+    p.add_argument("-n", "--namespace")
+    p.add_argument("--context", help="kubeconfig context")
+    p.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("datasets", help="dataset tools")
+    dsub = p.add_subparsers(dest="datasets_command", required=True, metavar="COMMAND")
+    d = dsub.add_parser("check", help="run each sub-task's data contract without training")
+    d.add_argument("file", metavar="FILE")
+    d.add_argument("--s3-endpoint", default=None)
+    d.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    d.set_defaults(func=cmd_datasets_check)
+
+    p = sub.add_parser("operator", help="run the operator (kopf) against the current kubeconfig or in-cluster")
+    p.add_argument("-n", "--namespace", action="append", help="watch only these namespaces (repeatable; default: all)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_operator)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

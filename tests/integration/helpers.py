@@ -1,0 +1,154 @@
+"""Helpers for integration tests: run the operator, drive RayJobs as KubeRay would.
+
+No kubelet and no KubeRay controller run here (they need nodes and containers), so
+tests write RayJob.status through the status subresource exactly as KubeRay does.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def wait_for(what: str, fn: Callable[[], T | None], timeout: float = 45.0, interval: float = 0.3) -> T:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = fn()
+        except AssertionError as err:  # let fn assert; keep the last reason
+            last = err
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class OperatorProcess:
+    """The real operator (`kopf run -m anytasktune.handlers`) as a subprocess."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, extra_env: dict[str, str] | None = None):
+        self.env = {
+            **env,
+            "ANYTASKTUNE_RESYNC_SECONDS": "2",
+            "ANYTASKTUNE_RETRY_BACKOFF_SECONDS": "1",
+            "ANYTASKTUNE_RETRY_BACKOFF_MAX_SECONDS": "2",
+            "ANYTASKTUNE_METRICS_PORT": str(free_port()),
+            "ANYTASKTUNE_TRAINING_IMAGE": "registry.test/anytasktune/trainjob:test",
+            # Manifests are read from an S3 that is not there: fail fast.
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            **(extra_env or {}),
+        }
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def metrics_port(self) -> int:
+        return int(self.env["ANYTASKTUNE_METRICS_PORT"])
+
+    def start(self) -> OperatorProcess:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kopf", "run", "--standalone", "--all-namespaces", "-m", "anytasktune.handlers"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+        )
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kill(self) -> None:
+        """An abrupt crash (SIGKILL), as when a node dies under the operator."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:] if self.log_path.exists() else ""
+
+
+class Kubectl:
+    """kubectl against the test control plane, returning parsed JSON."""
+
+    def __init__(self, env: dict[str, str]):
+        self.env = env
+
+    def run(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(["kubectl", *args], env=self.env, input=input, capture_output=True, text=True, timeout=60)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed: {proc.stderr}")
+        return proc
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.run(*args, "-o", "json").stdout)
+
+    def apply(self, obj: dict[str, Any] | str, namespace: str) -> None:
+        text = obj if isinstance(obj, str) else json.dumps(obj)
+        self.run("apply", "-n", namespace, "-f", "-", input=text)
+
+    def tft(self, namespace: str, name: str) -> dict[str, Any]:
+        return self.json("get", "taskfinetune", name, "-n", namespace)  # type: ignore[no-any-return]
+
+    def rayjobs(self, namespace: str) -> dict[str, dict[str, Any]]:
+        return {o["metadata"]["name"]: o for o in self.json("get", "rayjobs", "-n", namespace)["items"]}
+
+    def events(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        items = self.json("get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}")["items"]
+        return list(items)
+
+    def set_rayjob_status(self, namespace: str, name: str, **status: Any) -> None:
+        """Write RayJob.status the way KubeRay's controller does."""
+        self.run("patch", "rayjob", name, "-n", namespace, "--subresource=status", "--type=merge", "-p", json.dumps({"status": status}))
+
+    def namespace(self, name: str) -> str:
+        self.run("create", "namespace", name)
+        return name
+
+
+RUNNING = {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING", "startTime": "2026-11-24T10:00:00Z"}
+SUCCEEDED = {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED", "endTime": "2026-11-24T10:30:00Z"}
+
+
+def failed(message: str) -> dict[str, Any]:
+    return {"jobDeploymentStatus": "Failed", "jobStatus": "FAILED", "reason": "AppFailed", "message": message,
+            "endTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def taskfinetune(name: str, subtasks: list[str], **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "domain": "legal",
+        "baseModel": {"uri": "s3://models/base/"},
+        "storage": {"output": "s3://adapters/", "endpoint": "http://127.0.0.1:1"},
+        "subtasks": [{"name": s, "dataset": {"uri": f"s3://datasets/{s}.jsonl"}, "instruction": f"Do {s}."} for s in subtasks],
+        "cluster": {"workers": 1, "gpusPerWorker": 1},
+    }
+    body.update(spec)
+    return {"apiVersion": "anytasktune.io/v1alpha1", "kind": "TaskFineTune", "metadata": {"name": name}, "spec": body}

@@ -1,0 +1,202 @@
+"""The operator end to end against a real kube-apiserver, KubeRay's CRDs and the
+garbage collector of a real kube-controller-manager. RayJob status is driven by the
+test, the way KubeRay would drive it (no kubelet or KubeRay controller runs here)."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from anytasktune.trainspec import FailureClass, failure_line
+from tests.integration.helpers import RUNNING, SUCCEEDED, Kubectl, OperatorProcess, failed, taskfinetune, wait_for
+
+
+@pytest.fixture(scope="module")
+def k(kube_env: dict[str, str]) -> Kubectl:
+    return Kubectl(kube_env)
+
+
+@pytest.fixture(scope="module")
+def operator(kube_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(kube_env, tmp_path_factory.mktemp("operator") / "operator.log").start()
+    try:
+        yield op
+    finally:
+        op.stop()
+        print(op.logs())
+
+
+def subtask_status(tft: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(s for s in tft.get("status", {}).get("subtasks", []) if s["name"] == name)
+
+
+def reasons(k: Kubectl, ns: str, name: str) -> list[str]:
+    return [e["reason"] for e in k.events(ns, name)]
+
+
+def condition(tft: dict[str, Any], type_: str) -> tuple[str, str]:
+    c = next(c for c in tft["status"]["conditions"] if c["type"] == type_)
+    return c["status"], c["reason"]
+
+
+def test_lifecycle_parallelism_success_retry_and_backoff(k: Kubectl, operator: OperatorProcess) -> None:
+    ns = k.namespace("lifecycle")
+    k.apply(taskfinetune("pool", ["alpha", "beta", "gamma"], maxParallelSubtasks=2, backoffLimit=1), ns)
+
+    # Launch: two RayJobs, in spec order; the third waits for a slot.
+    jobs = wait_for("two RayJobs", lambda: (j := k.rayjobs(ns)) and len(j) == 2 and j)
+    assert sorted(jobs) == ["pool-alpha-1", "pool-beta-1"]
+    time.sleep(3)  # more than one resync: still no third launch
+    assert sorted(k.rayjobs(ns)) == ["pool-alpha-1", "pool-beta-1"]
+    tft = wait_for("status", lambda: (t := k.tft(ns, "pool")).get("status", {}).get("phase") == "Running" and t)
+    assert tft["status"]["progress"] == "0/3"
+    assert subtask_status(tft, "gamma")["phase"] == "Pending"
+    assert "waiting" in subtask_status(tft, "gamma")["message"]
+    assert condition(tft, "Progressing") == ("True", "Training")
+    assert k.json("get", "configmap", "pool-alpha-1", "-n", ns)["data"]["spec.json"]
+    owner = jobs["pool-alpha-1"]["metadata"]["ownerReferences"][0]
+    assert owner["kind"] == "TaskFineTune" and owner["uid"] == tft["metadata"]["uid"] and owner["controller"] is True
+
+    # alpha runs and succeeds: its slot goes to gamma.
+    k.set_rayjob_status(ns, "pool-alpha-1", **RUNNING)
+    wait_for("alpha Running", lambda: subtask_status(k.tft(ns, "pool"), "alpha")["phase"] == "Running")
+    k.set_rayjob_status(ns, "pool-alpha-1", **SUCCEEDED)
+    wait_for("gamma launched", lambda: "pool-gamma-1" in k.rayjobs(ns))
+    tft = k.tft(ns, "pool")
+    assert subtask_status(tft, "alpha")["phase"] == "Succeeded"
+    assert subtask_status(tft, "alpha")["adapter"].startswith("s3://adapters/pool/alpha/")
+    assert tft["status"]["progress"] == "1/3"
+
+    # beta fails (out of memory): retried with a new RayJob after the backoff.
+    k.set_rayjob_status(ns, "pool-beta-1", **failed("Job entrypoint command failed\ntorch.OutOfMemoryError: CUDA out of memory"))
+    wait_for("beta retried", lambda: "pool-beta-2" in k.rayjobs(ns))
+    beta = subtask_status(k.tft(ns, "pool"), "beta")
+    assert beta["attempts"] == 2 and beta["rayJob"] == "pool-beta-2" and beta["failureClass"] == "OutOfMemory"
+
+    # beta fails again: backoffLimit 1 is exhausted, beta is Failed; gamma goes on.
+    k.set_rayjob_status(ns, "pool-beta-2", **failed("segmentation fault"))
+    wait_for("beta Failed", lambda: subtask_status(k.tft(ns, "pool"), "beta")["phase"] == "Failed")
+    assert "backoff limit 1 exceeded" in subtask_status(k.tft(ns, "pool"), "beta")["message"]
+    assert "pool-beta-3" not in k.rayjobs(ns)
+    assert condition(k.tft(ns, "pool"), "Degraded") == ("True", "SubtaskFailed")
+    assert k.tft(ns, "pool")["status"]["phase"] == "Running"
+
+    k.set_rayjob_status(ns, "pool-gamma-1", **SUCCEEDED)
+    tft = wait_for("pool finished", lambda: (t := k.tft(ns, "pool"))["status"]["phase"] == "Failed" and t)
+    assert tft["status"]["progress"] == "2/3"
+    assert condition(tft, "Succeeded") == ("False", "SubtasksFailed")
+    assert condition(tft, "Progressing") == ("False", "Completed")
+    assert all(c["observedGeneration"] == tft["metadata"]["generation"] for c in tft["status"]["conditions"])
+    seen = wait_for("events", lambda: (r := reasons(k, ns, "pool")) and "CompletedWithFailures" in r and r)
+    for reason in ("Launched", "Retrying", "SubtaskSucceeded", "SubtaskFailed", "CompletedWithFailures"):
+        assert reason in seen, seen
+
+    # Finished and quiet: the status is not rewritten on every resync.
+    version = k.tft(ns, "pool")["metadata"]["resourceVersion"]
+    time.sleep(5)
+    assert k.tft(ns, "pool")["metadata"]["resourceVersion"] == version
+
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).read().decode()
+    assert 'anytasktune_retries_total{failure_class="OutOfMemory"} 1.0' in metrics
+    assert 'anytasktune_subtasks{namespace="lifecycle",phase="Failed",taskfinetune="pool"} 1.0' in metrics
+
+
+def test_bad_data_is_not_retried(k: Kubectl, operator: OperatorProcess) -> None:
+    ns = k.namespace("baddata")
+    k.apply(taskfinetune("data", ["kw"], backoffLimit=3), ns)
+    wait_for("launch", lambda: "data-kw-1" in k.rayjobs(ns))
+    message = "Job entrypoint command failed with exit code 3, last available logs:\n" + failure_line(
+        FailureClass.DataContract, "s3://datasets/kw.jsonl:12: field 'output' is empty"
+    )
+    k.set_rayjob_status(ns, "data-kw-1", **failed(message))
+    kw = wait_for("kw Failed", lambda: (s := subtask_status(k.tft(ns, "data"), "kw"))["phase"] == "Failed" and s)
+    assert kw["failureClass"] == "DataContract" and "kw.jsonl:12" in kw["message"]
+    time.sleep(3)
+    assert list(k.rayjobs(ns)) == ["data-kw-1"]
+
+
+def test_suspend_and_resume(k: Kubectl, operator: OperatorProcess) -> None:
+    ns = k.namespace("suspend")
+    k.apply(taskfinetune("pausable", ["one", "two"], maxParallelSubtasks=1), ns)
+    wait_for("launch", lambda: "pausable-one-1" in k.rayjobs(ns))
+    k.set_rayjob_status(ns, "pausable-one-1", **RUNNING)
+
+    k.run("patch", "tft", "pausable", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":true}}')
+    wait_for("RayJob suspended", lambda: k.rayjobs(ns)["pausable-one-1"]["spec"].get("suspend") is True)
+    tft = wait_for("Suspended", lambda: (t := k.tft(ns, "pausable"))["status"]["phase"] == "Suspended" and t)
+    assert condition(tft, "Suspended") == ("True", "Suspended")
+    k.set_rayjob_status(ns, "pausable-one-1", jobDeploymentStatus="Suspended", jobStatus="STOPPED")
+    time.sleep(3)
+    assert list(k.rayjobs(ns)) == ["pausable-one-1"]  # nothing new launched while suspended
+
+    k.run("patch", "tft", "pausable", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":false}}')
+    wait_for("RayJob resumed", lambda: k.rayjobs(ns)["pausable-one-1"]["spec"].get("suspend") is False)
+    wait_for("Resumed event", lambda: "Resumed" in reasons(k, ns, "pausable"))
+
+
+def test_spec_update_supersedes_the_running_attempt(k: Kubectl, operator: OperatorProcess) -> None:
+    ns = k.namespace("update")
+    k.apply(taskfinetune("evolving", ["kw"]), ns)
+    first = wait_for("launch", lambda: k.rayjobs(ns).get("evolving-kw-1"))
+    k.set_rayjob_status(ns, "evolving-kw-1", **RUNNING)
+    changed = taskfinetune("evolving", ["kw"])
+    changed["spec"]["subtasks"][0]["lora"] = {"r": 64}
+    k.apply(changed, ns)
+    jobs = wait_for("relaunch", lambda: (j := k.rayjobs(ns)) and "evolving-kw-1" not in j and "evolving-kw-2" in j and j)
+    new = jobs["evolving-kw-2"]["metadata"]["labels"]["anytasktune.io/run-id"]
+    assert new != first["metadata"]["labels"]["anytasktune.io/run-id"]
+    tft = wait_for("status follows", lambda: (t := k.tft(ns, "evolving"))["status"]["observedGeneration"] == 2 and t)
+    assert subtask_status(tft, "kw")["runId"] == new
+    assert '"r": 64' in k.json("get", "configmap", "evolving-kw-2", "-n", ns)["data"]["spec.json"]
+
+
+def test_operator_crash_mid_way_creates_no_duplicates(k: Kubectl, kube_env: dict[str, str], operator: OperatorProcess, tmp_path: Path) -> None:
+    ns = k.namespace("restart")
+    operator.kill()
+    try:
+        k.apply(taskfinetune("sturdy", ["a", "b", "c"], maxParallelSubtasks=2), ns)
+        # A first operator launches, then dies abruptly.
+        first = OperatorProcess(kube_env, tmp_path / "first.log").start()
+        wait_for("first launches", lambda: len(k.rayjobs(ns)) == 2)
+        first.kill()
+        # A second one takes over the same world.
+        second = OperatorProcess(kube_env, tmp_path / "second.log").start()
+        try:
+            time.sleep(5)
+            assert sorted(k.rayjobs(ns)) == ["sturdy-a-1", "sturdy-b-1"]
+            k.set_rayjob_status(ns, "sturdy-a-1", **SUCCEEDED)
+            wait_for("c launched once", lambda: sorted(k.rayjobs(ns)) == ["sturdy-a-1", "sturdy-b-1", "sturdy-c-1"])
+            launched = [e for e in k.events(ns, "sturdy") if e["reason"] == "Launched"]
+            assert 1 <= len(launched) <= 3  # the first may die before posting its events; never more
+        finally:
+            second.stop()
+    finally:
+        operator.start()
+
+
+def test_invalid_at_reconcile_time_fails_the_subtask_with_an_event(k: Kubectl, operator: OperatorProcess) -> None:
+    ns = k.namespace("invalid")
+    body = taskfinetune("odd", ["kw", "ok"])
+    body["spec"]["subtasks"][0]["deepspeed"] = {"offloadOptimizer": True}
+    body["spec"]["defaults"] = {"deepspeed": {"zeroStage": 0}}
+    k.apply(body, ns)
+    kw = wait_for("kw Failed", lambda: (s := subtask_status(k.tft(ns, "odd"), "kw"))["phase"] == "Failed" and s)
+    assert kw["failureClass"] == "InvalidSpec" and "offloadOptimizer needs zeroStage >= 1" in kw["message"]
+    assert sorted(k.rayjobs(ns)) == ["odd-ok-1"]
+    wait_for("event", lambda: "SubtaskFailed" in reasons(k, ns, "odd"))
+
+
+def test_deleting_the_taskfinetune_leaves_nothing_behind(k: Kubectl, operator: OperatorProcess) -> None:
+    ns = k.namespace("deletion")
+    k.apply(taskfinetune("doomed", ["a", "b"]), ns)
+    wait_for("launches", lambda: len(k.rayjobs(ns)) == 2)
+    assert not k.tft(ns, "doomed")["metadata"].get("finalizers")  # nothing can wedge deletion
+    k.run("delete", "tft", "doomed", "-n", ns, "--wait=true", "--timeout=30s")
+    wait_for("RayJobs collected", lambda: k.rayjobs(ns) == {})
+    wait_for("ConfigMaps collected", lambda: [c for c in k.json("get", "configmaps", "-n", ns)["items"]
+                                            if c["metadata"]["name"].startswith("doomed-")] == [])
