@@ -167,8 +167,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_operator(args: argparse.Namespace) -> int:
     argv = [sys.executable, "-m", "kopf", "run", "--standalone", "-m", "anytasktune.handlers"]
-    if args.namespace:
-        for ns in args.namespace:
+    namespaces = args.namespace or [n for n in os.environ.get("ANYTASKTUNE_NAMESPACES", "").split(",") if n]
+    if namespaces:
+        os.environ["ANYTASKTUNE_NAMESPACES"] = ",".join(namespaces)  # the resync loop lists these only
+        for ns in namespaces:
             argv += ["--namespace", ns]
     else:
         argv.append("--all-namespaces")

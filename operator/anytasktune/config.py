@@ -21,6 +21,8 @@ class OperatorConfig:
     spec_mount_path: str = "/etc/anytasktune"
     trainjob_module: str = "anytasktune_trainjob"
     extra_labels: dict[str, str] = field(default_factory=dict)
+    # Namespaces to watch; empty = all (cluster-wide RBAC needed).
+    watch_namespaces: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorConfig:
@@ -31,4 +33,5 @@ class OperatorConfig:
             retry_backoff_max_seconds=float(e.get("ANYTASKTUNE_RETRY_BACKOFF_MAX_SECONDS", "300")),
             resync_seconds=float(e.get("ANYTASKTUNE_RESYNC_SECONDS", "30")),
             restricted_pods=e.get("ANYTASKTUNE_RESTRICTED_PODS", "true").lower() != "false",
+            watch_namespaces=tuple(n.strip() for n in e.get("ANYTASKTUNE_NAMESPACES", "").split(",") if n.strip()),
         )

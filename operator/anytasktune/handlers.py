@@ -244,8 +244,13 @@ async def _resync_forever() -> None:
 
 
 def _list_all() -> list[tuple[str, str]]:
-    resp: dict[str, Any] = _client().custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)  # type: ignore[assignment]
-    return [(o["metadata"]["namespace"], o["metadata"]["name"]) for o in resp.get("items", [])]
+    """Every TaskFineTune we watch; per namespace when namespaced (a Role cannot list cluster-wide)."""
+    custom = _client().custom
+    if CONFIG.watch_namespaces:
+        responses = [custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL) for ns in CONFIG.watch_namespaces]
+    else:
+        responses = [custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)]
+    return [(o["metadata"]["namespace"], o["metadata"]["name"]) for r in responses for o in r.get("items", [])]  # type: ignore[union-attr]
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
