@@ -150,7 +150,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         if args.name:
             items = [api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, args.name)]
         else:
-            items = api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL).get("items", [])  # type: ignore[union-attr]
+            items = api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL).get("items", [])  # type: ignore[attr-defined]
     except kubernetes.client.rest.ApiException as err:
         raise UserError(f"cannot read TaskFineTunes in namespace {namespace}: {err.status} {err.reason}") from err
     rows = [r for obj in items for r in _status_rows(obj)]  # type: ignore[arg-type]

@@ -250,7 +250,7 @@ def _list_all() -> list[tuple[str, str]]:
         responses = [custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL) for ns in CONFIG.watch_namespaces]
     else:
         responses = [custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)]
-    return [(o["metadata"]["namespace"], o["metadata"]["name"]) for r in responses for o in r.get("items", [])]  # type: ignore[union-attr]
+    return [(o["metadata"]["namespace"], o["metadata"]["name"]) for r in responses for o in r.get("items", [])]  # type: ignore[attr-defined]
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
