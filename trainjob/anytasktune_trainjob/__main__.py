@@ -1,0 +1,93 @@
+"""`python -m anytasktune_trainjob --spec <path | s3://bucket/key>` (or the spec JSON
+in $ANYTASKTUNE_SPEC). On failure the LAST line printed is
+`anytasktune.trainspec.failure_line(...)` and the exit code is the class's code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from anytasktune.trainspec import FailureClass, TrainJobSpec, failure_line
+
+from .errors import InvalidSpecError, TrainJobError, classify, exit_code_for
+
+SPEC_ENV = "ANYTASKTUNE_SPEC"
+
+
+def load_spec(ref: str | None) -> TrainJobSpec:
+    from pydantic import ValidationError
+
+    if ref:
+        if ref.startswith("s3://"):
+            from .storage import Storage, StorageSettings
+
+            endpoint = os.environ.get("ANYTASKTUNE_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
+            region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+            text = Storage(StorageSettings(endpoint, region, "auto")).get_bytes(ref)[0].decode("utf-8")
+        else:
+            path = Path(ref)
+            if not path.is_file():
+                raise InvalidSpecError(f"spec file not found: {ref}")
+            text = path.read_text(encoding="utf-8")
+    elif os.environ.get(SPEC_ENV):
+        text = os.environ[SPEC_ENV]
+    else:
+        raise InvalidSpecError(f"no spec: pass --spec <path|s3://…> or set ${SPEC_ENV}")
+    try:
+        return TrainJobSpec.from_json(text)
+    except ValidationError as exc:
+        raise InvalidSpecError(f"invalid spec: {exc}") from None
+    except ValueError as exc:
+        raise InvalidSpecError(f"invalid spec JSON: {exc}") from None
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise TrainJobError(f"terminated by signal {signum}", FailureClass.Preempted)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m anytasktune_trainjob", description=__doc__)
+    parser.add_argument("--spec", help=f"spec JSON file or s3:// uri (default: ${SPEC_ENV})")
+    parser.add_argument("--ray-address", default=None, help="Ray cluster (default: $RAY_ADDRESS or local)")
+    parser.add_argument("--check-data", action="store_true",
+                        help="only parse the dataset and check the data contract, then exit")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        spec = load_spec(args.spec)
+        print(f"[anytasktune] spec {spec.taskFineTune}/{spec.subtask} run {spec.run_id()} -> {spec.run_prefix()}",
+              flush=True)
+        if args.check_data:
+            from .runner import prepare_data
+            from .storage import Storage, StorageSettings
+
+            prepared = prepare_data(spec, Storage(StorageSettings.from_spec(spec.storage)))
+            print(json.dumps({"dataset": prepared.dataset, "dataContract": prepared.contract.as_dict()},
+                             ensure_ascii=False, indent=2))
+            return 0
+        from .runner import run
+
+        result = run(spec, ray_address=args.ray_address)
+        print(f"[anytasktune] manifest: {result.manifest_uri}", flush=True)
+        return 0
+    except BaseException as exc:  # noqa: BLE001 - every failure ends with the marker line
+        if isinstance(exc, SystemExit) and exc.code in (0, None):
+            raise
+        cls, message = classify(exc)
+        if not isinstance(exc, TrainJobError):
+            traceback.print_exc(file=sys.stderr)
+        else:
+            print(f"[anytasktune] error: {message}", file=sys.stderr)
+        sys.stderr.flush()
+        print(failure_line(cls, message), flush=True)
+        os._exit(exit_code_for(cls))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

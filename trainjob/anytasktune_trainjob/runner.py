@@ -1,0 +1,272 @@
+"""The driver: read the spec's dataset, enforce the data contract, launch Ray
+Train, write the manifest. `run(spec)` is the importable entry point (local mode
+uses it); `python -m anytasktune_trainjob` wraps it for the RayJob."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from anytasktune.trainspec import TrainJobSpec, metrics_for
+
+from . import data as D
+from . import encoding
+from .errors import InvalidSpecError, TrainJobError, classify
+from .models import resolve_base_model
+from .storage import S3Uri, Storage, StorageSettings, is_s3_uri
+from .worker import TokenTable, train_loop_per_worker
+from .zero import build_deepspeed_config, plan_steps, resolve_precision
+
+MANIFEST_KIND = "TrainJobManifest"
+MANIFEST_NAME = "manifest.json"
+VERSIONED_PACKAGES = ("anytasktune", "torch", "deepspeed", "ray", "peft", "transformers", "accelerate",
+                      "safetensors", "tokenizers", "boto3", "pyarrow", "numpy")
+
+
+@dataclass
+class Result:
+    run_id: str
+    run_prefix: str
+    manifest_uri: str
+    manifest: dict[str, Any]
+    resumed_from_step: int | None = None
+    artifacts: list[str] = field(default_factory=list)
+
+    @property
+    def evaluation(self) -> dict[str, Any]:
+        return dict(self.manifest.get("evaluation", {}))
+
+
+@dataclass
+class PreparedData:
+    payload: dict[str, Any]
+    dataset: dict[str, Any]
+    contract: D.ContractReport
+    pad_id: int
+    stop_ids: list[int]
+    train_records: int
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def read_dataset(spec: TrainJobSpec, storage: Storage) -> tuple[bytes, str, str]:
+    """(bytes, etag, source name)."""
+    uri = spec.dataset.uri
+    if is_s3_uri(uri):
+        blob, etag = storage.get_bytes(uri)
+        return blob, etag, S3Uri.parse(uri).key.rsplit("/", 1)[-1]
+    path = Path(uri.removeprefix("file://")).expanduser()
+    if not path.is_file():
+        raise InvalidSpecError(f"dataset.uri {uri} is neither s3:// nor an existing local file")
+    return path.read_bytes(), "", path.name
+
+
+def prepare_data(spec: TrainJobSpec, storage: Storage, log: Callable[[str], None] = print) -> PreparedData:
+    """Parse, split, tokenize and check the data contract; raises DataContractError."""
+    from transformers import AutoTokenizer
+
+    blob, etag, source = read_dataset(spec, storage)
+    sha = hashlib.sha256(blob).hexdigest()
+    parsed = D.parse_dataset(blob, spec.dataset.format, source=source, instruction=spec.instruction)
+    contract = D.ContractReport([D.check_parse(parsed)])
+    contract.raise_if_violated(spec.dataset.uri)  # nothing else is meaningful on unparsable records
+
+    tok_model = resolve_base_model(spec.baseModel, storage, tokenizer_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(tok_model.path)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        raise InvalidSpecError("the base model's tokenizer has neither a pad nor an eos token")
+
+    examples = parsed.examples
+    train, held = D.split_examples(examples, spec.evaluation.holdout)
+    max_len = spec.training.maxSeqLength
+    enc_train = [encoding.encode(tokenizer, ex.messages, max_len) for ex in train]
+    enc_held = [encoding.encode(tokenizer, ex.messages, max_len) for ex in held]
+    truncated = [ex for ex, e in zip(train + held, enc_train + enc_held) if e.truncated or e.answer_tokens == 0]
+    kept = [(ex, e) for ex, e in zip(train, enc_train) if e.answer_tokens > 0]
+    contract.findings += [
+        D.check_duplicates(examples, spec.dataContract),
+        D.check_overlap(train, held, spec.dataContract),
+        D.check_min_samples([ex for ex, _ in kept], spec.dataContract),
+        D.check_truncation(truncated, len(examples), spec.dataContract, max_len),
+    ]
+    contract.raise_if_violated(spec.dataset.uri)
+
+    held_pairs = sorted(zip(held, enc_held), key=lambda p: D.holdout_score(p[0]))
+    held_pairs = [(ex, e) for ex, e in held_pairs if e.answer_tokens > 0]
+    if spec.evaluation.maxSamples:
+        held_pairs = held_pairs[: spec.evaluation.maxSamples]
+    max_prompt = max(1, max_len - spec.evaluation.maxNewTokens)
+    prompts = [encoding.generation_prompt(tokenizer, ex.messages, max_prompt) for ex, _ in held_pairs]
+    payload = {
+        "train_ids": TokenTable([e.input_ids for _, e in kept]),
+        "train_labels": TokenTable([e.labels for _, e in kept]),
+        "holdout": {
+            "ids": TokenTable([e.input_ids for _, e in held_pairs]),
+            "labels": TokenTable([e.labels for _, e in held_pairs]),
+            "prompts": prompts,
+            "references": [ex.answer for ex, _ in held_pairs],
+            "prompt_text": [ex.prompt[-1][1] for ex, _ in held_pairs],
+        },
+    }
+    dataset = {
+        "uri": spec.dataset.uri, "format": spec.dataset.format.value, "etag": etag, "sha256": sha,
+        "sizeBytes": len(blob),
+        "records": {
+            "total": parsed.total_records, "train": len(kept), "holdout": len(held),
+            "evaluated": len(held_pairs), "truncated": len(truncated),
+            "droppedNoAnswerTokens": len(train) - len(kept),
+            "duplicates": contract.findings[1].count,
+        },
+        "tokens": {"train": int(sum(len(e.input_ids) for _, e in kept)),
+                   "trainAnswer": int(sum(e.answer_tokens for _, e in kept))},
+        "chatTemplate": encoding.has_chat_template(tokenizer),
+    }
+    log(f"[anytasktune] dataset {spec.dataset.uri}: {parsed.total_records} records, {len(kept)} train, "
+        f"{len(held)} held out; data contract passed")
+    return PreparedData(payload, dataset, contract, int(pad_id), encoding.stop_token_ids(tokenizer), len(kept))
+
+
+def _manifest(spec: TrainJobSpec, prepared: PreparedData, summary: dict[str, Any], checkpoint: dict[str, Any],
+              timings: dict[str, float], base_files: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": spec.apiVersion,
+        "kind": MANIFEST_KIND,
+        "runId": spec.run_id(),
+        "runPrefix": spec.run_prefix(),
+        "createdAt": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "taskFineTune": spec.taskFineTune,
+        "namespace": spec.namespace,
+        "domain": spec.domain,
+        "subtask": spec.subtask,
+        "taskType": spec.taskType.value,
+        "spec": spec.model_dump(mode="json"),
+        "baseModel": {"identity": spec.baseModel.uri or spec.baseModel.id, "uri": spec.baseModel.uri,
+                      "id": spec.baseModel.id, "files": base_files},
+        "dataset": prepared.dataset,
+        "dataContract": prepared.contract.as_dict(),
+        "training": summary["training"],
+        "evaluation": summary["evaluation"],
+        "artifacts": {"adapter": ["adapter_config.json", "adapter_model.safetensors"],
+                      "files": summary.get("artifacts", [])},
+        "checkpoint": checkpoint,
+        "versions": _versions(),
+        "timings": {**timings, **summary.get("timings", {})},
+    }
+
+
+def run(
+    spec: TrainJobSpec,
+    *,
+    ray_address: str | None = None,
+    max_failures: int | None = None,
+    fault_after_step: int | None = None,
+    log: Callable[[str], None] = print,
+) -> Result:
+    """Train, evaluate and publish one sub-task's adapter; returns the manifest.
+
+    Uses the running Ray session when there is one, else connects to
+    `ray_address` / $RAY_ADDRESS, else starts a local one. Raises TrainJobError
+    (with its FailureClass) or the underlying exception."""
+    t0 = time.time()
+    storage = Storage(StorageSettings.from_spec(spec.storage))
+    if not is_s3_uri(spec.outputPrefix):
+        raise InvalidSpecError(f"outputPrefix must be an s3:// uri, got {spec.outputPrefix!r}")
+    if spec.baseModel.uri is None and spec.baseModel.id is None:
+        raise InvalidSpecError("baseModel needs a uri (s3://…) or an id")
+    if max_failures is None:
+        max_failures = int(os.environ.get("ANYTASKTUNE_MAX_FAILURES", "2"))
+    if fault_after_step is None and os.environ.get("ANYTASKTUNE_FAULT_AFTER_STEP"):
+        fault_after_step = int(os.environ["ANYTASKTUNE_FAULT_AFTER_STEP"])
+
+    prepared = prepare_data(spec, storage, log)  # before Ray: a bad dataset fails fast
+    t_data = time.time()
+
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    started_ray = False
+    if not ray.is_initialized():
+        ray.init(address=ray_address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
+        started_ray = True
+    try:
+        data_ref = ray.put(prepared.payload)
+        scaling = spec.scaling
+        resources = {"CPU": scaling.cpusPerWorker}
+        if scaling.useGpu:
+            resources["GPU"] = scaling.gpusPerWorker or 1.0
+        ckpt_uri = S3Uri.parse(spec.checkpoint_prefix())
+        name = f"{spec.subtask}-{spec.run_id()}"
+        storage_path = f"{ckpt_uri.bucket}/{ckpt_uri.key.rstrip('/')}"
+        identity = spec.baseModel.uri or spec.baseModel.id or ""
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={
+                "spec": spec.to_json(), "data_ref": data_ref, "pad_id": prepared.pad_id,
+                "stop_ids": prepared.stop_ids, "run_prefix": spec.run_prefix(),
+                "base_model_identity": identity, "fault_after_step": fault_after_step,
+            },
+            scaling_config=ScalingConfig(num_workers=scaling.numWorkers, use_gpu=scaling.useGpu,
+                                         resources_per_worker=resources),
+            torch_config=TorchConfig(backend="nccl" if scaling.useGpu else "gloo"),
+            run_config=RunConfig(
+                name=name, storage_path=storage_path, storage_filesystem=storage.pyarrow_filesystem(),
+                failure_config=FailureConfig(max_failures=max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=2),
+            ),
+        )
+        log(f"[anytasktune] run {spec.run_id()}: checkpoints under s3://{storage_path}/{name}/")
+        result = trainer.fit()
+        err = getattr(result, "error", None)
+        if err is not None:
+            raise err
+        summary = result.return_value
+        if not isinstance(summary, dict):
+            raise TrainJobError("the rank-0 worker returned no summary")
+        latest = getattr(result, "checkpoint", None)
+    finally:
+        if started_ray:
+            ray.shutdown()
+    t_train = time.time()
+
+    base_files: dict[str, str] = {}
+    if spec.baseModel.uri and is_s3_uri(spec.baseModel.uri):
+        base_files = {o["key"][len(S3Uri.parse(spec.baseModel.uri).prefix):]: o["etag"]
+                      for o in storage.list(spec.baseModel.uri)}
+    checkpoint = {"storagePath": f"s3://{storage_path}", "name": name,
+                  "latest": f"s3://{latest.path}" if latest is not None else None}
+    manifest = _manifest(spec, prepared, summary, checkpoint,
+                         {"dataSeconds": t_data - t0, "rayTrainSeconds": t_train - t_data}, base_files)
+    manifest["timings"]["totalSeconds"] = time.time() - t0
+    manifest_uri = spec.run_prefix() + MANIFEST_NAME
+    storage.put_json(manifest_uri, manifest)  # last: its presence means the run is complete
+    ev = manifest["evaluation"]
+    log(f"[anytasktune] done: {manifest_uri}; " + ", ".join(
+        f"{k}: base {ev['base'][k]:.4f} -> adapter {ev['adapter'][k]:.4f}" for k in ev["adapter"]))
+    return Result(spec.run_id(), spec.run_prefix(), manifest_uri, manifest,
+                  summary["training"].get("resumedFromStep"), list(summary.get("artifacts", [])))
+
+
+def describe_failure(exc: BaseException) -> tuple[Any, str]:
+    return classify(exc)
+
+
+__all__ = ["Result", "run", "prepare_data", "metrics_for", "build_deepspeed_config", "plan_steps",
+           "resolve_precision"]

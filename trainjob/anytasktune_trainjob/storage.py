@@ -1,0 +1,282 @@
+"""S3 access for the trainjob: boto3 with the standard credential chain, plus the
+custom endpoint / region / addressing style from `spec.storage`.
+
+* transient errors are retried twice over: botocore's own retry mode for each
+  request, and `_retry` around whole-file operations (a download that breaks
+  half way starts again);
+* a missing object or AccessDenied raises `InvalidSpecError` naming bucket and
+  key (never credentials): retrying cannot help;
+* a storage outage that outlives the retries raises `StorageUnavailableError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+from .errors import InvalidSpecError, StorageUnavailableError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt", ".h5", ".msgpack", ".onnx")
+_NOT_FOUND = {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}
+_DENIED = {"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"}
+
+
+@dataclass(frozen=True)
+class S3Uri:
+    bucket: str
+    key: str
+
+    @classmethod
+    def parse(cls, uri: str) -> S3Uri:
+        parsed = urlparse(uri)
+        if parsed.scheme != "s3" or not parsed.netloc:
+            raise InvalidSpecError(f"not an s3:// uri: {uri!r}")
+        return cls(parsed.netloc, parsed.path.lstrip("/"))
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+    def join(self, *parts: str) -> S3Uri:
+        key = self.key
+        for part in parts:
+            key = f"{key.rstrip('/')}/{part.lstrip('/')}" if key else part.lstrip("/")
+        return S3Uri(self.bucket, key)
+
+    @property
+    def prefix(self) -> str:
+        """The key as a folder prefix (ending in '/', or '' for the bucket root)."""
+        return self.key if not self.key or self.key.endswith("/") else self.key + "/"
+
+
+def is_s3_uri(value: str | None) -> bool:
+    return bool(value) and str(value).startswith("s3://")
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    endpoint: str | None = None
+    region: str = "us-east-1"
+    addressing_style: str = "auto"
+
+    @classmethod
+    def from_spec(cls, storage: Any) -> StorageSettings:
+        return cls(storage.endpoint, storage.region, storage.addressingStyle)
+
+
+def _error_code(exc: BaseException) -> str:
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        err = response.get("Error", {})
+        code = str(err.get("Code", ""))
+        if code:
+            return code
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return str(status or "")
+    return ""
+
+
+class Storage:
+    """Small S3 facade used by the driver and by the workers."""
+
+    def __init__(self, settings: StorageSettings, *, attempts: int = 5, backoff_s: float = 0.5) -> None:
+        self.settings = settings
+        self.attempts = attempts
+        self.backoff_s = backoff_s
+        self._client: Any = None
+
+    # --- clients ------------------------------------------------------------
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+
+            cfg = Config(
+                region_name=self.settings.region,
+                retries={"max_attempts": 8, "mode": "standard"},
+                s3={"addressing_style": self.settings.addressing_style},
+                connect_timeout=10,
+                read_timeout=120,
+            )
+            self._client = boto3.session.Session().client("s3", endpoint_url=self.settings.endpoint or None, config=cfg)
+        return self._client
+
+    def pyarrow_filesystem(self) -> Any:
+        """A pyarrow S3FileSystem for Ray Train's `storage_filesystem`, built from the
+        same settings and the same (boto3-resolved) credentials."""
+        import boto3
+        import pyarrow.fs as pafs
+
+        kwargs: dict[str, Any] = {"region": self.settings.region}
+        creds = boto3.session.Session().get_credentials()
+        if creds is not None:
+            frozen = creds.get_frozen_credentials()
+            kwargs.update(access_key=frozen.access_key, secret_key=frozen.secret_key)
+            if frozen.token:
+                kwargs["session_token"] = frozen.token
+        if self.settings.endpoint:
+            parsed = urlparse(self.settings.endpoint if "://" in self.settings.endpoint else f"https://{self.settings.endpoint}")
+            kwargs["endpoint_override"] = parsed.netloc + parsed.path.rstrip("/")
+            kwargs["scheme"] = parsed.scheme or "https"
+        if self.settings.addressing_style == "virtual":
+            kwargs["force_virtual_addressing"] = True
+        return pafs.S3FileSystem(**kwargs)
+
+    # --- retry and error mapping -------------------------------------------------
+    def _retry(self, what: str, uri: S3Uri, fn: Callable[[], T]) -> T:
+        last: BaseException | None = None
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return fn()
+            except Exception as exc:  # noqa: BLE001 - mapped below
+                code = _error_code(exc)
+                if code in _NOT_FOUND:
+                    raise InvalidSpecError(
+                        f"{what}: object not found: bucket={uri.bucket!r} key={uri.key!r} ({code})"
+                    ) from None
+                if code in _DENIED:
+                    raise InvalidSpecError(
+                        f"{what}: access denied: bucket={uri.bucket!r} key={uri.key!r} ({code}); "
+                        "check the storage credentials and bucket policy"
+                    ) from None
+                if isinstance(exc, (InvalidSpecError, StorageUnavailableError)):
+                    raise
+                last = exc
+                if attempt < self.attempts:
+                    delay = self.backoff_s * (2 ** (attempt - 1))
+                    log.warning("%s %s failed (%s: %s), retry %d/%d in %.1fs", what, uri, type(exc).__name__,
+                                code or exc, attempt, self.attempts - 1, delay)
+                    time.sleep(delay)
+        raise StorageUnavailableError(
+            f"{what}: storage unavailable after {self.attempts} attempts: bucket={uri.bucket!r} key={uri.key!r}: "
+            f"{type(last).__name__}: {last}"
+        )
+
+    # --- objects ----------------------------------------------------------------
+    def head(self, uri: str | S3Uri) -> dict[str, Any]:
+        u = uri if isinstance(uri, S3Uri) else S3Uri.parse(uri)
+        resp = self._retry("head", u, lambda: self.client.head_object(Bucket=u.bucket, Key=u.key))
+        return {"etag": str(resp.get("ETag", "")).strip('"'), "size": int(resp.get("ContentLength", 0))}
+
+    def exists(self, uri: str | S3Uri) -> bool:
+        try:
+            self.head(uri)
+            return True
+        except InvalidSpecError as exc:
+            if "not found" in exc.message:
+                return False
+            raise
+
+    def get_bytes(self, uri: str | S3Uri) -> tuple[bytes, str]:
+        """The object's bytes and its ETag."""
+        u = uri if isinstance(uri, S3Uri) else S3Uri.parse(uri)
+
+        def fetch() -> tuple[bytes, str]:
+            resp = self.client.get_object(Bucket=u.bucket, Key=u.key)
+            return resp["Body"].read(), str(resp.get("ETag", "")).strip('"')
+
+        return self._retry("download", u, fetch)
+
+    def put_bytes(self, uri: str | S3Uri, data: bytes, content_type: str = "application/octet-stream") -> None:
+        u = uri if isinstance(uri, S3Uri) else S3Uri.parse(uri)
+        self._retry("upload", u, lambda: self.client.put_object(Bucket=u.bucket, Key=u.key, Body=data,
+                                                                ContentType=content_type))
+
+    def put_json(self, uri: str | S3Uri, obj: Any) -> None:
+        data = json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False).encode()
+        self.put_bytes(uri, data, "application/json")
+
+    def download_file(self, uri: str | S3Uri, path: Path) -> None:
+        u = uri if isinstance(uri, S3Uri) else S3Uri.parse(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".part")
+
+        def fetch() -> None:
+            self.client.download_file(u.bucket, u.key, str(tmp))
+
+        self._retry("download", u, fetch)
+        os.replace(tmp, path)
+
+    def upload_file(self, path: Path, uri: str | S3Uri) -> None:
+        u = uri if isinstance(uri, S3Uri) else S3Uri.parse(uri)
+        self._retry("upload", u, lambda: self.client.upload_file(str(path), u.bucket, u.key))
+
+    def list(self, uri: str | S3Uri) -> Iterator[dict[str, Any]]:
+        """Objects under a prefix: {key, etag, size}."""
+        u = uri if isinstance(uri, S3Uri) else S3Uri.parse(uri)
+        prefix = u.prefix
+
+        def page_all() -> list[dict[str, Any]]:
+            out = []
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=u.bucket, Prefix=prefix):
+                for obj in page.get("Contents", []) or []:
+                    out.append({"key": obj["Key"], "etag": str(obj.get("ETag", "")).strip('"'),
+                                "size": int(obj.get("Size", 0))})
+            return out
+
+        yield from self._retry("list", u, page_all)
+
+    def upload_dir(self, local_dir: Path, uri: str | S3Uri) -> list[str]:
+        base = uri if isinstance(uri, S3Uri) else S3Uri.parse(uri)
+        uploaded = []
+        for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
+            rel = path.relative_to(local_dir).as_posix()
+            target = base.join(rel)
+            self.upload_file(path, target)
+            uploaded.append(str(target))
+        return uploaded
+
+    def download_prefix(self, uri: str | S3Uri, local_dir: Path, *, skip_weights: bool = False) -> dict[str, str]:
+        """Mirror a prefix into local_dir (a cache): files already there with the
+        same ETag (recorded in a marker) are not fetched again. Returns {relpath: etag}."""
+        base = uri if isinstance(uri, S3Uri) else S3Uri.parse(uri)
+        objects = [o for o in self.list(base) if not o["key"].endswith("/")]
+        if not objects:
+            raise InvalidSpecError(f"download: no objects under bucket={base.bucket!r} prefix={base.prefix!r}")
+        marker = local_dir / ".anytasktune-etags.json"
+        known: dict[str, str] = {}
+        if marker.exists():
+            try:
+                known = json.loads(marker.read_text())
+            except ValueError:
+                known = {}
+        wanted: dict[str, str] = {}
+        for obj in objects:
+            rel = obj["key"][len(base.prefix):]
+            if skip_weights and rel.endswith(WEIGHT_SUFFIXES):
+                continue
+            wanted[rel] = obj["etag"]
+            target = local_dir / rel
+            if known.get(rel) == obj["etag"] and target.exists():
+                continue
+            self.download_file(S3Uri(base.bucket, obj["key"]), target)
+            known[rel] = obj["etag"]
+            local_dir.mkdir(parents=True, exist_ok=True)
+            tmp = marker.with_suffix(".tmp")
+            tmp.write_text(json.dumps(known, sort_keys=True))
+            os.replace(tmp, marker)
+        return wanted
+
+
+def cache_root() -> Path:
+    """$ANYTASKTUNE_CACHE, default ~/.cache/anytasktune."""
+    env = os.environ.get("ANYTASKTUNE_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "anytasktune"
+
+
+def cache_dir_for(uri: str, kind: str = "models") -> Path:
+    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    name = uri.rstrip("/").rsplit("/", 1)[-1][:40] or "root"
+    return cache_root() / kind / f"{name}-{digest}"
