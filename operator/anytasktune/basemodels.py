@@ -24,9 +24,24 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ANYTASKTUNE_CACHE", Path.home() / ".cache" / "anytasktune"))
 
 
+LOCAL_REVISION = "anytasktune-local"
+
+
+def hf_home() -> Path:
+    """A Hugging Face cache (HF_HOME layout) holding the models we prepared: pass it as
+    baseModel.cachePath and `baseModel.id` resolves offline, keeping the model's real id."""
+    return cache_dir() / "hf"
+
+
 def model_dir(model_id: str) -> Path:
-    """Where a prepared model lives: <cache>/models/<org>--<name>."""
-    return cache_dir() / "models" / model_id.replace("/", "--")
+    """The snapshot folder of a prepared model in the hub layout."""
+    return hf_home() / "hub" / f"models--{model_id.replace('/', '--')}" / "snapshots" / LOCAL_REVISION
+
+
+def _point_main_ref(model_id: str) -> None:
+    refs = hf_home() / "hub" / f"models--{model_id.replace('/', '--')}" / "refs"
+    refs.mkdir(parents=True, exist_ok=True)
+    (refs / "main").write_text(LOCAL_REVISION)
 
 
 def find_smollm2_gguf() -> Path:
@@ -52,6 +67,7 @@ def prepare_smollm2(force: bool = False) -> Path:
 
     gguf = find_smollm2_gguf()
     tmp = target.with_name(target.name + ".tmp")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(tmp, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -69,6 +85,7 @@ def prepare_smollm2(force: bool = False) -> Path:
     (tmp / "anytasktune-source.json").write_text(json.dumps({"id": SMOLLM2_ID, "from": gguf.name, "dequantized": "Q4_1 -> float32"}))
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
+    _point_main_ref(SMOLLM2_ID)
     stamp.touch()
     return target
 

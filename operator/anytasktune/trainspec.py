@@ -203,8 +203,10 @@ class TrainJobSpec(Strict):
 
     def run_id(self) -> str:
         """Content hash of what determines the result: same spec, same run id, same
-        checkpoint folder, so a retry resumes instead of starting over."""
-        return spec_hash(self.model_dump(mode="json"))
+        checkpoint folder, so a retry resumes instead of starting over. Where storage is
+        reached (endpoint, region) does not change the result, so it is not hashed: a
+        local rerun with a new embedded-S3 port resumes too."""
+        return spec_hash(self.model_dump(mode="json", exclude={"storage"}))
 
     def run_prefix(self) -> str:
         return f"{self.outputPrefix.rstrip('/')}/{self.run_id()}/"

@@ -144,3 +144,10 @@ def test_crd_schema_is_structural_enough_for_the_api_server() -> None:
 def test_readme_field_reference_matches_the_models() -> None:
     readme = (ROOT / "README.md").read_text()
     assert crd.update_readme(readme) == readme, "README field reference drifted: run `make manifests`"
+
+
+def test_run_id_ignores_where_storage_is_reached() -> None:
+    model = TaskFineTune.model_validate(EXAMPLE)
+    train = resolve_subtask("legal-assistant", "ns", model.spec, model.spec.subtasks[0])
+    moved = train.model_copy(update={"storage": train.storage.model_copy(update={"endpoint": "http://127.0.0.1:9999"})})
+    assert moved.run_id() == train.run_id()
