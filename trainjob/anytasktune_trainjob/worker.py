@@ -11,6 +11,7 @@ import gc
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 from contextlib import nullcontext
@@ -58,8 +59,10 @@ class TokenTable:
 
 
 def _log(rank: int, msg: str) -> None:
+    # sys.stdout.write, not print: Ray Train patches print() and would log it twice
     if rank == 0:
-        print(f"[anytasktune] {msg}", flush=True)
+        sys.stdout.write(f"[anytasktune] {msg}\n")
+        sys.stdout.flush()
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -166,6 +169,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     last_checkpointed = start_step
     while step < plan.total_steps:
         t0 = time.time()
+        lr = float(scheduler.get_last_lr()[0]) if scheduler is not None else training.learningRate
         loss_sum, local_tokens = 0.0, 0
         for k in range(gas):
             idx = micro_batch(plan, step * gas + k, rank, training.microBatchSize, training.seed)
@@ -187,20 +191,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         elapsed = time.time() - t_loop
         tok_s = tokens_this_run / elapsed if elapsed > 0 else 0.0
         eta = (plan.total_steps - step) * (elapsed / (step - start_step))
-        lr = float(scheduler.get_last_lr()[0]) if scheduler is not None else training.learningRate
         epoch = plan.epoch_of_step(step - 1, gas)
         history.append({"step": step, "loss": round(last_loss, 6), "lr": lr})
         metrics = {"step": step, "total_steps": plan.total_steps, "epoch": epoch, "loss": last_loss,
                    "lr": lr, "tokens_per_s": tok_s, "eta_s": eta}
-        if step % training.logEverySteps == 0 or step == plan.total_steps or step == start_step + 1:
+        log_now = step % training.logEverySteps == 0 or step == plan.total_steps or step == start_step + 1
+        if log_now:
             _log(rank, f"step {step}/{plan.total_steps} epoch {epoch} loss {last_loss:.4f} lr {lr:.3e} "
                        f"tok/s {tok_s:,.0f} eta {_fmt_eta(eta)}")
         epoch_end = ckpt_every == 0 and plan.epoch_of_step(step, gas) != epoch
         if (ckpt_every and step % ckpt_every == 0) or epoch_end or step == plan.total_steps:
             save_checkpoint(step, metrics)
             last_checkpointed = step
-        else:
-            ray.train.report(metrics)
+        elif log_now:
+            ray.train.report(metrics)  # a barrier across workers: only at log steps
         if fault_after is not None and step == int(fault_after) and start_step < step:
             raise RuntimeError(f"injected fault after step {step} (ANYTASKTUNE_FAULT_AFTER_STEP)")
     del last_checkpointed

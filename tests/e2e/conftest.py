@@ -1,0 +1,121 @@
+"""Session fixtures for the trainjob e2e tests: a real S3 server (SeaweedFS),
+a tiny model + tokenizer and a generated dataset uploaded to it, and one local
+Ray session shared by the tests."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
+
+import tinymodel  # noqa: E402
+
+BUCKET = "anytasktune-e2e"
+INSTRUCTION = "Classify the sentiment of the review as positive or negative."
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from anytasktune_trainjob.s3server import EmbeddedS3
+
+    server = EmbeddedS3(tmp_path_factory.mktemp("s3"), buckets=[BUCKET]).start()
+    saved = {k: os.environ.get(k) for k in server.env()}
+    os.environ.update(server.env())
+    yield server
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def trainjob_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Model cache per session; the DeepSpeed op build dir stays in the user cache
+    so the (slow) JIT build happens once per machine, not once per test run."""
+    cache = tmp_path_factory.mktemp("cache")
+    saved = os.environ.get("ANYTASKTUNE_CACHE")
+    os.environ["ANYTASKTUNE_CACHE"] = str(cache)
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR",
+                          str(Path.home() / ".cache" / "anytasktune" / "torch_extensions"))
+    yield cache
+    if saved is None:
+        os.environ.pop("ANYTASKTUNE_CACHE", None)
+    else:
+        os.environ["ANYTASKTUNE_CACHE"] = saved
+
+
+@pytest.fixture(scope="session")
+def sentiment_data() -> list[dict[str, str]]:
+    return tinymodel.sentiment_records(96, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_uri(s3_server: Any, sentiment_data: list[dict[str, str]],
+                   tmp_path_factory: pytest.TempPathFactory) -> str:
+    folder = tinymodel.save_tiny_model(tmp_path_factory.mktemp("tiny-model"),
+                                       tinymodel.training_texts(sentiment_data, INSTRUCTION))
+    tinymodel.upload_folder(s3_server.client(), folder, BUCKET, "models/tiny-qwen2")
+    return f"s3://{BUCKET}/models/tiny-qwen2/"
+
+
+@pytest.fixture(scope="session")
+def dataset_uri(s3_server: Any, sentiment_data: list[dict[str, str]]) -> str:
+    s3_server.client().put_object(Bucket=BUCKET, Key="data/sentiment.jsonl",
+                                  Body=tinymodel.to_jsonl(sentiment_data).encode("utf-8"))
+    return f"s3://{BUCKET}/data/sentiment.jsonl"
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3_server: Any, trainjob_cache: Path) -> Iterator[None]:
+    """One local Ray for all tests; started after the S3 env is set so that the
+    workers inherit the credentials and endpoint."""
+    import ray
+
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True,
+             runtime_env={"env_vars": {"ANYTASKTUNE_CACHE": os.environ["ANYTASKTUNE_CACHE"],
+                                       "TORCH_EXTENSIONS_DIR": os.environ["TORCH_EXTENSIONS_DIR"]}})
+    yield
+    ray.shutdown()
+
+
+def make_spec(*, model_uri: str, dataset_uri: str, endpoint: str, subtask: str = "sentiment",
+              **overrides: Any) -> Any:
+    from anytasktune.trainspec import TrainJobSpec
+
+    doc: dict[str, Any] = {
+        "taskFineTune": "e2e-reviews",
+        "domain": "reviews",
+        "subtask": subtask,
+        "instruction": INSTRUCTION,
+        "taskType": "classification",
+        "baseModel": {"uri": model_uri},
+        "dataset": {"uri": dataset_uri, "format": "taskfinetune"},
+        # LoRA alone barely moves a randomly initialised model; a trainable lm_head copy
+        # (modulesToSave) lets it learn the labels in a few dozen steps.
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "targetModules": ["q_proj", "v_proj"],
+                 "modulesToSave": ["lm_head"]},
+        "training": {"epochs": 10, "maxSteps": 30, "learningRate": 1e-2, "microBatchSize": 8,
+                     "gradientAccumulationSteps": 1, "maxSeqLength": 96, "warmupRatio": 0.1,
+                     "checkpointEverySteps": 10, "logEverySteps": 5, "seed": 7},
+        "deepspeed": {"zeroStage": 2, "offloadOptimizer": False, "precision": "auto"},
+        "evaluation": {"holdout": 0.15, "maxNewTokens": 4, "batchSize": 8},
+        "dataContract": {"minSamples": 10, "maxTruncatedFraction": 0.05, "maxDuplicateFraction": 0.0},
+        "storage": {"endpoint": endpoint, "region": "us-east-1", "addressingStyle": "path"},
+        "outputPrefix": f"s3://{BUCKET}/runs/e2e-reviews/{subtask}",
+        "scaling": {"numWorkers": 2, "useGpu": False, "cpusPerWorker": 1},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(doc.get(key), dict):
+            doc[key] = {**doc[key], **value}
+        else:
+            doc[key] = value
+    return TrainJobSpec.model_validate(doc)
