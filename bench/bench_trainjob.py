@@ -1,0 +1,146 @@
+"""Benchmark: LoRA training throughput on the tiny test model, plain torch vs
+DeepSpeed ZeRO stage 0 / 2 / 3, all in one process (CPU, gloo, world size 1),
+as ratios against ZeRO-0. Also measures the DeepSpeed C++ op JIT build (cold: an
+empty TORCH_EXTENSIONS_DIR; warm: the cached build).
+
+    .venv/bin/python bench/bench_trainjob.py [--steps 30] [--hidden 64] [--layers 2] [--no-build-timing]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _dist_env() -> None:
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": str(_free_port())}.items():
+        os.environ.setdefault(k, v)
+
+
+BUILD_SNIPPET = (
+    "import time, os; os.environ.setdefault('DS_ACCELERATOR','cpu'); t=time.time(); "
+    "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; ShareMemCommBuilder().load(verbose=False); "
+    "print(f'BUILD {time.time()-t:.2f}')"
+)
+
+
+def build_timing() -> tuple[float, float]:
+    with tempfile.TemporaryDirectory() as ext:
+        env = {**os.environ, "TORCH_EXTENSIONS_DIR": ext, "DS_ACCELERATOR": "cpu"}
+        out = []
+        for _ in range(2):
+            proc = subprocess.run([sys.executable, "-c", BUILD_SNIPPET], capture_output=True, text=True, env=env)
+            line = [ln for ln in proc.stdout.splitlines() if ln.startswith("BUILD ")]
+            out.append(float(line[-1].split()[1]) if line else float("nan"))
+        return out[0], out[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--hidden", type=int, default=64)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--no-build-timing", action="store_true")
+    args = ap.parse_args()
+
+    build = None if args.no_build_timing else build_timing()
+    _dist_env()
+    import deepspeed
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    import tinymodel
+    from anytasktune.trainspec import DeepSpeedConfig, TrainingConfig
+    from anytasktune_trainjob import encoding
+    from anytasktune_trainjob.data import parse_record
+    from anytasktune_trainjob.zero import build_deepspeed_config
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    deepspeed.init_distributed(dist_backend="gloo")
+    records = tinymodel.sentiment_records(256, seed=3)
+    instruction = "Classify the sentiment of the review as positive or negative."
+    tok = tinymodel.build_tokenizer(tinymodel.training_texts(records, instruction))
+    encoded = [encoding.encode(tok, parse_record(r, "taskfinetune", instruction), 128) for r in records]
+    batches = []
+    for i in range(0, len(encoded), args.batch):
+        chunk = encoded[i:i + args.batch]
+        b = encoding.pad_batch([(e.input_ids, e.labels) for e in chunk], tok.pad_token_id)
+        batches.append({k: torch.tensor(v) for k, v in b.items()})
+    training = TrainingConfig(microBatchSize=args.batch, gradientAccumulationSteps=1, learningRate=1e-3)
+
+    def fresh_model() -> torch.nn.Module:
+        base = tinymodel.build_model(len(tok), hidden=args.hidden, layers=args.layers)
+        return get_peft_model(base, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
+                                               target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+
+    def timed(step_fn) -> tuple[float, float]:  # noqa: ANN001
+        for i in range(args.warmup):
+            step_fn(batches[i % len(batches)])
+        tokens = 0
+        t = time.perf_counter()
+        for i in range(args.steps):
+            b = batches[(i + args.warmup) % len(batches)]
+            step_fn(b)
+            tokens += int(b["attention_mask"].sum())
+        dt = time.perf_counter() - t
+        return args.steps / dt, tokens / dt
+
+    rows: list[tuple[str, float, float]] = []
+    model = fresh_model()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+
+    def torch_step(b: dict) -> None:
+        loss = model(**b).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    rows.append(("plain torch (no DeepSpeed)", *timed(torch_step)))
+    for stage in (0, 2, 3):
+        model = fresh_model()
+        cfg = build_deepspeed_config(DeepSpeedConfig(zeroStage=stage), training, world_size=1, use_gpu=False,
+                                     total_steps=args.steps + args.warmup)
+        engine, *_ = deepspeed.initialize(model=model, config=cfg,
+                                          model_parameters=[p for p in model.parameters() if p.requires_grad])
+
+        def ds_step(b: dict, engine=engine) -> None:  # noqa: ANN001
+            loss = engine(**b).loss
+            engine.backward(loss)
+            engine.step()
+
+        rows.append((f"DeepSpeed ZeRO-{stage}", *timed(ds_step)))
+        del engine
+
+    ref = next(r for r in rows if r[0].endswith("ZeRO-0"))
+    print()
+    print(f"tiny Qwen2 (hidden {args.hidden}, {args.layers} layers, vocab {len(tok)}), LoRA r=8 q/v, "
+          f"micro-batch {args.batch}, fp32, CPU x{torch.get_num_threads()} threads, {args.steps} timed steps")
+    print(f"{'variant':<28} {'steps/s':>9} {'tokens/s':>10} {'vs ZeRO-0':>10}")
+    for name, sps, tps in rows:
+        print(f"{name:<28} {sps:>9.2f} {tps:>10.0f} {sps / ref[1]:>9.2f}x")
+    if build is not None:
+        print(f"\nDeepSpeed shm comm op JIT build: cold {build[0]:.1f}s, warm (cached) {build[1]:.1f}s")
+
+
+if __name__ == "__main__":
+    main()
