@@ -1,0 +1,28 @@
+# syntax=docker/dockerfile:1
+# The operator image: kopf + the kubernetes client + prometheus-client (`.[operator]`),
+# no torch, no ray. Build from the repository root:
+#   docker build -f docker/operator.Dockerfile -t ghcr.io/anytasktune/operator:0.1.0 .
+# Pin the base by digest at release time: --build-arg PYTHON_IMAGE=python:3.11.11-slim-bookworm@sha256:...
+ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY operator ./operator
+COPY trainjob ./trainjob
+# Wheels of the package and of its operator dependencies only.
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[operator]"
+
+FROM ${PYTHON_IMAGE}
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --no-index --find-links=/wheels "anytasktune[operator]" \
+ && useradd --uid 65532 --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin anytasktune
+# Non-root, numeric so that runAsNonRoot can verify it (the chart sets the same uid).
+USER 65532:65532
+# 8080 Prometheus metrics, 8081 kopf liveness endpoint.
+EXPOSE 8080 8081
+ENTRYPOINT ["anytasktune"]
+CMD ["operator"]
