@@ -1,6 +1,7 @@
 """Benchmark: LoRA training throughput on the tiny test model, plain torch vs
 DeepSpeed ZeRO stage 0 / 2 / 3, all in one process (CPU, gloo, world size 1),
-as ratios against ZeRO-0. Also measures the DeepSpeed C++ op JIT build (cold: an
+as ratios against ZeRO-0; variants are timed in interleaved rounds (median),
+so load from other processes hits them alike. Also measures the DeepSpeed C++ op JIT build (cold: an
 empty TORCH_EXTENSIONS_DIR; warm: the cached build).
 
     .venv/bin/python bench/bench_trainjob.py [--steps 30] [--hidden 64] [--layers 2] [--no-build-timing]
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,7 +56,8 @@ def build_timing() -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--layers", type=int, default=2)
@@ -92,49 +95,60 @@ def main() -> None:
         return get_peft_model(base, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
                                                target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
 
-    def timed(step_fn) -> tuple[float, float]:  # noqa: ANN001
-        for i in range(args.warmup):
-            step_fn(batches[i % len(batches)])
+    def timed(step_fn, offset: int) -> tuple[float, float]:  # noqa: ANN001
         tokens = 0
         t = time.perf_counter()
         for i in range(args.steps):
-            b = batches[(i + args.warmup) % len(batches)]
+            b = batches[(i + offset) % len(batches)]
             step_fn(b)
             tokens += int(b["attention_mask"].sum())
         dt = time.perf_counter() - t
         return args.steps / dt, tokens / dt
 
-    rows: list[tuple[str, float, float]] = []
+    variants: list[tuple[str, object]] = []
     model = fresh_model()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
 
-    def torch_step(b: dict) -> None:
+    def torch_step(b: dict, model=model) -> None:  # noqa: ANN001
         loss = model(**b).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    rows.append(("plain torch (no DeepSpeed)", *timed(torch_step)))
+    variants.append(("plain torch (no DeepSpeed)", torch_step))
     for stage in (0, 2, 3):
-        model = fresh_model()
+        m = fresh_model()
         cfg = build_deepspeed_config(DeepSpeedConfig(zeroStage=stage), training, world_size=1, use_gpu=False,
-                                     total_steps=args.steps + args.warmup)
-        engine, *_ = deepspeed.initialize(model=model, config=cfg,
-                                          model_parameters=[p for p in model.parameters() if p.requires_grad])
+                                     total_steps=10_000)
+        engine, *_ = deepspeed.initialize(model=m, config=cfg,
+                                          model_parameters=[p for p in m.parameters() if p.requires_grad])
 
         def ds_step(b: dict, engine=engine) -> None:  # noqa: ANN001
             loss = engine(**b).loss
             engine.backward(loss)
             engine.step()
 
-        rows.append((f"DeepSpeed ZeRO-{stage}", *timed(ds_step)))
-        del engine
+        variants.append((f"DeepSpeed ZeRO-{stage}", ds_step))
+
+    for _, fn in variants:  # warm up every variant
+        for i in range(args.warmup):
+            fn(batches[i % len(batches)])
+    # interleaved rounds, median per variant: robust to load from other processes
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in variants}
+    for r in range(args.rounds):
+        for name, fn in variants:
+            samples[name].append(timed(fn, r * args.steps))
+    rows = []
+    for name, _ in variants:
+        sps = statistics.median(x[0] for x in samples[name])
+        tps = statistics.median(x[1] for x in samples[name])
+        rows.append((name, sps, tps))
 
     ref = next(r for r in rows if r[0].endswith("ZeRO-0"))
     print()
     print(f"tiny Qwen2 (hidden {args.hidden}, {args.layers} layers, vocab {len(tok)}), LoRA r=8 q/v, "
-          f"micro-batch {args.batch}, fp32, CPU x{torch.get_num_threads()} threads, {args.steps} timed steps")
+          f"micro-batch {args.batch}, fp32, CPU x{torch.get_num_threads()} threads, {args.rounds} interleaved rounds of {args.steps} steps (median)")
     print(f"{'variant':<28} {'steps/s':>9} {'tokens/s':>10} {'vs ZeRO-0':>10}")
     for name, sps, tps in rows:
         print(f"{name:<28} {sps:>9.2f} {tps:>10.0f} {sps / ref[1]:>9.2f}x")

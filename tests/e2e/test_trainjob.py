@@ -122,7 +122,7 @@ def test_adapter_reloads_with_peft(resumed_run: dict[str, Any], s3_server: Any, 
     assert lora_b and any(float(p.abs().sum()) > 0 for p in lora_b)  # trained, not the zero init
 
 
-def test_zero3_trains_and_saves_gathered_adapter(ray_session: None, s3_server: Any, tiny_model_uri: str,
+def test_zero3_with_gradient_checkpointing_saves_gathered_adapter(ray_session: None, s3_server: Any, tiny_model_uri: str,
                                                  dataset_uri: str) -> None:
     from safetensors.torch import load
 
@@ -130,7 +130,7 @@ def test_zero3_trains_and_saves_gathered_adapter(ray_session: None, s3_server: A
 
     spec = make_spec(model_uri=tiny_model_uri, dataset_uri=dataset_uri, endpoint=s3_server.endpoint,
                      subtask="sentiment-z3", deepspeed={"zeroStage": 3},
-                     training={"maxSteps": 4, "checkpointEverySteps": 0}, evaluation={"maxSamples": 4})
+                     training={"maxSteps": 4, "checkpointEverySteps": 0, "gradientCheckpointing": True}, evaluation={"maxSamples": 4})
     result = run(spec, max_failures=0)
     assert result.manifest["training"]["zeroStage"] == 3
     bucket, _, key = (spec.run_prefix() + "adapter_model.safetensors").removeprefix("s3://").partition("/")

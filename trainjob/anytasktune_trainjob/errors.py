@@ -74,6 +74,11 @@ def classify(exc: BaseException) -> tuple[FailureClass, str]:
             return cur.failure_class, cur.message
         cur = cur.__cause__ or cur.__context__
     text = f"{type(exc).__name__}: {exc}"
+    # a TrainJobError raised inside a Ray worker arrives as text in a WorkerGroupError
+    for name, cls in (("DataContractError", FailureClass.DataContract), ("InvalidSpecError", FailureClass.InvalidSpec),
+                      ("StorageUnavailableError", FailureClass.StorageUnavailable)):
+        if name in text:
+            return cls, _short(text)
     if isinstance(exc, MemoryError) or any(m in text for m in _OOM_MARKERS):
         return FailureClass.OutOfMemory, _short(text)
     if any(m in text for m in _STORAGE_MARKERS):

@@ -105,6 +105,8 @@ def test_cache_dir_is_stable_and_under_cache_root(monkeypatch: pytest.MonkeyPatc
         (RuntimeError("ActorDiedError: the actor died unexpectedly"), FailureClass.Preempted),
         (RuntimeError("EndpointConnectionError: Could not connect"), FailureClass.StorageUnavailable),
         (ValueError("something else"), FailureClass.Unknown),
+        (RuntimeError("WorkerGroupError: [Rank 0] anytasktune_trainjob.errors.InvalidSpecError: download: object "
+                      "not found"), FailureClass.InvalidSpec),
     ],
 )
 def test_classify(exc: BaseException, cls: FailureClass) -> None:
