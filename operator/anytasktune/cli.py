@@ -181,15 +181,15 @@ def cmd_operator(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from anytasktune import local
+    from anytasktune import local as local_mode
 
-    return local.main(args)
+    return local_mode.main(args)
 
 
 def cmd_datasets_check(args: argparse.Namespace) -> int:
-    from anytasktune import local
+    from anytasktune import local as local_mode
 
-    return local.datasets_check(args)
+    return local_mode.datasets_check(args)
 
 
 def build_parser() -> argparse.ArgumentParser:

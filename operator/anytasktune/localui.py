@@ -1,0 +1,103 @@
+"""What local mode shows a person: one progress bar per running sub-task, events as
+they happen, then a summary table (base score, adapter score, lift, time, adapter)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+console = Console(stderr=True)
+
+
+class Progress:
+    """Live view of the sub-tasks while they train (plain lines when disabled)."""
+
+    def __init__(self, run: Any, enabled: bool = True):
+        self.run = run
+        self.enabled = enabled and console.is_terminal
+        self.live: Live | None = None
+        self._last_plain: dict[str, str] = {}
+
+    def __enter__(self) -> Progress:
+        if self.enabled:
+            self.live = Live(self._table(), console=console, refresh_per_second=2, transient=True)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.__exit__(None, None, None)
+
+    def event(self, type_: str, reason: str, message: str) -> None:
+        style = "yellow" if type_ == "Warning" else "cyan"
+        console.print(f"[{style}]{reason}[/{style}] {message}", highlight=False)
+
+    def _rows(self) -> list[tuple[str, str, str]]:
+        rows = []
+        for st in self.run.status.get("subtasks", []):
+            job = self.run.jobs.get(st.get("rayJob", ""))
+            phase = st.get("phase", "")
+            detail = st.get("message", "")
+            if job is not None and phase in ("Pending", "Running") and job.proc.poll() is None:
+                p = job.progress
+                if p:
+                    filled = int(20 * p["step"] / max(p["total"], 1))
+                    bar = "█" * filled + "░" * (20 - filled)
+                    detail = f"{bar} step {p['step']}/{p['total']} loss {p['loss']:.3f} {p['tokens_per_s']:,.0f} tok/s ETA {p['eta']}"
+                    if job.stage == "evaluating":
+                        detail = "evaluating base vs adapter…"
+                else:
+                    detail = job.stage + "…"
+                phase = "Running"
+            rows.append((st["name"], phase, detail))
+        return rows
+
+    def _table(self) -> Table:
+        table = Table(box=None, show_header=False, pad_edge=False)
+        for name, phase, detail in self._rows():
+            table.add_row(f"[bold]{name}[/bold]", phase, detail)
+        return table
+
+    def refresh(self) -> None:
+        if self.live is not None:
+            self.live.update(self._table())
+            return
+        for name, phase, detail in self._rows():  # plain mode: print a line when something changed
+            line = f"{phase} {detail}"
+            if self._last_plain.get(name) != line and phase == "Running":
+                console.print(f"{name}: {line}", highlight=False)
+            self._last_plain[name] = line
+
+
+def _score(v: float | None, signed: bool = False) -> str:
+    if v is None:
+        return "-"
+    return f"{v:+.3f}" if signed else f"{v:.3f}"
+
+
+def print_summary(rows: list[dict[str, Any]], phase: str, wall_seconds: float) -> None:
+    out = Console(width=None if Console().is_terminal else 160)
+    table = Table(title=f"AnyTaskTune: {phase} in {wall_seconds / 60:.1f} min (held-out split, base model vs adapter)",
+                  title_justify="left")
+    for col in ("sub-task", "phase", "metric", "base", "adapter", "lift", "verdict", "eval loss", "time", "adapter files"):
+        table.add_column(col, justify="right" if col in ("base", "adapter", "lift", "time") else "left", overflow="fold")
+    for r in rows:
+        verdict_style = "green" if r["verdict"] == "adapter wins" else "red" if r["verdict"] in ("FAILED", "NO LIFT") else "yellow"
+        secs = r["train_seconds"]
+        base_loss, adapter_loss = r["eval_loss"]
+        loss = f"{base_loss:.2f} → {adapter_loss:.2f}" if base_loss is not None and adapter_loss is not None else "-"
+        table.add_row(
+            r["subtask"], r["phase"], r["metric"] or "-", _score(r["base"]), _score(r["adapter_score"]), _score(r["lift"], True),
+            f"[{verdict_style}]{r['verdict']}[/{verdict_style}]", loss, f"{secs / 60:.1f} min" if secs else "-",
+            r["adapter"] if r["phase"] == "Succeeded" else "-",
+        )
+    out.print(table)
+    for r in rows:
+        if r["phase"] != "Succeeded":
+            out.print(f"[red]{r['subtask']}[/red]: {r['message']}", highlight=False)
+    wins = sum(1 for r in rows if r["verdict"] == "adapter wins")
+    honest = "" if wins == len(rows) else f" — {len(rows) - wins} did not; see the verdict column"
+    out.print(f"{wins}/{len(rows)} sub-task adapters beat the base model by at least {0.05} on their task metric{honest}.")
