@@ -68,10 +68,10 @@ def main() -> None:
     build = None if args.no_build_timing else build_timing()
     _dist_env()
     import deepspeed
+    import tinymodel
     import torch
     from peft import LoraConfig, get_peft_model
 
-    import tinymodel
     from anytasktune.trainspec import DeepSpeedConfig, TrainingConfig
     from anytasktune_trainjob import encoding
     from anytasktune_trainjob.data import parse_record

@@ -36,7 +36,6 @@ def _get_json(client: Any, uri: str) -> Any:
 @pytest.fixture(scope="module")
 def resumed_run(ray_session: None, s3_server: Any, tiny_model_uri: str, dataset_uri: str) -> dict[str, Any]:
     from anytasktune_trainjob import run
-    from anytasktune_trainjob.errors import classify
 
     spec = make_spec(model_uri=tiny_model_uri, dataset_uri=dataset_uri, endpoint=s3_server.endpoint)
     with pytest.raises(Exception) as crashed:

@@ -214,9 +214,9 @@ def parse_record(record: Any, fmt: DatasetFormat | str, instruction: str = "") -
         if not isinstance(convs, list) or not convs:
             raise RecordError("field 'conversations' must be a non-empty list")
         turns = []
-        system = record.get("system")
-        if isinstance(system, str) and system.strip():
-            turns.append(("system", system))
+        top_system = record.get("system")
+        if isinstance(top_system, str) and top_system.strip():
+            turns.append(("system", top_system))
         for i, c in enumerate(convs):
             where = f"conversations[{i}]"
             if not isinstance(c, dict):
@@ -240,10 +240,11 @@ class ParseResult:
 def parse_dataset(text: str | bytes, fmt: DatasetFormat | str, *, source: str = "dataset",
                   instruction: str = "") -> ParseResult:
     if isinstance(text, bytes):
+        blob = text
         try:
-            text = text.decode("utf-8")
+            text = blob.decode("utf-8")
         except UnicodeDecodeError as exc:
-            line = 1 + text[: exc.start].count(b"\n")
+            line = 1 + blob[: exc.start].count(b"\n")
             return ParseResult([], [f"{source}:{line}: not valid UTF-8 (byte offset {exc.start})"], 0)
     examples: list[Example] = []
     errors: list[str] = []

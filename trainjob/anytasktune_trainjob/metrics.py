@@ -101,7 +101,7 @@ def score(metric: Metric | str, predictions: Sequence[str], references: Sequence
     if not predictions:
         return 0.0
     fn = METRIC_FUNCTIONS[Metric(metric)]
-    return sum(fn(p, r) for p, r in zip(predictions, references)) / len(predictions)
+    return sum(fn(p, r) for p, r in zip(predictions, references, strict=True)) / len(predictions)
 
 
 def lift(base: dict[str, float], adapter: dict[str, float]) -> dict[str, float]:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import fcntl
 import os
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,10 +72,10 @@ def resolve_base_model(ref: BaseModelRef, storage: Storage, *, tokenizer_only: b
     try:
         from huggingface_hub import snapshot_download
 
-        path = snapshot_download(ref.id, cache_dir=cache, local_files_only=True)
+        snapshot = snapshot_download(ref.id, cache_dir=cache, local_files_only=True)
     except Exception as exc:  # noqa: BLE001
         raise InvalidSpecError(
             f"baseModel.id {ref.id!r} is not in the offline cache {ref.cachePath or '(default HF cache)'}: "
             f"{type(exc).__name__}"
         ) from None
-    return ResolvedModel(str(path), identity, {})
+    return ResolvedModel(str(snapshot), identity, {})

@@ -98,8 +98,8 @@ def prepare_data(spec: TrainJobSpec, storage: Storage, log: Callable[[str], None
     max_len = spec.training.maxSeqLength
     enc_train = [encoding.encode(tokenizer, ex.messages, max_len) for ex in train]
     enc_held = [encoding.encode(tokenizer, ex.messages, max_len) for ex in held]
-    truncated = [ex for ex, e in zip(train + held, enc_train + enc_held) if e.truncated or e.answer_tokens == 0]
-    kept = [(ex, e) for ex, e in zip(train, enc_train) if e.answer_tokens > 0]
+    truncated = [ex for ex, e in zip(train + held, enc_train + enc_held, strict=True) if e.truncated or e.answer_tokens == 0]
+    kept = [(ex, e) for ex, e in zip(train, enc_train, strict=True) if e.answer_tokens > 0]
     contract.findings += [
         D.check_duplicates(examples, spec.dataContract),
         D.check_overlap(train, held, spec.dataContract),
@@ -108,7 +108,7 @@ def prepare_data(spec: TrainJobSpec, storage: Storage, log: Callable[[str], None
     ]
     contract.raise_if_violated(spec.dataset.uri)
 
-    held_pairs = sorted(zip(held, enc_held), key=lambda p: D.holdout_score(p[0]))
+    held_pairs = sorted(zip(held, enc_held, strict=True), key=lambda p: D.holdout_score(p[0]))
     held_pairs = [(ex, e) for ex, e in held_pairs if e.answer_tokens > 0]
     if spec.evaluation.maxSamples:
         held_pairs = held_pairs[: spec.evaluation.maxSamples]
@@ -216,8 +216,9 @@ def run(
         name = f"{spec.subtask}-{spec.run_id()}"
         storage_path = f"{ckpt_uri.bucket}/{ckpt_uri.key.rstrip('/')}"
         identity = spec.baseModel.uri or spec.baseModel.id or ""
+        loop: Any = train_loop_per_worker
         trainer = TorchTrainer(
-            train_loop_per_worker,
+            loop,
             train_loop_config={
                 "spec": spec.to_json(), "data_ref": data_ref, "pad_id": prepared.pad_id,
                 "stop_ids": prepared.stop_ids, "run_prefix": spec.run_prefix(),
@@ -237,7 +238,7 @@ def run(
         err = getattr(result, "error", None)
         if err is not None:
             raise err
-        summary = result.return_value
+        summary = getattr(result, "return_value", None)  # Ray Train V2: rank 0's return value
         if not isinstance(summary, dict):
             raise TrainJobError("the rank-0 worker returned no summary")
         latest = getattr(result, "checkpoint", None)
@@ -249,7 +250,7 @@ def run(
     base_files: dict[str, str] = {}
     if spec.baseModel.uri and is_s3_uri(spec.baseModel.uri):
         base_files = {o["key"][len(S3Uri.parse(spec.baseModel.uri).prefix):]: o["etag"]
-                      for o in storage.list(spec.baseModel.uri)}
+                      for o in storage.list_objects(spec.baseModel.uri)}
     checkpoint = {"storagePath": f"s3://{storage_path}", "name": name,
                   "latest": f"s3://{latest.path}" if latest is not None else None}
     manifest = _manifest(spec, prepared, summary, checkpoint,

@@ -102,10 +102,11 @@ class Storage:
             import boto3
             from botocore.config import Config
 
+            s3_options: Any = {"addressing_style": self.settings.addressing_style}
             cfg = Config(
                 region_name=self.settings.region,
                 retries={"max_attempts": 8, "mode": "standard"},
-                s3={"addressing_style": self.settings.addressing_style},
+                s3=s3_options,
                 connect_timeout=10,
                 read_timeout=120,
             )
@@ -212,7 +213,7 @@ class Storage:
         u = uri if isinstance(uri, S3Uri) else S3Uri.parse(uri)
         self._retry("upload", u, lambda: self.client.upload_file(str(path), u.bucket, u.key))
 
-    def list(self, uri: str | S3Uri) -> Iterator[dict[str, Any]]:
+    def list_objects(self, uri: str | S3Uri) -> Iterator[dict[str, Any]]:
         """Objects under a prefix: {key, etag, size}."""
         u = uri if isinstance(uri, S3Uri) else S3Uri.parse(uri)
         prefix = u.prefix
@@ -242,7 +243,7 @@ class Storage:
         """Mirror a prefix into local_dir (a cache): files already there with the
         same ETag (recorded in a marker) are not fetched again. Returns {relpath: etag}."""
         base = uri if isinstance(uri, S3Uri) else S3Uri.parse(uri)
-        objects = [o for o in self.list(base) if not o["key"].endswith("/")]
+        objects = [o for o in self.list_objects(base) if not o["key"].endswith("/")]
         if not objects:
             raise InvalidSpecError(f"download: no objects under bucket={base.bucket!r} prefix={base.prefix!r}")
         marker = local_dir / ".anytasktune-etags.json"

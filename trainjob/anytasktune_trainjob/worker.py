@@ -104,7 +104,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     t_loaded = time.time()
 
     torch.manual_seed(training.seed)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
     if training.gradientCheckpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
@@ -230,14 +230,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     dist.broadcast_object_list(files, src=0)
     for name, blob in files[0].items():
         (adapter_dir / name).write_bytes(blob)
-    del engine, module, model, params
+    engine = module = model = None  # free the training state before evaluation
+    params = []
     gc.collect()
 
     # --- evaluation: base vs adapter, same prompts, sharded over ranks ----------------
     t_eval = time.time()
     tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
     tokenizer.padding_side = "left"
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
+    base: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    base = base.to(device)
     peft_model = PeftModel.from_pretrained(base, str(adapter_dir)).to(device)
     peft_model.eval()
     ev = spec.evaluation
@@ -267,8 +269,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
                 out = peft_model.generate(**gen_t, max_new_tokens=ev.maxNewTokens, do_sample=False,
                                           eos_token_id=stops, pad_token_id=pad_id)
                 new = out[:, gen_t["input_ids"].shape[1]:]
-                for i, seq in zip(chunk, new.tolist()):
-                    preds[i] = tokenizer.decode(seq, skip_special_tokens=True).strip()
+                for i, seq in zip(chunk, new.tolist(), strict=True):
+                    preds[i] = str(tokenizer.decode(seq, skip_special_tokens=True)).strip()
         local_rows.append({"loss_sum": loss_sum, "loss_tokens": loss_tok, "preds": preds})
     gathered: list[Any] = [None] * world
     dist.all_gather_object(gathered, local_rows)
@@ -295,7 +297,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         results[label] = res
     samples = [{"prompt": held["prompt_text"][i][-400:], "reference": refs[i],
                 "base": predictions["base"][i], "adapter": predictions["adapter"][i]} for i in list(order)[:5]]
-    summary = {
+    summary: dict[str, Any] = {
         "training": {
             "startStep": start_step, "resumedFromStep": start_step if checkpoint is not None else None,
             "steps": plan.total_steps, "stepsThisAttempt": plan.total_steps - start_step,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-
 from typing import Any
 
 from anytasktune.trainspec import DeepSpeedConfig, Precision, TrainingConfig

@@ -12,7 +12,7 @@ IGN = E.IGNORE_INDEX
 
 
 def _answer_text(tok: Any, enc: E.Encoded) -> str:
-    return tok.decode([i for i, lab in zip(enc.input_ids, enc.labels) if lab != IGN])
+    return tok.decode([i for i, lab in zip(enc.input_ids, enc.labels, strict=True) if lab != IGN])
 
 
 def test_chat_template_masks_prompt_tokens(chat_tokenizer: Any) -> None:
