@@ -1,0 +1,74 @@
+"""The `anytasktune` CLI through its real entry point (a subprocess): exit codes,
+stderr for errors, no tracebacks for user errors, JSON output for scripts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "manifests/examples/legal-assistant.yaml"
+INVALID = ROOT / "tests/data/invalid/08-lora-rank-override-too-big.yaml"
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "anytasktune.cli", *args], capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+def test_validate_accepts_examples() -> None:
+    proc = cli("validate", *map(str, sorted((ROOT / "manifests/examples").glob("*.yaml"))))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count(": valid") == 2
+
+
+def test_validate_rejects_with_file_line_on_stderr() -> None:
+    proc = cli("validate", str(EXAMPLE), str(INVALID))
+    assert proc.returncode == 1
+    assert f"{INVALID}:10: spec.subtasks[0].lora.r: Input should be less than or equal to 256" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"{EXAMPLE}: valid" in proc.stdout
+
+
+def test_validate_json_output() -> None:
+    proc = cli("validate", "-o", "json", str(INVALID))
+    assert proc.returncode == 1
+    (result,) = json.loads(proc.stdout)
+    assert result["valid"] is False and result["problems"][0]["path"] == "spec.subtasks[0].lora.r"
+
+
+@pytest.mark.parametrize("args", [["validate", "/no/such/file.yaml"], ["render", "/no/such/file.yaml"]])
+def test_missing_file_is_a_user_error(args: list[str]) -> None:
+    proc = cli(*args)
+    assert proc.returncode == 1
+    assert "cannot read" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_render_prints_configmaps_and_rayjobs_for_every_subtask() -> None:
+    proc = cli("render", str(EXAMPLE), "-n", "team-legal", "--image", "registry.local/trainjob:1")
+    assert proc.returncode == 0, proc.stderr
+    docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    assert [d["kind"] for d in docs] == ["ConfigMap", "RayJob"] * 3
+    assert {d["metadata"]["namespace"] for d in docs} == {"team-legal"}
+    assert docs[1]["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["image"] == "registry.local/trainjob:1"
+    assert json.loads(docs[0]["data"]["spec.json"])["subtask"] == "keyword-extraction"
+
+
+def test_render_of_an_invalid_file_fails_with_its_problems() -> None:
+    proc = cli("render", str(INVALID))
+    assert proc.returncode == 1 and "lora.r" in proc.stderr and proc.stdout == ""
+
+
+def test_usage_error_exit_code_2() -> None:
+    proc = cli("frobnicate")
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def test_every_command_has_help() -> None:
+    for command in (["validate"], ["render"], ["run"], ["status"], ["datasets", "check"], ["operator"]):
+        proc = cli(*command, "--help")
+        assert proc.returncode == 0 and "usage:" in proc.stdout, command
