@@ -4,6 +4,9 @@ test, the way KubeRay would drive it (no kubelet or KubeRay controller runs here
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -22,8 +25,21 @@ def k(kube_env: dict[str, str]) -> Kubectl:
 
 
 @pytest.fixture(scope="module")
-def operator(kube_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(kube_env, tmp_path_factory.mktemp("operator") / "operator.log").start()
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real S3 server (SeaweedFS) holding adapter manifests."""
+    from anytasktune_trainjob.s3server import EmbeddedS3
+
+    server = EmbeddedS3(tmp_path_factory.mktemp("s3"), buckets=["adapters"]).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def operator(kube_env: dict[str, str], s3: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    creds = {k: v for k, v in s3.env().items() if k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    op = OperatorProcess(kube_env, tmp_path_factory.mktemp("operator") / "operator.log", extra_env=creds).start()
     try:
         yield op
     finally:
@@ -189,6 +205,32 @@ def test_invalid_at_reconcile_time_fails_the_subtask_with_an_event(k: Kubectl, o
     assert kw["failureClass"] == "InvalidSpec" and "offloadOptimizer needs zeroStage >= 1" in kw["message"]
     assert sorted(k.rayjobs(ns)) == ["odd-ok-1"]
     wait_for("event", lambda: "SubtaskFailed" in reasons(k, ns, "odd"))
+
+
+def test_evaluation_is_read_from_the_run_manifest_in_s3(k: Kubectl, operator: OperatorProcess, s3: Any, kube_env: dict[str, str]) -> None:
+    ns = k.namespace("scores")
+    body = taskfinetune("scored", ["kw"])
+    body["spec"]["storage"] = {"output": "s3://adapters/", "endpoint": s3.endpoint, "addressingStyle": "path"}
+    k.apply(body, ns)
+    job = wait_for("launch", lambda: k.rayjobs(ns).get("scored-kw-1"))
+    run_id = job["metadata"]["labels"]["anytasktune.io/run-id"]
+    manifest = {"runId": run_id, "evaluation": {"base": {"f1": 0.2, "eval_loss": 2.5}, "adapter": {"f1": 0.7, "eval_loss": 0.9},
+                                                "lift": {"f1": 0.5, "eval_loss": -1.6}}}
+    s3.client().put_object(Bucket="adapters", Key=f"scored/kw/{run_id}/manifest.json", Body=json.dumps(manifest).encode())
+    k.set_rayjob_status(ns, "scored-kw-1", **SUCCEEDED)
+    kw = wait_for("metrics in status", lambda: (s := subtask_status(k.tft(ns, "scored"), "kw")).get("metrics") and s)
+    assert kw["metrics"]["lift"]["f1"] == 0.5 and kw["adapter"] == f"s3://adapters/scored/kw/{run_id}/"
+    assert "f1 0.200 -> 0.700 (+0.500)" in kw["message"]
+    succeeded = wait_for("event", lambda: [e for e in k.events(ns, "scored") if e["reason"] == "SubtaskSucceeded"])
+    assert "+0.500" in succeeded[0]["message"]
+
+    # `anytasktune status` reads the same from the cluster.
+    proc = subprocess.run([sys.executable, "-m", "anytasktune.cli", "status", "-n", ns], env=kube_env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    header, row = proc.stdout.splitlines()[:2]
+    assert header.split()[:4] == ["TASKFINETUNE", "SUBTASK", "PHASE", "ATTEMPTS"]
+    assert row.split()[:4] == ["scored", "kw", "Succeeded", "1"] and "f1=+0.500" in row
 
 
 def test_deleting_the_taskfinetune_leaves_nothing_behind(k: Kubectl, operator: OperatorProcess) -> None:
