@@ -4,7 +4,6 @@ Ray session shared by the tests."""
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,34 +21,22 @@ INSTRUCTION = "Classify the sentiment of the review as positive or negative."
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real S3 server for the whole session (it changes no environment variable)."""
     from anytasktune_trainjob.s3server import EmbeddedS3
 
     server = EmbeddedS3(tmp_path_factory.mktemp("s3"), buckets=[BUCKET]).start()
-    saved = {k: os.environ.get(k) for k in server.env()}
-    os.environ.update(server.env())
     yield server
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
     server.stop()
 
 
-@pytest.fixture(scope="session")
-def trainjob_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Model cache per session; the DeepSpeed op build dir stays in the user cache
-    so the (slow) JIT build happens once per machine, not once per test run."""
-    cache = tmp_path_factory.mktemp("cache")
-    saved = os.environ.get("ANYTASKTUNE_CACHE")
-    os.environ["ANYTASKTUNE_CACHE"] = str(cache)
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR",
-                          str(Path.home() / ".cache" / "anytasktune" / "torch_extensions"))
-    yield cache
-    if saved is None:
-        os.environ.pop("ANYTASKTUNE_CACHE", None)
-    else:
-        os.environ["ANYTASKTUNE_CACHE"] = saved
+@pytest.fixture(scope="module")
+def s3_env(s3_server: Any) -> Iterator[dict[str, str]]:
+    """AWS_* variables pointing at the server, for one test module (boto3's and
+    pyarrow's standard credential chain, and the Ray workers started inside)."""
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in s3_server.env().items():
+            mp.setenv(key, value)
+        yield s3_server.env()
 
 
 @pytest.fixture(scope="session")
@@ -73,16 +60,17 @@ def dataset_uri(s3_server: Any, sentiment_data: list[dict[str, str]]) -> str:
     return f"s3://{BUCKET}/data/sentiment.jsonl"
 
 
-@pytest.fixture(scope="session")
-def ray_session(s3_server: Any, trainjob_cache: Path) -> Iterator[None]:
-    """One local Ray for all tests; started after the S3 env is set so that the
-    workers inherit the credentials and endpoint."""
+@pytest.fixture(scope="module")
+def ray_session(s3_env: dict[str, str]) -> Iterator[None]:
+    """One local Ray for a test module, started after the S3 variables are set so
+    that its workers inherit them. The model cache and the DeepSpeed op build dir
+    stay in $ANYTASKTUNE_CACHE (default ~/.cache/anytasktune): the op is built once
+    per machine."""
     import ray
 
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True,
-             runtime_env={"env_vars": {"ANYTASKTUNE_CACHE": os.environ["ANYTASKTUNE_CACHE"],
-                                       "TORCH_EXTENSIONS_DIR": os.environ["TORCH_EXTENSIONS_DIR"]}})
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
     yield
     ray.shutdown()
 
