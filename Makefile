@@ -34,6 +34,7 @@ controlplane: ## Build kube-apiserver, kube-controller-manager, etcd and helm fr
 .PHONY: manifests
 manifests: setup ## Regenerate the CRD (and everything derived from it) from the typed models
 	$(PY) -m anytasktune.crd
+	$(PY) -m anytasktune.install
 
 .PHONY: lint
 lint: setup ## ruff and mypy
@@ -58,6 +59,12 @@ test: lint test-unit test-integration test-e2e ## Everything CI runs: lint, unit
 .PHONY: demo
 demo: setup ## Run the example TaskFineTune on this machine and print the summary table
 	$(PY) -m anytasktune.cli validate manifests/examples/*.yaml
+
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+.PHONY: images
+images: ## Build the operator and training images (needs a Docker/BuildKit engine)
+	docker build -f docker/operator.Dockerfile -t ghcr.io/anytasktune/operator:$(VERSION) .
+	docker build -f docker/trainjob.Dockerfile -t ghcr.io/anytasktune/trainjob:$(VERSION) .
 
 .PHONY: clean
 clean: ## Remove the virtualenv and local outputs (keeps $(ANYTASKTUNE_CACHE))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -134,24 +135,48 @@ def status_body(status: TaskFineTuneStatus) -> dict[str, Any]:
     return body
 
 
-def read_manifests(tft: dict[str, Any], names: list[str]) -> dict[str, dict[str, Any]]:
-    """Fetch manifest.json of succeeded runs (the evaluation lives there)."""
+# (namespace, taskfinetune, manifest uri) -> (failures so far, monotonic time of the next try, last error).
+# The error text stays the same between tries, so the status does not churn.
+_manifest_backoff: dict[tuple[str, str, str], tuple[int, float, str]] = {}
+
+
+def read_manifests(tft: dict[str, Any], names: list[str]) -> tuple[dict[str, dict[str, Any]], dict[str, str], list[Event]]:
+    """Fetch manifest.json of succeeded runs (the evaluation lives there).
+
+    Returns (manifests, errors, events). An unreadable manifest (S3 outage, not yet
+    visible) is retried with exponential backoff, reported in the sub-task's status
+    message, and announced once with a Warning Event."""
     if not names:
-        return {}
+        return {}, {}, []
     from anytasktune import storage  # boto3 is only needed once something succeeded
 
     model = TaskFineTune.model_validate({"metadata": tft["metadata"], "spec": tft["spec"]})
+    ns, name = model.metadata.get("namespace", "default"), model.metadata["name"]
     found: dict[str, dict[str, Any]] = {}
+    errors: dict[str, str] = {}
+    events: list[Event] = []
+    now = time.monotonic()
     for subtask in model.spec.subtasks:
         if subtask.name not in names:
             continue
-        train = resolve_subtask(model.metadata["name"], model.metadata.get("namespace", "default"), model.spec, subtask)
+        uri = resolve_subtask(name, ns, model.spec, subtask).run_prefix() + "manifest.json"
+        key = (ns, name, uri)
+        failures, next_try, last_error = _manifest_backoff.get(key, (0, 0.0, ""))
+        if now < next_try:
+            errors[subtask.name] = last_error
+            continue
         try:
-            found[subtask.name] = storage.read_json(train.run_prefix() + "manifest.json", model.spec.storage)
-        except Exception as err:  # noqa: BLE001 - reported, retried on the next pass
+            found[subtask.name] = storage.read_json(uri, model.spec.storage)
+            _manifest_backoff.pop(key, None)
+        except Exception as err:  # noqa: BLE001 - reported and retried with backoff
             metrics.ERRORS.labels(target="s3").inc()
-            log.warning("manifest of %s/%s not readable yet: %s", tft["metadata"]["name"], subtask.name, err)
-    return found
+            failures += 1
+            errors[subtask.name] = f"{type(err).__name__}: {err}"[:300]
+            _manifest_backoff[key] = (failures, now + min(5.0 * 2 ** (failures - 1), 300.0), errors[subtask.name])
+            log.warning("manifest %s not readable (attempt %d): %s", uri, failures, err)
+            if failures == 1:
+                events.append(Event("Warning", "StorageUnavailable", f"sub-task {subtask.name}: cannot read {uri}: {errors[subtask.name]}"))
+    return found, errors, events
 
 
 def reconcile_once(kube: Kube, namespace: str, name: str, config: OperatorConfig) -> Plan | None:
@@ -163,9 +188,9 @@ def reconcile_once(kube: Kube, namespace: str, name: str, config: OperatorConfig
     result = plan(tft, observed, {}, now, config)
     needed = subtasks_needing_manifest(result.status)
     if needed:
-        manifests = read_manifests(tft, needed)
-        if manifests:
-            result = plan(tft, observed, manifests, now, config)
+        manifests, errors, storage_events = read_manifests(tft, needed)
+        result = plan(tft, observed, manifests, now, config, manifest_errors=errors)
+        result.events += storage_events
 
     for action in result.actions:
         if isinstance(action, Launch):
@@ -225,6 +250,9 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.persistence.finalizer = f"{GROUP}/kopf-finalizer"  # never added: no change/delete handlers
+    # Exact namespaces only, and the CRDs exist before we start: no cluster-wide
+    # namespace/CRD scanning (a namespaced Role forbids it, and kopf would retry ~1 min).
+    settings.scanning.disabled = True
     metrics.start_server()
     asyncio.get_running_loop().create_task(_resync_forever())
 

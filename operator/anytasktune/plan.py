@@ -89,7 +89,8 @@ class ObservedJob:
 
     @property
     def failed(self) -> bool:
-        if self.succeeded:
+        # A suspended job is STOPPED on purpose: it resumes when spec.suspend is lifted.
+        if self.succeeded or self.deployment_status in ("Suspending", "Suspended"):
             return False
         return self.deployment_status in ("Failed", "ValidationFailed") or self.job_status in ("FAILED", "STOPPED")
 
@@ -199,6 +200,7 @@ def plan(
     manifests: Mapping[str, Mapping[str, Any]],
     now: datetime,
     config: OperatorConfig,
+    manifest_errors: Mapping[str, str] | None = None,
 ) -> Plan:
     meta = obj.get("metadata", {})
     name, namespace = meta["name"], meta.get("namespace", "default")
@@ -211,7 +213,7 @@ def plan(
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        return _invalid(old, generation, f"spec.{where}: {first['msg']}", now)
+        return _invalid(old, generation, f"{where}: {first['msg']}", now)
     spec = tft.spec
 
     by_subtask: dict[str, list[ObservedJob]] = {}
@@ -262,9 +264,13 @@ def plan(
             if manifest is not None:
                 st.metrics = EvalScores.model_validate(manifest.get("evaluation", {}))
             st.message = _lift_message(st.metrics)
+            if st.metrics is None and manifest_errors and subtask.name in manifest_errors:
+                st.message = f"adapter published; evaluation not read yet (retrying): {manifest_errors[subtask.name]}"
         elif latest is not None and latest.active:
             st.phase = SubtaskPhase.Running if latest.running else SubtaskPhase.Pending
             st.message = "suspended" if latest.suspend else _short(latest.message)
+            if failures:  # a retry is running: keep saying why the last attempt failed
+                st.failureClass = classify_failure(failures[-1]).value
         elif latest is not None:  # the latest attempt failed
             cls = classify_failure(latest)
             st.failureClass, st.message = cls.value, _short(latest.message) or f"RayJob {latest.name} failed"
@@ -274,7 +280,8 @@ def plan(
                 st.phase, st.completionTime = SubtaskPhase.Failed, latest.end_time
                 st.message = f"backoff limit {spec.backoffLimit} exceeded after {len(failures)} failed attempts; last: {st.message}"
             else:
-                retry_at = (parse_time(latest.end_time) or now) + timedelta(seconds=retry_delay(len(failures), config))
+                failed_at = parse_time(latest.end_time or latest.start_time or latest.created) or now  # stable across passes
+                retry_at = failed_at + timedelta(seconds=retry_delay(len(failures), config))
                 if now >= retry_at:
                     needs_launch = True
                 else:

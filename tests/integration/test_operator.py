@@ -48,7 +48,10 @@ def operator(kube_env: dict[str, str], s3: Any, tmp_path_factory: pytest.TempPat
 
 
 def subtask_status(tft: dict[str, Any], name: str) -> dict[str, Any]:
-    return next(s for s in tft.get("status", {}).get("subtasks", []) if s["name"] == name)
+    for s in tft.get("status", {}).get("subtasks", []):
+        if s["name"] == name:
+            return s  # type: ignore[no-any-return]
+    raise AssertionError(f"no status for sub-task {name} yet")  # wait_for retries on this
 
 
 def reasons(k: Kubectl, ns: str, name: str) -> list[str]:
@@ -242,3 +245,19 @@ def test_deleting_the_taskfinetune_leaves_nothing_behind(k: Kubectl, operator: O
     wait_for("RayJobs collected", lambda: k.rayjobs(ns) == {})
     wait_for("ConfigMaps collected", lambda: [c for c in k.json("get", "configmaps", "-n", ns)["items"]
                                             if c["metadata"]["name"].startswith("doomed-")] == [])
+
+
+def test_s3_outage_is_retried_with_backoff_and_shown_in_status_and_events(k: Kubectl, operator: OperatorProcess) -> None:
+    """The helper TaskFineTunes point at http://127.0.0.1:1 (nothing listens): an outage."""
+    ns = k.namespace("outage")
+    k.apply(taskfinetune("unlucky", ["kw"]), ns)
+    wait_for("launch", lambda: "unlucky-kw-1" in k.rayjobs(ns))
+    k.set_rayjob_status(ns, "unlucky-kw-1", **SUCCEEDED)
+    kw = wait_for("message", lambda: "evaluation not read yet" in (s := subtask_status(k.tft(ns, "unlucky"), "kw"))["message"] and s)
+    assert kw["phase"] == "Succeeded" and "EndpointConnectionError" in kw["message"]
+    wait_for("event", lambda: "StorageUnavailable" in reasons(k, ns, "unlucky"))
+    # Backoff, not a hot loop: the status settles while the reads keep failing.
+    version = k.tft(ns, "unlucky")["metadata"]["resourceVersion"]
+    time.sleep(6)
+    assert k.tft(ns, "unlucky")["metadata"]["resourceVersion"] == version
+    assert [e["reason"] for e in k.events(ns, "unlucky")].count("StorageUnavailable") == 1

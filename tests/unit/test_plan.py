@@ -144,6 +144,10 @@ def test_retryable_failure_waits_for_backoff_then_relaunches() -> None:
     assert later.status.subtasks[0].attempts == 2
     assert [e.reason for e in later.events] == ["Retrying"]
 
+    retrying = plan(obj, [failed, job(obj, "task0", 2, "running")], {}, NOW + timedelta(seconds=9), CONFIG)
+    assert retrying.status.subtasks[0].phase.value == "Running"
+    assert retrying.status.subtasks[0].failureClass == "OutOfMemory"  # why this is a retry
+
 
 def test_backoff_limit_exhausted_fails_the_subtask_but_not_the_others() -> None:
     obj = tft(subtasks=2)
@@ -266,3 +270,22 @@ def test_unchanged_world_gives_the_same_status_and_no_events() -> None:
 @pytest.mark.parametrize(("failures", "delay"), [(1, 10), (2, 20), (3, 40), (10, 300)])
 def test_retry_delay_doubles_and_is_capped(failures: int, delay: float) -> None:
     assert retry_delay(failures, CONFIG) == delay
+
+
+def test_a_suspended_rayjob_is_paused_not_failed() -> None:
+    """KubeRay reports a suspended job as jobDeploymentStatus Suspended + jobStatus STOPPED."""
+    obj = tft(subtasks=1)
+    paused = job(obj, "task0", 1, "active", suspend=True, deployment_status="Suspended", job_status="STOPPED")
+    assert paused.active and not paused.failed
+    p = plan(obj, [paused], {}, NOW, CONFIG)
+    assert SetSuspend("legal-task0-1", False) in p.actions
+    assert launches(p) == [] and phases(p) == {"task0": "Pending"}
+
+
+def test_retry_time_is_stable_when_the_failed_job_has_no_end_time() -> None:
+    """Otherwise every pass writes a new nextRetryTime, which triggers another pass."""
+    obj = tft(subtasks=1)
+    failed = job(obj, "task0", 1, "failed", end_time=None, start_time=None, created=format_time(NOW - timedelta(seconds=2)))
+    first = plan(obj, [failed], {}, NOW, CONFIG)
+    second = plan(obj, [failed], {}, NOW + timedelta(seconds=1), CONFIG)
+    assert first.status.subtasks[0].nextRetryTime == second.status.subtasks[0].nextRetryTime == format_time(NOW + timedelta(seconds=8))
