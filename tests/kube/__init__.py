@@ -1,0 +1,1 @@
+"""Helpers that run a real Kubernetes control plane for the tests."""
