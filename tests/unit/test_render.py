@@ -151,3 +151,12 @@ def test_run_id_ignores_where_storage_is_reached() -> None:
     train = resolve_subtask("legal-assistant", "ns", model.spec, model.spec.subtasks[0])
     moved = train.model_copy(update={"storage": train.storage.model_copy(update={"endpoint": "http://127.0.0.1:9999"})})
     assert moved.run_id() == train.run_id()
+
+
+@pytest.mark.parametrize(("quantity", "cpus"), [("8", 8.0), ("500m", 1.0), ("2500m", 2.5), ("16", 16.0)])
+def test_ray_train_gets_the_workers_cpus(quantity: str, cpus: float) -> None:
+    """Ray Train sizes torch's thread pool from this: one CPU would waste the pod."""
+    example = json.loads(json.dumps(EXAMPLE))
+    example["spec"]["cluster"]["cpusPerWorker"] = quantity
+    model = TaskFineTune.model_validate(example)
+    assert resolve_subtask("x", "ns", model.spec, model.spec.subtasks[0]).scaling.cpusPerWorker == cpus
