@@ -60,8 +60,22 @@ def load_taskfinetunes(path: str) -> list[TaskFineTune]:
     return [TaskFineTune.model_validate({k: v for k, v in d.obj.items() if k != "status"}) for d in load_documents(path)]
 
 
+def _validate_local(path: str) -> list[Problem]:
+    """As `anytasktune run` sees the file: local dataset/model paths allowed."""
+    from pathlib import Path
+
+    from anytasktune.local import LocalError, prepare
+
+    try:
+        prepare(Path(path), resolve_models=False)
+    except LocalError as err:
+        return err.problems or [Problem(path, 1, "", str(err))]
+    return []
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
-    results: dict[str, list[Problem]] = {f: validate_file(f) for f in args.files}
+    check = _validate_local if args.local else validate_file
+    results: dict[str, list[Problem]] = {f: check(f) for f in args.files}
     bad = sum(1 for p in results.values() if p)
     if args.output == "json":
         _emit([{"file": f, "valid": not p, "problems": [vars(x) for x in p]} for f, p in results.items()], "json")
@@ -198,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check TaskFineTune files as the API server would (schema + CEL rules)")
     p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--local", action="store_true", help="validate for local mode: dataset and model URIs may be local paths")
     p.add_argument("-o", "--output", choices=["text", "json"], default="text")
     p.set_defaults(func=cmd_validate)
 

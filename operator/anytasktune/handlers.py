@@ -9,6 +9,7 @@ wedge, and its children go with it through ownerReferences.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from datetime import datetime, timezone
@@ -148,7 +149,7 @@ def read_manifests(tft: dict[str, Any], names: list[str]) -> tuple[dict[str, dic
     message, and announced once with a Warning Event."""
     if not names:
         return {}, {}, []
-    from anytasktune import storage  # boto3 is only needed once something succeeded
+    from anytasktune_trainjob.storage import Storage, StorageSettings  # boto3 only once something succeeded
 
     model = TaskFineTune.model_validate({"metadata": tft["metadata"], "spec": tft["spec"]})
     ns, name = model.metadata.get("namespace", "default"), model.metadata["name"]
@@ -156,6 +157,8 @@ def read_manifests(tft: dict[str, Any], names: list[str]) -> tuple[dict[str, dic
     errors: dict[str, str] = {}
     events: list[Event] = []
     now = time.monotonic()
+    # Fail fast: one try, short timeouts; the backoff below spaces the next tries.
+    store = Storage(StorageSettings.from_spec(model.spec.storage), attempts=1, botocore_attempts=2, connect_timeout=3, read_timeout=15)
     for subtask in model.spec.subtasks:
         if subtask.name not in names:
             continue
@@ -166,7 +169,7 @@ def read_manifests(tft: dict[str, Any], names: list[str]) -> tuple[dict[str, dic
             errors[subtask.name] = last_error
             continue
         try:
-            found[subtask.name] = storage.read_json(uri, model.spec.storage)
+            found[subtask.name] = json.loads(store.get_bytes(uri)[0])
             _manifest_backoff.pop(key, None)
         except Exception as err:  # noqa: BLE001 - reported and retried with backoff
             metrics.ERRORS.labels(target="s3").inc()

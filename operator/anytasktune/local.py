@@ -37,7 +37,7 @@ from anytasktune.config import OperatorConfig
 from anytasktune.plan import DeleteJob, Launch, ObservedJob, Plan, format_time, plan, subtasks_needing_manifest
 from anytasktune.spec import Phase, TaskFineTune
 from anytasktune.trainspec import TrainJobSpec, metrics_for
-from anytasktune.validation import Problem, load_documents, validate_object
+from anytasktune.validation import Problem, line_of, load_documents, validate_object
 
 LOCAL_BUCKET = "anytasktune-local"
 PROGRESS_RE = re.compile(
@@ -48,6 +48,10 @@ LOCAL_CONFIG = OperatorConfig(retry_backoff_seconds=5, retry_backoff_max_seconds
 
 class LocalError(Exception):
     """A problem the user can fix (printed without a traceback)."""
+
+    def __init__(self, message: str, problems: list[Problem] | None = None):
+        super().__init__(message)
+        self.problems = problems or []
 
 
 # --- preparing the resource for this machine ---------------------------------
@@ -63,9 +67,10 @@ def _is_local(uri: str) -> bool:
     return not uri.startswith("s3://")
 
 
-def prepare(path: Path, base_model: str | None = None) -> Prepared:
+def prepare(path: Path, base_model: str | None = None, resolve_models: bool = True) -> Prepared:
     """Validate the file as the API server would, after mapping local paths to the
-    S3 locations local mode uploads them to. Raises LocalError with file:line problems."""
+    S3 locations local mode uploads them to. Raises LocalError with file:line problems.
+    With resolve_models, a known baseModel.id is prepared in the model cache."""
     try:
         docs = [d for d in load_documents(path) if isinstance(d.obj, dict) and d.obj.get("kind") == "TaskFineTune"]
     except Exception as err:  # noqa: BLE001 - YAML errors become a user message
@@ -81,12 +86,13 @@ def prepare(path: Path, base_model: str | None = None) -> Prepared:
         uri = (sub.get("dataset") or {}).get("uri", "")
         if isinstance(uri, str) and uri and _is_local(uri):
             local = (path.parent / uri.removeprefix("file://")).resolve()
-            if not local.is_file():
-                problems.append(Problem(str(path), 0, f"spec.subtasks[{i}].dataset.uri", f"no such file: {local}"))
-                continue
             target = f"s3://{LOCAL_BUCKET}/datasets/{name}/{sub.get('name', i)}/{local.name}"
-            sub["dataset"]["uri"] = target
-            uploads[target] = local
+            sub["dataset"]["uri"] = target  # even when missing: one problem per mistake
+            if local.is_file():
+                uploads[target] = local
+            else:
+                line = line_of(doc.node, ("spec", "subtasks", i, "dataset", "uri"))
+                problems.append(Problem(str(path), line, f"spec.subtasks[{i}].dataset.uri", f"no such file: {local}"))
     spec = obj.get("spec") or {}
     model = spec.get("baseModel") or {}
     if base_model:
@@ -94,19 +100,20 @@ def prepare(path: Path, base_model: str | None = None) -> Prepared:
     if isinstance(model.get("uri"), str) and _is_local(model["uri"]):
         folder = Path(model["uri"]).expanduser().resolve()
         if not (folder / "config.json").is_file():
-            problems.append(Problem(str(path), 0, "spec.baseModel.uri", f"not a model folder (no config.json): {folder}"))
+            line = line_of(doc.node, ("spec", "baseModel", "uri"))
+            problems.append(Problem(str(path), line, "spec.baseModel.uri", f"not a model folder (no config.json): {folder}"))
         else:
             target = f"s3://{LOCAL_BUCKET}/models/{folder.name}/"
             model["uri"] = target
             uploads[target] = folder
-    elif model.get("id") and not model.get("cachePath"):
+    elif model.get("id") and not model.get("cachePath") and resolve_models:
         from anytasktune.basemodels import hf_home, resolve_local_model
 
         if resolve_local_model(model["id"]) is not None:
             model["cachePath"] = str(hf_home())
     problems += validate_object(obj, str(path), doc.node)
     if problems:
-        raise LocalError("\n".join(str(p).replace(f"{path}:0:", f"{path}:") for p in problems))
+        raise LocalError("\n".join(map(str, problems)), problems)
     return Prepared(obj, uploads)
 
 
@@ -250,12 +257,11 @@ class LocalRun:
 
     def _read_manifests(self, adapters: dict[str, str]) -> bool:
         """Read manifest.json of succeeded runs; True when any was read."""
-        from anytasktune import storage
-
+        store = local_storage(self.obj["spec"]["storage"]["endpoint"])
         read = False
         for name, prefix in adapters.items():
             try:
-                self.manifests[name] = storage.read_json(prefix + "manifest.json", self.model.spec.storage)
+                self.manifests[name] = json.loads(store.get_bytes(prefix + "manifest.json")[0])
                 read = True
             except Exception:  # noqa: BLE001 - reported in the summary as "no score"
                 pass
@@ -320,40 +326,39 @@ def _buckets(obj: dict[str, Any], uploads: dict[str, Path]) -> set[str]:
     return {u.removeprefix("s3://").split("/", 1)[0] for u in uris}
 
 
-def upload(client: Any, uploads: dict[str, Path]) -> None:
-    for uri, local in uploads.items():
-        bucket, key = uri.removeprefix("s3://").split("/", 1)
+def local_storage(endpoint: str) -> Any:
+    """The trainjob's own S3 facade (retries, bucket/key in errors), credentials from the environment."""
+    from anytasktune_trainjob.storage import Storage, StorageSettings
+
+    return Storage(StorageSettings(endpoint, os.environ.get("AWS_REGION", "us-east-1"), "path"))
+
+
+def stage(endpoint: str, s3_env: dict[str, str], prepared: Prepared) -> Any:
+    """Credentials into this process's environment (Ray's workers inherit them from here,
+    and so does the S3 client), the buckets created, local files uploaded."""
+    os.environ.update(s3_env)
+    store = local_storage(endpoint)
+    for bucket in sorted(_buckets(prepared.obj, prepared.uploads)):
+        try:
+            store.client.create_bucket(Bucket=bucket)
+        except store.client.exceptions.BucketAlreadyOwnedByYou:
+            pass
+    for uri, local in prepared.uploads.items():
         if local.is_dir():
-            for f in sorted(p for p in local.rglob("*") if p.is_file()):
-                client.upload_file(str(f), bucket, key + str(f.relative_to(local)))
+            store.upload_dir(local, uri)
         else:
-            client.upload_file(str(local), bucket, key)
+            store.upload_file(local, uri)
+    return store
 
 
-def copy_out(client: Any, status: dict[str, Any], target: Path) -> dict[str, Path]:
+def copy_out(store: Any, status: dict[str, Any], target: Path) -> dict[str, Path]:
     """Copy every published adapter folder to target/<subtask>/ so the user can open it."""
     copies: dict[str, Path] = {}
     for st in status.get("subtasks", []):
-        if st.get("phase") != "Succeeded" or not st.get("adapter"):
-            continue
-        bucket, prefix = st["adapter"].removeprefix("s3://").split("/", 1)
-        dest = target / st["name"]
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            for obj in page.get("Contents", []):
-                path = dest / obj["Key"][len(prefix):]
-                path.parent.mkdir(parents=True, exist_ok=True)
-                client.download_file(bucket, obj["Key"], str(path))
-        copies[st["name"]] = dest
+        if st.get("phase") == "Succeeded" and st.get("adapter"):
+            store.download_prefix(st["adapter"], target / st["name"])
+            copies[st["name"]] = target / st["name"]
     return copies
-
-
-def s3_client(endpoint: str, env: dict[str, str]) -> Any:
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client("s3", endpoint_url=endpoint, region_name=env.get("AWS_REGION", "us-east-1"),
-                        aws_access_key_id=env.get("AWS_ACCESS_KEY_ID"), aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"),
-                        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 5, "mode": "standard"}))
 
 
 def trainjob_env(s3_env: dict[str, str]) -> dict[str, str]:
@@ -373,22 +378,13 @@ def run_file(path: Path, workdir: Path, *, s3_endpoint: str | None = None, base_
     workdir.mkdir(parents=True, exist_ok=True)
     events = events if events is not None else []
     with s3_server(workdir, s3_endpoint) as (endpoint, s3_env):
-        client = s3_client(endpoint, {**os.environ, **s3_env})
-        for bucket in sorted(_buckets(prepared.obj, prepared.uploads)):
-            try:
-                client.create_bucket(Bucket=bucket)
-            except client.exceptions.BucketAlreadyOwnedByYou:
-                pass
-            except client.exceptions.ClientError as err:
-                if "BucketAlreadyExists" not in str(err):
-                    raise
-        upload(client, prepared.uploads)
+        store = stage(endpoint, s3_env, prepared)
         obj = point_at(prepared.obj, endpoint)
         env = trainjob_env(s3_env)
         # Ray's worker processes are children of the Ray cluster started here, not of
-        # the trainjob driver: they must find the credentials in this environment
+        # the trainjob driver: they must find their settings in this environment
         # (in a cluster, every Ray pod gets them from the pod spec instead).
-        os.environ.update({k: v for k, v in env.items() if k.startswith(("AWS_", "DS_", "TORCH_", "HF_", "TRANSFORMERS_"))})
+        os.environ.update({k: v for k, v in env.items() if k.startswith(("DS_", "TORCH_", "HF_", "TRANSFORMERS_"))})
         with local_ray() as ray_address:
             env.update({k: v for k, v in os.environ.items() if k.startswith("RAY_")})
             run = LocalRun(obj, workdir, env, ray_address, show_progress)
@@ -397,7 +393,7 @@ def run_file(path: Path, workdir: Path, *, s3_endpoint: str | None = None, base_
             except KeyboardInterrupt:
                 run.stop_all()
                 raise
-        copies = copy_out(client, run.status, workdir / "adapters")
+        copies = copy_out(store, run.status, workdir / "adapters")
     (workdir / "status.json").write_text(json.dumps(run.status, indent=2, ensure_ascii=False))
     return Outcome(run.status, run.manifests, copies, time.monotonic() - t0)
 
@@ -487,13 +483,7 @@ def datasets_check(args: argparse.Namespace) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
     with s3_server(workdir, args.s3_endpoint) as (endpoint, s3_env):
-        client = s3_client(endpoint, {**os.environ, **s3_env})
-        for bucket in sorted(_buckets(prepared.obj, prepared.uploads)):
-            try:
-                client.create_bucket(Bucket=bucket)
-            except Exception:  # noqa: BLE001 - exists already
-                pass
-        upload(client, prepared.uploads)
+        stage(endpoint, s3_env, prepared)
         obj = point_at(prepared.obj, endpoint)
         model = TaskFineTune.model_validate({"metadata": obj["metadata"], "spec": obj["spec"]})
         from anytasktune.resolve import resolve_subtask

@@ -332,7 +332,8 @@ def _launch(
 def _lift_message(metrics: EvalScores | None) -> str:
     if metrics is None or not metrics.lift:
         return "adapter published"
-    parts = [f"{k} {metrics.base.get(k, 0):.3f} -> {metrics.adapter.get(k, 0):.3f} ({v:+.3f})" for k, v in sorted(metrics.lift.items())]
+    ordered = sorted(metrics.lift.items(), key=lambda kv: (kv[0] == "eval_loss", kv[0]))  # the task metric first
+    parts = [f"{k} {metrics.base.get(k, 0):.3f} -> {metrics.adapter.get(k, 0):.3f} ({v:+.3f})" for k, v in ordered]
     return "; ".join(parts)
 
 

@@ -45,7 +45,7 @@ def load_documents(path: str | Path, text: str | None = None) -> list[Document]:
     return [Document(str(path), i, obj, node) for i, (obj, node) in enumerate(zip(objects, nodes, strict=True)) if obj is not None]
 
 
-def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int:
+def line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int:
     """The line of the deepest node along loc that exists in the YAML."""
     best = node
     for key in loc:
@@ -77,16 +77,16 @@ def validate_object(obj: Any, file: str = "<input>", node: yaml.Node | None = No
     if not isinstance(obj, dict):
         return [Problem(file, 1, "", "expected a YAML mapping (a Kubernetes object)")]
     if obj.get("apiVersion") != f"{GROUP}/{VERSION}" or obj.get("kind") != KIND:
-        return [Problem(file, _line_of(node, ("kind",)), "", f"not a {KIND} ({GROUP}/{VERSION}): apiVersion={obj.get('apiVersion')} kind={obj.get('kind')}")]
+        return [Problem(file, line_of(node, ("kind",)), "", f"not a {KIND} ({GROUP}/{VERSION}): apiVersion={obj.get('apiVersion')} kind={obj.get('kind')}")]
     if not (obj.get("metadata") or {}).get("name"):
-        return [Problem(file, _line_of(node, ("metadata",)), "metadata.name", "Field required")]
+        return [Problem(file, line_of(node, ("metadata",)), "metadata.name", "Field required")]
     try:
         TaskFineTune.model_validate({k: v for k, v in obj.items() if k != "status"})
     except ValidationError as err:
         problems = []
         for e in err.errors():
             loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-            problems.append(Problem(file, _line_of(node, loc), _path(loc), _message(dict(e))))
+            problems.append(Problem(file, line_of(node, loc), _path(loc), _message(dict(e))))
         return problems
     return []
 

@@ -4,6 +4,7 @@ Ray session shared by the tests."""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,6 +71,7 @@ def ray_session(s3_env: dict[str, str]) -> Iterator[None]:
 
     if ray.is_initialized():
         ray.shutdown()
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # every Ray process on loopback
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
     yield
     ray.shutdown()

@@ -7,7 +7,6 @@ which case the tests that need the control plane are skipped.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from tests.kube.controlplane import ControlPlane, ControlPlaneBinaryMissing  # noqa: E402
+from tests.integration.helpers import serving  # noqa: E402
+from tests.kube.controlplane import ControlPlane  # noqa: E402
 
 PROJECT_CRD_DIR = REPO_ROOT / "manifests" / "crd"
 
@@ -44,20 +44,9 @@ def install_project_crds(cp: ControlPlane) -> None:
 @pytest.fixture(scope="session")
 def control_plane() -> Iterator[ControlPlane]:
     """A started control plane with the KubeRay (and project) CRDs installed."""
-    cp = ControlPlane()
-    try:
-        cp.check_binaries()
-    except ControlPlaneBinaryMissing as exc:
-        if os.environ.get("ANYTASKTUNE_ALLOW_SKIP_INTEGRATION") == "1":
-            pytest.skip(f"integration control plane unavailable: {exc}")
-        raise
-    cp.start()
-    try:
-        cp.install_kuberay_crds()
+    with serving(ControlPlane()) as cp:
         install_project_crds(cp)
         yield cp
-    finally:
-        cp.stop()
 
 
 @pytest.fixture(scope="session")

@@ -7,13 +7,19 @@ tests write RayJob.status through the status subresource exactly as KubeRay does
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
+
+import pytest
+
+from tests.kube.controlplane import ControlPlane, ControlPlaneBinaryMissing
 
 T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -32,6 +38,40 @@ def wait_for(what: str, fn: Callable[[], T | None], timeout: float = 45.0, inter
                 return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+def _missing(message: str) -> None:
+    """A missing binary fails the run, unless the environment explicitly allows skipping."""
+    if os.environ.get("ANYTASKTUNE_ALLOW_SKIP_INTEGRATION") == "1":
+        pytest.skip(message)
+    pytest.fail(message)
+
+
+P = TypeVar("P", bound=ControlPlane)
+
+
+@contextmanager
+def serving(plane: P) -> Iterator[P]:
+    """Start a control plane with KubeRay's CRDs installed; stop it afterwards."""
+    try:
+        plane.check_binaries()
+    except ControlPlaneBinaryMissing as exc:
+        _missing(f"integration control plane unavailable: {exc}")
+    plane.start()
+    try:
+        plane.install_kuberay_crds()
+        yield plane
+    finally:
+        plane.stop()
+
+
+def helm_command(bin_dir: Path, home: Path, kubeconfig: Path | None = None) -> list[str]:
+    """The helm built by `make controlplane`, as a command prefix with throw-away config/cache dirs."""
+    path = bin_dir / "helm"
+    if not os.access(path, os.X_OK):
+        _missing(f"helm not found at {path}; build it with `make controlplane`")
+    dirs = [f"{var}={home / var.lower()}" for var in ("HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME")]
+    return ["env", *dirs, str(path), *([f"--kubeconfig={kubeconfig}"] if kubeconfig else [])]
 
 
 def free_port() -> int:

@@ -25,8 +25,8 @@ import pytest
 import yaml
 
 from anytasktune import install
-from tests.integration.helpers import SUCCEEDED, Kubectl, OperatorProcess, free_port, taskfinetune, wait_for
-from tests.kube.controlplane import ControlPlane, ControlPlaneBinaryMissing
+from tests.integration.helpers import SUCCEEDED, Kubectl, OperatorProcess, free_port, helm_command, serving, taskfinetune, wait_for
+from tests.kube.controlplane import ControlPlane
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "anytasktune"
@@ -75,19 +75,8 @@ class AuditedControlPlane(ControlPlane):
 
 @pytest.fixture(scope="module")
 def cp() -> Iterator[AuditedControlPlane]:
-    plane = AuditedControlPlane()
-    try:
-        plane.check_binaries()
-    except ControlPlaneBinaryMissing as exc:
-        if os.environ.get("ANYTASKTUNE_ALLOW_SKIP_INTEGRATION") == "1":
-            pytest.skip(f"integration control plane unavailable: {exc}")
-        raise
-    plane.start()
-    try:
-        plane.install_kuberay_crds()  # KubeRay is a prerequisite; our CRD comes with the install
+    with serving(AuditedControlPlane()) as plane:  # KubeRay is a prerequisite; our CRD comes with the install
         yield plane
-    finally:
-        plane.stop()
 
 
 @pytest.fixture(scope="module")
@@ -97,15 +86,7 @@ def k(cp: AuditedControlPlane) -> Kubectl:
 
 @pytest.fixture(scope="module")
 def helm(cp: AuditedControlPlane, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    path = cp.bin_dir / "helm"
-    if not os.access(path, os.X_OK):
-        message = f"helm not found at {path}; build it with `make controlplane`"
-        if os.environ.get("ANYTASKTUNE_ALLOW_SKIP_INTEGRATION") == "1":
-            pytest.skip(message)
-        pytest.fail(message)
-    home = tmp_path_factory.mktemp("helm")
-    dirs = [f"{var}={home / var.lower()}" for var in ("HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME")]
-    return ["env", *dirs, str(path), f"--kubeconfig={cp.kubeconfig}"]
+    return helm_command(cp.bin_dir, tmp_path_factory.mktemp("helm"), cp.kubeconfig)
 
 
 # --- helpers ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from anytasktune import install
+from tests.integration.helpers import helm_command
 from tests.kube.controlplane import default_cache_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,14 +26,7 @@ KUBECTL = os.environ.get("KUBECTL", "/usr/bin/kubectl")
 @pytest.fixture(scope="module")
 def helm(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     """The helm binary built by `make controlplane` (as a command prefix), with throw-away config/cache dirs."""
-    path = default_cache_dir() / "bin" / "helm"
-    if not os.access(path, os.X_OK):
-        message = f"helm not found at {path}; build it with `make controlplane`"
-        if os.environ.get("ANYTASKTUNE_ALLOW_SKIP_INTEGRATION") == "1":
-            pytest.skip(message)
-        pytest.fail(message)
-    home = tmp_path_factory.mktemp("helm")
-    return ["env", *(f"{var}={home / var.lower()}" for var in ("HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME")), str(path)]
+    return helm_command(default_cache_dir() / "bin", tmp_path_factory.mktemp("helm"))
 
 
 def sets(values: dict[str, Any]) -> list[str]:

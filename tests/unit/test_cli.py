@@ -72,3 +72,23 @@ def test_every_command_has_help() -> None:
     for command in (["validate"], ["render"], ["run"], ["status"], ["datasets", "check"], ["operator"]):
         proc = cli(*command, "--help")
         assert proc.returncode == 0 and "usage:" in proc.stdout, command
+
+
+def test_validate_local_accepts_local_paths_that_the_cluster_would_reject() -> None:
+    demo = str(ROOT / "examples/legal-demo/taskfinetune.yaml")
+    cluster = cli("validate", demo)
+    assert cluster.returncode == 1 and "dataset.uri must be an s3://bucket/key URI" in cluster.stderr
+    local = cli("validate", "--local", demo)
+    assert local.returncode == 0, local.stderr
+
+
+def test_validate_local_still_applies_every_rule(tmp_path: Path) -> None:
+    proc = cli("validate", "--local", str(INVALID))
+    assert proc.returncode == 1
+    assert f"{INVALID}:10: spec.subtasks[0].lora.r: Input should be less than or equal to 256" in proc.stderr
+    missing = tmp_path / "pool.yaml"
+    missing.write_text((ROOT / "examples/legal-demo/taskfinetune.yaml").read_text())
+    proc = cli("validate", "--local", str(missing))
+    assert proc.returncode == 1
+    assert f"{missing}:28: spec.subtasks[0].dataset.uri: no such file" in proc.stderr
+    assert proc.stderr.count("\n") == 3 and "s3://bucket/key" not in proc.stderr  # one problem per missing file

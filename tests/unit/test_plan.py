@@ -187,6 +187,11 @@ def test_all_succeeded_completes_with_conditions_and_metrics() -> None:
     assert p.status.completionTime == format_time(NOW)
     assert p.status.subtasks[0].metrics is not None and p.status.subtasks[0].metrics.lift == {"f1": 0.6}
     assert "0.200 -> 0.800 (+0.600)" in p.status.subtasks[0].message
+
+    with_loss = {"task0": {"evaluation": {"base": {"f1": 0.2, "eval_loss": 2.0}, "adapter": {"f1": 0.8, "eval_loss": 0.5},
+                                          "lift": {"f1": 0.6, "eval_loss": -1.5}}}}
+    message = plan(obj, observed, with_loss, NOW, CONFIG).status.subtasks[0].message
+    assert message.startswith("f1 0.200 -> 0.800 (+0.600); eval_loss")  # the task metric first
     conditions = {c.type: (c.status, c.reason) for c in p.status.conditions}
     assert conditions == {
         "Progressing": ("False", "Completed"),

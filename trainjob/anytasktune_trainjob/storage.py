@@ -89,10 +89,16 @@ def _error_code(exc: BaseException) -> str:
 class Storage:
     """Small S3 facade used by the driver and by the workers."""
 
-    def __init__(self, settings: StorageSettings, *, attempts: int = 5, backoff_s: float = 0.5) -> None:
+    def __init__(self, settings: StorageSettings, *, attempts: int = 5, backoff_s: float = 0.5,
+                 botocore_attempts: int = 8, connect_timeout: float = 10, read_timeout: float = 120) -> None:
+        """Training tolerates a slow store (long timeouts, many retries); the operator's
+        reconcile pass must not wait on one (it passes small values)."""
         self.settings = settings
         self.attempts = attempts
         self.backoff_s = backoff_s
+        self.botocore_attempts = botocore_attempts
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
         self._client: Any = None
 
     # --- clients ------------------------------------------------------------
@@ -105,10 +111,10 @@ class Storage:
             s3_options: Any = {"addressing_style": self.settings.addressing_style}
             cfg = Config(
                 region_name=self.settings.region,
-                retries={"max_attempts": 8, "mode": "standard"},
+                retries={"max_attempts": self.botocore_attempts, "mode": "standard"},
                 s3=s3_options,
-                connect_timeout=10,
-                read_timeout=120,
+                connect_timeout=self.connect_timeout,
+                read_timeout=self.read_timeout,
             )
             self._client = boto3.session.Session().client("s3", endpoint_url=self.settings.endpoint or None, config=cfg)
         return self._client

@@ -1,0 +1,72 @@
+"""How a reconcile pass scales with the pool: plan() for 1..64 sub-tasks, each with a
+history of attempts, as ratios against the 1-sub-task pool measured in the same run.
+
+    python bench/bench_plan.py [--rounds 5]
+
+Pure CPU work (resolve, hash, render, status); the API calls of a pass are not included.
+Rounds are interleaved so machine noise hits every size alike; the median is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from anytasktune.config import OperatorConfig
+from anytasktune.plan import ObservedJob, format_time, plan
+from anytasktune.resolve import resolve_subtask
+from anytasktune.spec import TaskFineTune
+
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
+SIZES = (1, 8, 32, 64)
+
+
+def pool(n: int) -> tuple[dict[str, Any], list[ObservedJob]]:
+    obj: dict[str, Any] = {
+        "metadata": {"name": "bench", "namespace": "ns", "uid": "u", "generation": 1},
+        "spec": {
+            "domain": "legal",
+            "baseModel": {"uri": "s3://models/base/"},
+            "storage": {"output": "s3://adapters/"},
+            "subtasks": [{"name": f"t{i}", "dataset": {"uri": f"s3://datasets/t{i}.jsonl"}, "instruction": "Do it."} for i in range(n)],
+            "maxParallelSubtasks": 8,
+        },
+    }
+    model = TaskFineTune.model_validate(obj)
+    jobs = []
+    for sub in model.spec.subtasks:  # two failed attempts and a running third one each
+        run_id = resolve_subtask("bench", "ns", model.spec, sub).run_id()
+        for attempt, status in ((1, "FAILED"), (2, "FAILED"), (3, "RUNNING")):
+            jobs.append(ObservedJob(name=f"bench-{sub.name}-{attempt}", subtask=sub.name, run_id=run_id, attempt=attempt,
+                                    deployment_status="Failed" if status == "FAILED" else "Running", job_status=status,
+                                    end_time=format_time(NOW - timedelta(minutes=5)) if status == "FAILED" else None))
+    return obj, jobs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    config = OperatorConfig()
+    inputs = {n: pool(n) for n in SIZES}
+    samples: dict[int, list[float]] = {n: [] for n in SIZES}
+    for _ in range(args.rounds):
+        for n in SIZES:
+            obj, jobs = inputs[n]
+            reps = max(1, 64 // n)
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                plan(obj, jobs, {}, NOW, config)
+            samples[n].append((time.perf_counter() - t0) / reps)
+    base = statistics.median(samples[1])
+    print(f"{'sub-tasks':>9}  {'observed RayJobs':>16}  {'ms / pass':>9}  {'vs 1 sub-task':>13}  {'per sub-task':>12}")
+    for n in SIZES:
+        med = statistics.median(samples[n])
+        print(f"{n:>9}  {3 * n:>16}  {med * 1e3:>9.2f}  {med / base:>12.1f}x  {med / base / n:>11.2f}x")
+
+
+if __name__ == "__main__":
+    main()
