@@ -3,6 +3,7 @@ they happen, then a summary table (base score, adapter score, lift, time, adapte
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -82,7 +83,7 @@ def print_summary(rows: list[dict[str, Any]], phase: str, wall_seconds: float) -
     out = Console(width=None if Console().is_terminal else 160)
     table = Table(title=f"AnyTaskTune: {phase} in {wall_seconds / 60:.1f} min (held-out split, base model vs adapter)",
                   title_justify="left")
-    for col in ("sub-task", "phase", "metric", "base", "adapter", "lift", "verdict", "eval loss", "time", "adapter files"):
+    for col in ("sub-task", "phase", "metric", "base", "adapter", "lift", "verdict", "eval loss", "time"):
         table.add_column(col, justify="right" if col in ("base", "adapter", "lift", "time") else "left", overflow="fold")
     for r in rows:
         verdict_style = "green" if r["verdict"] == "adapter wins" else "red" if r["verdict"] in ("FAILED", "NO LIFT") else "yellow"
@@ -92,9 +93,11 @@ def print_summary(rows: list[dict[str, Any]], phase: str, wall_seconds: float) -
         table.add_row(
             r["subtask"], r["phase"], r["metric"] or "-", _score(r["base"]), _score(r["adapter_score"]), _score(r["lift"], True),
             f"[{verdict_style}]{r['verdict']}[/{verdict_style}]", loss, f"{secs / 60:.1f} min" if secs else "-",
-            r["adapter"] if r["phase"] == "Succeeded" else "-",
         )
     out.print(table)
+    folders = {str(Path(r["adapter"]).parent) for r in rows if r["phase"] == "Succeeded" and r["adapter"] and not r["adapter"].startswith("s3://")}
+    for folder in sorted(folders):
+        out.print(f"Adapters (PEFT) and their manifest.json: {folder}/<sub-task>/", highlight=False)
     for r in rows:
         if r["phase"] != "Succeeded":
             out.print(f"[red]{r['subtask']}[/red]: {r['message']}", highlight=False)
