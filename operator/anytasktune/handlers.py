@@ -32,7 +32,6 @@ from anytasktune.plan import (
     subtasks_needing_manifest,
 )
 from anytasktune.render import LABEL_MANAGED_BY, LABEL_TFT, MANAGER
-from anytasktune.resolve import resolve_subtask
 from anytasktune.spec import GROUP, KIND, PLURAL, VERSION, TaskFineTune, TaskFineTuneStatus
 
 log = logging.getLogger("anytasktune")
@@ -141,44 +140,38 @@ def status_body(status: TaskFineTuneStatus) -> dict[str, Any]:
 _manifest_backoff: dict[tuple[str, str, str], tuple[int, float, str]] = {}
 
 
-def read_manifests(tft: dict[str, Any], names: list[str]) -> tuple[dict[str, dict[str, Any]], dict[str, str], list[Event]]:
+def read_manifests(namespace: str, name: str, storage: Any, adapters: dict[str, str]) -> tuple[dict[str, dict[str, Any]], dict[str, str], list[Event]]:
     """Fetch manifest.json of succeeded runs (the evaluation lives there).
 
     Returns (manifests, errors, events). An unreadable manifest (S3 outage, not yet
     visible) is retried with exponential backoff, reported in the sub-task's status
     message, and announced once with a Warning Event."""
-    if not names:
-        return {}, {}, []
     from anytasktune_trainjob.storage import Storage, StorageSettings  # boto3 only once something succeeded
 
-    model = TaskFineTune.model_validate({"metadata": tft["metadata"], "spec": tft["spec"]})
-    ns, name = model.metadata.get("namespace", "default"), model.metadata["name"]
     found: dict[str, dict[str, Any]] = {}
     errors: dict[str, str] = {}
     events: list[Event] = []
     now = time.monotonic()
     # Fail fast: one try, short timeouts; the backoff below spaces the next tries.
-    store = Storage(StorageSettings.from_spec(model.spec.storage), attempts=1, botocore_attempts=2, connect_timeout=3, read_timeout=15)
-    for subtask in model.spec.subtasks:
-        if subtask.name not in names:
-            continue
-        uri = resolve_subtask(name, ns, model.spec, subtask).run_prefix() + "manifest.json"
-        key = (ns, name, uri)
+    store = Storage(StorageSettings.from_spec(storage), attempts=1, botocore_attempts=2, connect_timeout=3, read_timeout=15)
+    for subtask, prefix in adapters.items():
+        uri = prefix + "manifest.json"
+        key = (namespace, name, uri)
         failures, next_try, last_error = _manifest_backoff.get(key, (0, 0.0, ""))
         if now < next_try:
-            errors[subtask.name] = last_error
+            errors[subtask] = last_error
             continue
         try:
-            found[subtask.name] = json.loads(store.get_bytes(uri)[0])
+            found[subtask] = json.loads(store.get_bytes(uri)[0])
             _manifest_backoff.pop(key, None)
         except Exception as err:  # noqa: BLE001 - reported and retried with backoff
             metrics.ERRORS.labels(target="s3").inc()
             failures += 1
-            errors[subtask.name] = f"{type(err).__name__}: {err}"[:300]
-            _manifest_backoff[key] = (failures, now + min(5.0 * 2 ** (failures - 1), 300.0), errors[subtask.name])
+            errors[subtask] = f"{type(err).__name__}: {err}"[:300]
+            _manifest_backoff[key] = (failures, now + min(5.0 * 2 ** (failures - 1), 300.0), errors[subtask])
             log.warning("manifest %s not readable (attempt %d): %s", uri, failures, err)
             if failures == 1:
-                events.append(Event("Warning", "StorageUnavailable", f"sub-task {subtask.name}: cannot read {uri}: {errors[subtask.name]}"))
+                events.append(Event("Warning", "StorageUnavailable", f"sub-task {subtask}: cannot read {uri}: {errors[subtask]}"))
     return found, errors, events
 
 
@@ -191,7 +184,8 @@ def reconcile_once(kube: Kube, namespace: str, name: str, config: OperatorConfig
     result = plan(tft, observed, {}, now, config)
     needed = subtasks_needing_manifest(result.status)
     if needed:
-        manifests, errors, storage_events = read_manifests(tft, needed)
+        storage = TaskFineTune.model_validate({"metadata": tft["metadata"], "spec": tft["spec"]}).spec.storage
+        manifests, errors, storage_events = read_manifests(namespace, name, storage, needed)
         result = plan(tft, observed, manifests, now, config, manifest_errors=errors)
         result.events += storage_events
 

@@ -244,7 +244,7 @@ class LocalRun:
         observed = [j.observed() for j in self.jobs.values()]
         now = datetime.now(timezone.utc)
         result = plan(obj, observed, self.manifests, now, LOCAL_CONFIG)
-        adapters = {s.name: s.adapter for s in result.status.subtasks if s.name in subtasks_needing_manifest(result.status) and s.adapter}
+        adapters = subtasks_needing_manifest(result.status)
         if adapters and self._read_manifests(adapters):
             result = plan(obj, observed, self.manifests, now, LOCAL_CONFIG)
         for action in result.actions:

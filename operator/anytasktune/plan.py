@@ -423,6 +423,6 @@ def _transition_events(old: TaskFineTuneStatus, new: TaskFineTuneStatus) -> list
     return events
 
 
-def subtasks_needing_manifest(status: TaskFineTuneStatus) -> list[str]:
-    """Succeeded sub-tasks whose evaluation has not been read from S3 yet."""
-    return [s.name for s in status.subtasks if s.phase == SubtaskPhase.Succeeded and s.metrics is None]
+def subtasks_needing_manifest(status: TaskFineTuneStatus) -> dict[str, str]:
+    """Succeeded sub-tasks whose evaluation has not been read yet: name -> adapter prefix."""
+    return {s.name: s.adapter for s in status.subtasks if s.phase == SubtaskPhase.Succeeded and s.metrics is None and s.adapter}

@@ -138,3 +138,36 @@ def test_missing_local_dataset_is_a_clear_user_error(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "spec.subtasks[0].dataset.uri: no such file" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_ctrl_c_stops_cleanly_and_a_rerun_resumes_from_the_checkpoint(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    pool = write_pool(tmp_path)
+    doc = yaml.safe_load(pool.read_text())
+    doc["spec"]["subtasks"] = doc["spec"]["subtasks"][:1]  # the good one
+    doc["spec"]["defaults"]["training"].update(maxSteps=60, checkpointEverySteps=5, logEverySteps=5)
+    pool.write_text(yaml.safe_dump(doc, sort_keys=False))
+    out = tmp_path / "out"
+    log = out / "reviews" / "logs" / "reviews-good-1.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "anytasktune.cli", "run", str(pool), "--workdir", str(out), "--no-progress"],
+                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (log.exists() and "checkpoint saved at step" in log.read_text(errors="replace")):
+        assert first.poll() is None, "the run ended before its first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.2)
+    first.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    _, stderr = first.communicate(timeout=120)
+    assert first.returncode == 130, stderr
+    assert "interrupted: stopped every sub-task" in stderr and "Traceback" not in stderr
+    spec_file = out / "reviews" / "specs" / "reviews-good-1.json"
+    assert subprocess.run(["pgrep", "-f", str(spec_file)], capture_output=True).returncode == 1, "a trainjob survived Ctrl-C"
+
+    second = cli("run", str(pool), "--workdir", str(out), "--no-progress", cwd=tmp_path)
+    assert second.returncode == 0, second.stdout + second.stderr
+    manifest = json.loads((out / "reviews" / "adapters" / "good" / "manifest.json").read_text())
+    assert manifest["training"]["resumedFromStep"] >= 5  # not step 0
+    assert "resumed from checkpoint at step" in log.read_text(errors="replace")
