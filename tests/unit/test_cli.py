@@ -74,11 +74,15 @@ def test_every_command_has_help() -> None:
         assert proc.returncode == 0 and "usage:" in proc.stdout, command
 
 
-def test_validate_local_accepts_local_paths_that_the_cluster_would_reject() -> None:
-    demo = str(ROOT / "examples/legal-demo/taskfinetune.yaml")
-    cluster = cli("validate", demo)
+def test_validate_local_accepts_local_paths_that_the_cluster_would_reject(tmp_path: Path) -> None:
+    from anytasktune.demo_data import write_all
+
+    demo = tmp_path / "taskfinetune.yaml"  # a copy beside freshly generated data (a clone has none)
+    demo.write_text((ROOT / "examples/legal-demo/taskfinetune.yaml").read_text())
+    write_all(tmp_path / "data", count=20)
+    cluster = cli("validate", str(demo))
     assert cluster.returncode == 1 and "dataset.uri must be an s3://bucket/key URI" in cluster.stderr
-    local = cli("validate", "--local", demo)
+    local = cli("validate", "--local", str(demo))
     assert local.returncode == 0, local.stderr
 
 
