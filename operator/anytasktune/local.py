@@ -444,9 +444,14 @@ def _verdict(st: dict[str, Any], lift: float | None) -> str:
     return "NO LIFT"
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(args: argparse.Namespace) -> int:
     from anytasktune.localui import print_summary
 
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill`, systemd, CI timeouts: stop as cleanly as Ctrl-C
     workdir = Path(args.workdir or "out")
     try:
         outcome = run_file(Path(args.file), workdir, s3_endpoint=args.s3_endpoint, base_model=args.base_model,
