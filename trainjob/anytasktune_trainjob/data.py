@@ -149,6 +149,15 @@ def _text(record: dict[str, Any], name: str, *, required: bool = True) -> str:
     return value
 
 
+def _nonempty_list(record: dict[str, Any], field: str) -> list[Any]:
+    value = record.get(field)
+    if value is None:
+        raise RecordError(f"missing field '{field}'")
+    if not isinstance(value, list) or not value:
+        raise RecordError(f"field '{field}' must be a non-empty list")
+    return value
+
+
 def _content(value: Any, where: str) -> str:
     if isinstance(value, list):  # OpenAI content parts
         parts = []
@@ -192,11 +201,7 @@ def parse_record(record: Any, fmt: DatasetFormat | str, instruction: str = "") -
         user = f"{instruction.strip()}\n\n{inp}" if instruction.strip() else inp
         return (("user", user), ("assistant", out))
     if fmt is DatasetFormat.messages:
-        msgs = record.get("messages")
-        if msgs is None:
-            raise RecordError("missing field 'messages'")
-        if not isinstance(msgs, list) or not msgs:
-            raise RecordError("field 'messages' must be a non-empty list")
+        msgs = _nonempty_list(record, "messages")
         turns = []
         for i, m in enumerate(msgs):
             where = f"messages[{i}]"
@@ -208,11 +213,7 @@ def parse_record(record: Any, fmt: DatasetFormat | str, instruction: str = "") -
             turns.append((role, _content(m.get("content"), where)))
         return _check_turns(turns, "messages")
     if fmt is DatasetFormat.sharegpt:
-        convs = record.get("conversations")
-        if convs is None:
-            raise RecordError("missing field 'conversations'")
-        if not isinstance(convs, list) or not convs:
-            raise RecordError("field 'conversations' must be a non-empty list")
+        convs = _nonempty_list(record, "conversations")
         turns = []
         top_system = record.get("system")
         if isinstance(top_system, str) and top_system.strip():
