@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 DEFAULT_TRAINING_IMAGE = "ghcr.io/anytasktune/trainjob:0.1.0"
 
@@ -20,7 +20,6 @@ class OperatorConfig:
     restricted_pods: bool = True
     spec_mount_path: str = "/etc/anytasktune"
     trainjob_module: str = "anytasktune_trainjob"
-    extra_labels: dict[str, str] = field(default_factory=dict)
     # Namespaces to watch; empty = all (cluster-wide RBAC needed).
     watch_namespaces: tuple[str, ...] = ()
 

@@ -17,9 +17,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-TRAINSPEC_API_VERSION = "anytasktune.io/v1alpha1"
-TRAINSPEC_KIND = "TrainJobSpec"
-
 RULES_KEY = "x-anytasktune-rules"  # json_schema_extra key holding spec.CelRule objects
 S3_URI_PATTERN = r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$"
 
