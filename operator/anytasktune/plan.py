@@ -36,6 +36,7 @@ from anytasktune.spec import (
     TaskFineTuneStatus,
 )
 from anytasktune.trainspec import FAILURE_MARKER, RETRYABLE, FailureClass, TrainJobSpec
+from anytasktune.validation import describe
 
 # --- what was observed -------------------------------------------------------
 
@@ -211,9 +212,7 @@ def plan(
     try:
         tft = TaskFineTune.model_validate({"metadata": dict(meta), "spec": obj.get("spec", {})})
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        return _invalid(old, generation, f"{where}: {first['msg']}", now)
+        return _invalid(old, generation, describe(err), now)
     spec = tft.spec
 
     by_subtask: dict[str, list[ObservedJob]] = {}

@@ -14,6 +14,7 @@ from anytasktune.trainspec import (
     StorageTarget,
     TrainJobSpec,
 )
+from anytasktune.validation import describe
 
 _SUFFIX = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
            "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
@@ -38,9 +39,7 @@ def _merge(section: str, spec: TaskFineTuneSpec, subtask: Subtask) -> Any:
     try:
         return model.model_validate(base)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ResolveError(f"sub-task {subtask.name}: {section}.{where}: {first['msg']}") from err
+        raise ResolveError(f"sub-task {subtask.name}: {describe(err, under=section)}") from err
 
 
 def resolve_subtask(name: str, namespace: str, spec: TaskFineTuneSpec, subtask: Subtask) -> TrainJobSpec:

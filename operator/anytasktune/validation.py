@@ -73,6 +73,19 @@ def _message(err: dict[str, Any]) -> str:
     return msg.removeprefix("Value error, ")
 
 
+def _loc(err: dict[str, Any]) -> tuple[Any, ...]:
+    """The error's location in the document (without pydantic's validator-function steps)."""
+    return tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+
+
+def describe(err: ValidationError, under: str = "") -> str:
+    """The first error as `path: message`, worded as `anytasktune validate` words it."""
+    first = dict(err.errors()[0])
+    path = _path(_loc(first))
+    where = ".".join(filter(None, [under, path]))
+    return f"{where}: {_message(first)}" if where else _message(first)
+
+
 def validate_object(obj: Any, file: str = "<input>", node: yaml.Node | None = None) -> list[Problem]:
     if not isinstance(obj, dict):
         return [Problem(file, 1, "", "expected a YAML mapping (a Kubernetes object)")]
@@ -85,7 +98,7 @@ def validate_object(obj: Any, file: str = "<input>", node: yaml.Node | None = No
     except ValidationError as err:
         problems = []
         for e in err.errors():
-            loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+            loc = _loc(dict(e))
             problems.append(Problem(file, line_of(node, loc), _path(loc), _message(dict(e))))
         return problems
     return []

@@ -294,3 +294,11 @@ def test_retry_time_is_stable_when_the_failed_job_has_no_end_time() -> None:
     first = plan(obj, [failed], {}, NOW, CONFIG)
     second = plan(obj, [failed], {}, NOW + timedelta(seconds=1), CONFIG)
     assert first.status.subtasks[0].nextRetryTime == second.status.subtasks[0].nextRetryTime == format_time(NOW + timedelta(seconds=8))
+
+
+def test_invalid_spec_messages_are_worded_as_validate_words_them() -> None:
+    broken = tft(subtasks=1)
+    broken["spec"]["subtasks"][0]["dataset"]["uri"] = "https://example.com/x.jsonl"
+    p = plan(broken, [], {}, NOW, CONFIG)
+    condition = next(c for c in p.status.conditions if c.type == "Degraded")
+    assert condition.message == "spec.subtasks[0].dataset: dataset.uri must be an s3://bucket/key URI"
