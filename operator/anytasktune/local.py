@@ -35,6 +35,7 @@ from typing import Any
 
 from anytasktune.config import OperatorConfig
 from anytasktune.plan import DeleteJob, Launch, ObservedJob, Plan, format_time, plan, subtasks_needing_manifest
+from anytasktune.render import LABEL_ATTEMPT, LABEL_RUN_ID, LABEL_SUBTASK, SPEC_FILE
 from anytasktune.spec import Phase, TaskFineTune
 from anytasktune.trainspec import TrainJobSpec, metrics_for
 from anytasktune.validation import Problem, line_of, load_documents, validate_object
@@ -197,8 +198,6 @@ class Outcome:
 class LocalRun:
     def __init__(self, obj: dict[str, Any], workdir: Path, env: dict[str, str], ray_address: str, show_progress: bool):
         self.obj = obj
-        self.name = obj["metadata"]["name"]
-        self.model = TaskFineTune.model_validate({"metadata": obj["metadata"], "spec": obj["spec"]})
         self.workdir = workdir
         self.env = env
         self.ray_address = ray_address
@@ -208,10 +207,10 @@ class LocalRun:
         self.show_progress = show_progress
 
     def _launch(self, launch: Launch) -> None:
-        spec = TrainJobSpec.from_json(launch.configmap["data"]["spec.json"])
+        """What the operator would put in a ConfigMap and a RayJob becomes a file and a process."""
         spec_path = self.workdir / "specs" / f"{launch.name}.json"
         spec_path.parent.mkdir(parents=True, exist_ok=True)
-        spec_path.write_text(spec.to_json(), encoding="utf-8")
+        spec_path.write_text(launch.configmap["data"][SPEC_FILE], encoding="utf-8")
         log_path = self.workdir / "logs" / f"{launch.name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         proc = subprocess.Popen(
@@ -219,7 +218,8 @@ class LocalRun:
             env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace",
             start_new_session=True,  # Ctrl-C reaches us first; we stop the children cleanly
         )
-        job = LocalJob(launch.name, spec.subtask, spec.run_id(), int(launch.name.rsplit("-", 1)[1]), proc, log_path,
+        labels = launch.configmap["metadata"]["labels"]
+        job = LocalJob(launch.name, labels[LABEL_SUBTASK], labels[LABEL_RUN_ID], int(labels[LABEL_ATTEMPT]), proc, log_path,
                        format_time(datetime.now(timezone.utc)))
         threading.Thread(target=job.follow, daemon=True).start()
         self.jobs[launch.name] = job
@@ -267,14 +267,13 @@ class LocalRun:
                 pass
         return read
 
-    def run(self, events: list[str]) -> None:
+    def run(self) -> None:
         from anytasktune.localui import Progress
 
         with Progress(self, enabled=self.show_progress) as ui:
             while True:
                 result = self.step()
                 for e in result.events:
-                    events.append(f"{e.type}: {e.reason}: {e.message}")
                     ui.event(e.type, e.reason, e.message)
                 ui.refresh()
                 finished = result.status.phase in (Phase.Succeeded, Phase.Failed, Phase.Invalid)
@@ -370,13 +369,12 @@ def trainjob_env(s3_env: dict[str, str]) -> dict[str, str]:
 
 
 def run_file(path: Path, workdir: Path, *, s3_endpoint: str | None = None, base_model: str | None = None,
-             show_progress: bool = True, events: list[str] | None = None) -> Outcome:
+             show_progress: bool = True) -> Outcome:
     t0 = time.monotonic()
     prepared = prepare(path, base_model)
     name = prepared.obj["metadata"]["name"]
     workdir = workdir.resolve() / name
     workdir.mkdir(parents=True, exist_ok=True)
-    events = events if events is not None else []
     with s3_server(workdir, s3_endpoint) as (endpoint, s3_env):
         store = stage(endpoint, s3_env, prepared)
         obj = point_at(prepared.obj, endpoint)
@@ -389,7 +387,7 @@ def run_file(path: Path, workdir: Path, *, s3_endpoint: str | None = None, base_
             env.update({k: v for k, v in os.environ.items() if k.startswith("RAY_")})
             run = LocalRun(obj, workdir, env, ray_address, show_progress)
             try:
-                run.run(events)
+                run.run()
             except KeyboardInterrupt:
                 run.stop_all()
                 raise
