@@ -93,7 +93,10 @@ for f in "$kuberay_dir"/config/crd/bases/ray.io_*.yaml; do
 done
 
 "$bin/kube-apiserver" --version >&2
-"$bin/etcd" --version | head -1 >&2
+# Never `| head` under pipefail: head exits after one line, the writer gets
+# SIGPIPE on its next write and the pipeline fails (exit 141) depending on timing.
+etcd_version="$("$bin/etcd" --version)"
+log "${etcd_version%%$'\n'*}"
 "$bin/helm" version --short >&2
 echo "$want" >"$stamp"
 log "done in $(( $(date +%s) - start ))s; outputs in $cache"
