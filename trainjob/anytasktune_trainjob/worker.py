@@ -14,7 +14,8 @@ import os
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,17 @@ class TokenTable:
 
     def __getitem__(self, i: int) -> list[int]:
         return self.flat[self.offsets[i]:self.offsets[i + 1]].tolist()
+
+
+@contextmanager
+def restored_checkpoint(checkpoint: Any) -> Iterator[Path]:
+    """The checkpoint downloaded into a folder private to this worker, removed on exit.
+
+    Not `Checkpoint.as_directory()`: it downloads into one temporary folder per node,
+    shared by every worker there, and deletes it when a reader leaves, so a second
+    worker on the same node can find it gone."""
+    with tempfile.TemporaryDirectory(prefix="anytasktune-restore-") as private:
+        yield Path(checkpoint.to_directory(private))
 
 
 def _log(rank: int, msg: str) -> None:
@@ -136,9 +148,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     start_step, tokens_done, history = 0, 0, []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as ckdir:
-            state = json.loads((Path(ckdir) / STATE_FILE).read_text())
-            engine.load_checkpoint(ckdir, tag=DS_TAG, load_module_strict=False,
+        with restored_checkpoint(checkpoint) as ckdir:
+            state = json.loads((ckdir / STATE_FILE).read_text())
+            engine.load_checkpoint(str(ckdir), tag=DS_TAG, load_module_strict=False,
                                    load_optimizer_states=True, load_lr_scheduler_states=True)
         start_step, tokens_done, history = state["step"], state["tokens"], state.get("history", [])
         _log(rank, f"resumed from checkpoint at step {start_step}/{plan.total_steps}")
