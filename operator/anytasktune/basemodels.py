@@ -9,11 +9,13 @@ Hugging Face folder that every worker can `from_pretrained` quickly.
 
 from __future__ import annotations
 
+import fcntl
 import importlib.metadata
 import json
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -57,18 +59,37 @@ def find_smollm2_gguf() -> Path:
 
 
 def prepare_smollm2(force: bool = False) -> Path:
-    """Convert the GGUF into a regular model folder once; later calls return the cached folder."""
+    """Convert the GGUF into a regular model folder once; later calls return the cached folder.
+
+    Concurrent callers (two test sessions, a demo beside a test) are serialized by a
+    file lock, and each converts into a private temporary folder: a shared `.tmp`
+    folder would be deleted under the other writer."""
     target = model_dir(SMOLLM2_ID)
     stamp = target / ".converted"
     if stamp.exists() and not force:
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_name(target.name + ".lock"), "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if stamp.exists() and not force:  # converted by the caller we waited for
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+        try:
+            _convert_smollm2(tmp)
+            (tmp / ".converted").touch()
+            shutil.rmtree(target, ignore_errors=True)
+            tmp.rename(target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        _point_main_ref(SMOLLM2_ID)
+    return target
+
+
+def _convert_smollm2(out: Path) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     gguf = find_smollm2_gguf()
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(tmp, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -80,14 +101,9 @@ def prepare_smollm2(force: bool = False) -> Path:
     if unexpected or any("lm_head" not in m for m in missing):
         raise RuntimeError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
     fresh.tie_weights()
-    fresh.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "anytasktune-source.json").write_text(json.dumps({"id": SMOLLM2_ID, "from": gguf.name, "dequantized": "Q4_1 -> float32"}))
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
-    _point_main_ref(SMOLLM2_ID)
-    stamp.touch()
-    return target
+    fresh.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "anytasktune-source.json").write_text(json.dumps({"id": SMOLLM2_ID, "from": gguf.name, "dequantized": "Q4_1 -> float32"}))
 
 
 def resolve_local_model(model_id: str) -> Path | None:
