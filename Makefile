@@ -8,8 +8,9 @@ export ANYTASKTUNE_CACHE ?= $(HOME)/.cache/anytasktune
 VENV        ?= .venv
 PYTHON      ?= python3
 PY          := $(VENV)/bin/python
-EXTRAS      := operator,train,local,dev
-STAMP       := $(VENV)/.installed-$(shell cat pyproject.toml 2>/dev/null | sha256sum | cut -c1-12)
+# Three distributions (docs/architecture.md), installed together, editable.
+PYPROJECTS  := pyproject.toml contract/pyproject.toml operator/pyproject.toml trainjob/pyproject.toml
+STAMP       := $(VENV)/.installed-$(shell cat $(PYPROJECTS) 2>/dev/null | sha256sum | cut -c1-12)
 PYTEST      := $(PY) -m pytest
 export TORCH_EXTENSIONS_DIR ?= $(ANYTASKTUNE_CACHE)/torch_extensions
 export DS_ACCELERATOR ?= cpu
@@ -18,10 +19,10 @@ export DS_ACCELERATOR ?= cpu
 help: ## Show this help
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(STAMP): pyproject.toml
+$(STAMP): $(PYPROJECTS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip setuptools wheel
-	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	$(PY) -m pip install -q -e ./contract -e "./operator[operator,local,dev]" -e ./trainjob
 	@rm -f $(VENV)/.installed-*; touch $@
 
 .PHONY: setup
@@ -38,7 +39,7 @@ manifests: setup ## Regenerate the CRD (and everything derived from it) from the
 
 .PHONY: lint
 lint: setup ## ruff and mypy
-	$(PY) -m ruff check operator trainjob tests bench
+	$(PY) -m ruff check contract operator trainjob tests bench
 	$(PY) -m mypy
 
 .PHONY: test-unit

@@ -72,7 +72,7 @@ def main() -> None:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from anytasktune.trainspec import DeepSpeedConfig, TrainingConfig
+    from anytasktune_contract.trainspec import DeepSpeedConfig, TrainingConfig
     from anytasktune_trainjob import encoding
     from anytasktune_trainjob.data import parse_record
     from anytasktune_trainjob.zero import build_deepspeed_config

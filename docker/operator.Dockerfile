@@ -1,17 +1,16 @@
 # syntax=docker/dockerfile:1
-# The operator image: kopf + the kubernetes client + prometheus-client (`.[operator]`),
-# no torch, no ray. Build from the repository root:
+# The operator image: the contract and `anytasktune[operator]` (kopf, the kubernetes
+# client, prometheus-client); no trainjob, no torch, no ray. Build from the repository root:
 #   docker build -f docker/operator.Dockerfile -t ghcr.io/anytasktune/operator:0.1.0 .
 # Pin the base by digest at release time: --build-arg PYTHON_IMAGE=python:3.11.11-slim-bookworm@sha256:...
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY contract ./contract
 COPY operator ./operator
-COPY trainjob ./trainjob
-# Wheels of the package and of its operator dependencies only.
-RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[operator]"
+# Wheels of the two distributions and of their operator dependencies only.
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ./contract "./operator[operator]"
 
 FROM ${PYTHON_IMAGE}
 ENV PYTHONUNBUFFERED=1 \

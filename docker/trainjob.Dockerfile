@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # The training image of the RayJobs: Ray (the base), torch, DeepSpeed, PEFT, transformers
-# (`.[train]`) and the trainjob entrypoint `python -m anytasktune_trainjob`. Build from the
+# (the `anytasktune-trainjob` and `anytasktune-contract` distributions: nothing of the
+# operator) and the trainjob entrypoint `python -m anytasktune_trainjob`. Build from the
 # repository root:
 #   docker build -f docker/trainjob.Dockerfile -t ghcr.io/anytasktune/trainjob:0.1.0 .
 # CPU-only pools: --build-arg RAY_IMAGE=rayproject/ray:2.60.0-py311
@@ -13,9 +14,8 @@ USER 1000:100
 WORKDIR /home/ray
 ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-COPY --chown=1000:100 pyproject.toml README.md /tmp/anytasktune/
-COPY --chown=1000:100 operator /tmp/anytasktune/operator
+COPY --chown=1000:100 contract /tmp/anytasktune/contract
 COPY --chown=1000:100 trainjob /tmp/anytasktune/trainjob
-RUN pip install --no-cache-dir "/tmp/anytasktune[train]" \
+RUN pip install --no-cache-dir /tmp/anytasktune/contract /tmp/anytasktune/trainjob \
  && rm -rf /tmp/anytasktune \
  && python -c "import anytasktune_trainjob.__main__"

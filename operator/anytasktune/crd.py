@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel
 
 from anytasktune import spec as api
-from anytasktune.trainspec import RULES_KEY
+from anytasktune_contract.trainspec import RULES_KEY
 
 CRD_PATH = Path("manifests/crd/anytasktune.io_taskfinetunes.yaml")
 

@@ -146,14 +146,14 @@ def read_manifests(namespace: str, name: str, storage: Any, adapters: dict[str, 
     Returns (manifests, errors, events). An unreadable manifest (S3 outage, not yet
     visible) is retried with exponential backoff, reported in the sub-task's status
     message, and announced once with a Warning Event."""
-    from anytasktune_trainjob.storage import Storage, StorageSettings  # boto3 only once something succeeded
+    from anytasktune_contract.storage import ObjectStore, StorageSettings  # boto3 only once something succeeded
 
     found: dict[str, dict[str, Any]] = {}
     errors: dict[str, str] = {}
     events: list[Event] = []
     now = time.monotonic()
     # Fail fast: one try, short timeouts; the backoff below spaces the next tries.
-    store = Storage(StorageSettings.from_spec(storage), attempts=1, botocore_attempts=2, connect_timeout=3, read_timeout=15)
+    store = ObjectStore(StorageSettings.from_spec(storage), attempts=1, botocore_attempts=2, connect_timeout=3, read_timeout=15)
     for subtask, prefix in adapters.items():
         uri = prefix + "manifest.json"
         key = (namespace, name, uri)

@@ -37,8 +37,8 @@ from anytasktune.config import OperatorConfig
 from anytasktune.plan import DeleteJob, Launch, ObservedJob, Plan, format_time, plan, subtasks_needing_manifest
 from anytasktune.render import LABEL_ATTEMPT, LABEL_RUN_ID, LABEL_SUBTASK, SPEC_FILE
 from anytasktune.spec import Phase, TaskFineTune
-from anytasktune.trainspec import TrainJobSpec, metrics_for
 from anytasktune.validation import Problem, line_of, load_documents, validate_object
+from anytasktune_contract.trainspec import TrainJobSpec, metrics_for
 
 LOCAL_BUCKET = "anytasktune-local"
 PROGRESS_RE = re.compile(
@@ -305,7 +305,7 @@ def s3_server(workdir: Path, endpoint: str | None) -> Iterator[tuple[str, dict[s
     if endpoint:
         yield endpoint, {}
         return
-    from anytasktune_trainjob.s3server import EmbeddedS3
+    from anytasktune.s3server import EmbeddedS3
 
     data = workdir / "s3"
     data.mkdir(parents=True, exist_ok=True)
@@ -327,9 +327,9 @@ def _buckets(obj: dict[str, Any], uploads: dict[str, Path]) -> set[str]:
 
 def local_storage(endpoint: str) -> Any:
     """The trainjob's own S3 facade (retries, bucket/key in errors), credentials from the environment."""
-    from anytasktune_trainjob.storage import Storage, StorageSettings
+    from anytasktune_contract.storage import ObjectStore, StorageSettings
 
-    return Storage(StorageSettings(endpoint, os.environ.get("AWS_REGION", "us-east-1"), "path"))
+    return ObjectStore(StorageSettings(endpoint, os.environ.get("AWS_REGION", "us-east-1"), "path"))
 
 
 def stage(endpoint: str, s3_env: dict[str, str], prepared: Prepared) -> Any:

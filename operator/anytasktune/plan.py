@@ -8,7 +8,6 @@ idempotent).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -35,8 +34,9 @@ from anytasktune.spec import (
     TaskFineTune,
     TaskFineTuneStatus,
 )
-from anytasktune.trainspec import FAILURE_MARKER, RETRYABLE, FailureClass, TrainJobSpec
 from anytasktune.validation import describe
+from anytasktune_contract.failures import FailureClass, classify_text, explanation, marked_class
+from anytasktune_contract.trainspec import TrainJobSpec
 
 # --- what was observed -------------------------------------------------------
 
@@ -104,28 +104,16 @@ class ObservedJob:
         return self.job_status == "RUNNING" or self.deployment_status == "Running"
 
 
-_CLASS_RE = re.compile(FAILURE_MARKER + r" class=(\w+)")
-_OOM_RE = re.compile(r"OOMKilled|out of memory|OutOfMemory", re.IGNORECASE)
-_PREEMPT_RE = re.compile(r"preempt|evicted|node .* (lost|died)|spot", re.IGNORECASE)
-
-
 def classify_failure(job: ObservedJob) -> FailureClass:
-    """Why an attempt failed, from what KubeRay and the trainjob reported."""
-    marker = _CLASS_RE.findall(job.message)
-    if marker:
-        try:
-            return FailureClass(marker[-1])
-        except ValueError:
-            return FailureClass.Unknown
+    """Why an attempt failed: the trainjob's marker line, else KubeRay's reason, else the text."""
+    marked = marked_class(job.message)
+    if marked is not None:
+        return marked
     if job.deployment_status == "ValidationFailed" or job.reason == "ValidationFailed":
         return FailureClass.InvalidSpec
     if job.reason == "DeadlineExceeded":
         return FailureClass.DeadlineExceeded
-    if _OOM_RE.search(job.message):
-        return FailureClass.OutOfMemory
-    if _PREEMPT_RE.search(job.message):
-        return FailureClass.Preempted
-    return FailureClass.Unknown
+    return classify_text(job.message)
 
 
 # --- what to do --------------------------------------------------------------
@@ -182,14 +170,6 @@ def parse_time(s: str | None) -> datetime | None:
 
 def retry_delay(failures: int, config: OperatorConfig) -> float:
     return min(config.retry_backoff_seconds * 2 ** max(failures - 1, 0), config.retry_backoff_max_seconds)
-
-
-def _short(message: str, limit: int = 400) -> str:
-    """Status messages stay bounded: the tail is what explains a failure."""
-    lines = [line for line in message.strip().splitlines() if line.strip()]
-    marker = [line for line in lines if FAILURE_MARKER in line]
-    text = marker[-1] if marker else (lines[-1] if lines else "")
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 # --- the planner -------------------------------------------------------------
@@ -267,13 +247,13 @@ def plan(
                 st.message = f"adapter published; evaluation not read yet (retrying): {manifest_errors[subtask.name]}"
         elif latest is not None and latest.active:
             st.phase = SubtaskPhase.Running if latest.running else SubtaskPhase.Pending
-            st.message = "suspended" if latest.suspend else _short(latest.message)
+            st.message = "suspended" if latest.suspend else explanation(latest.message)
             if failures:  # a retry is running: keep saying why the last attempt failed
                 st.failureClass = classify_failure(failures[-1]).value
         elif latest is not None:  # the latest attempt failed
             cls = classify_failure(latest)
-            st.failureClass, st.message = cls.value, _short(latest.message) or f"RayJob {latest.name} failed"
-            if cls not in RETRYABLE:
+            st.failureClass, st.message = cls.value, explanation(latest.message) or f"RayJob {latest.name} failed"
+            if not cls.retryable:
                 st.phase, st.completionTime = SubtaskPhase.Failed, latest.end_time
             elif len(failures) > spec.backoffLimit:
                 st.phase, st.completionTime = SubtaskPhase.Failed, latest.end_time

@@ -11,7 +11,7 @@ from typing import Any
 
 from anytasktune.config import OperatorConfig
 from anytasktune.spec import GROUP, KIND, VERSION, TaskFineTuneSpec
-from anytasktune.trainspec import TrainJobSpec
+from anytasktune_contract.trainspec import TrainJobSpec
 
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_TFT = f"{GROUP}/taskfinetune"

@@ -6,15 +6,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from anytasktune.spec import OVERRIDABLE, Subtask, TaskFineTuneSpec
-from anytasktune.trainspec import (
-    BaseModelRef,
-    DatasetRef,
-    Scaling,
-    StorageTarget,
-    TrainJobSpec,
-)
+from anytasktune.spec import OVERRIDABLE_MODELS, Subtask, TaskFineTuneSpec
 from anytasktune.validation import describe
+from anytasktune_contract.trainspec import BaseModelRef, DatasetRef, Scaling, StorageTarget, TrainJobSpec
 
 _SUFFIX = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
            "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
@@ -31,7 +25,7 @@ class ResolveError(ValueError):
 
 
 def _merge(section: str, spec: TaskFineTuneSpec, subtask: Subtask) -> Any:
-    model = OVERRIDABLE[section]
+    model = OVERRIDABLE_MODELS[section]
     base = getattr(spec.defaults, section).model_dump()
     override = getattr(subtask, section)
     if override is not None:

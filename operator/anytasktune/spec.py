@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, Field, create_model, model_validator
 
-from anytasktune.trainspec import (
+from anytasktune_contract.trainspec import (
     RULES_KEY,
     S3_URI_PATTERN,
     BaseModelRef,
@@ -106,7 +106,6 @@ DeepSpeedOverride = partial_model(DeepSpeedConfig, "DeepSpeedOverride")
 EvaluationOverride = partial_model(EvaluationConfig, "EvaluationOverride")
 DataContractOverride = partial_model(DataContractConfig, "DataContractOverride")
 
-OVERRIDABLE = OVERRIDABLE_MODELS
 
 
 class Defaults(Strict):
@@ -183,7 +182,7 @@ class SecretRef(Strict):
     secretAccessKeyKey: str = Field("AWS_SECRET_ACCESS_KEY", min_length=1, max_length=253)
 
 
-class Storage(Strict):
+class StorageSpec(Strict):
     output: str = Field(..., max_length=1024, description="s3://bucket/prefix/ where adapters and manifests are written.")
     endpoint: str | None = Field(None, max_length=1024, description="Custom S3 endpoint (MinIO, SeaweedFS, Ceph…); empty = AWS.")
     region: str = Field("us-east-1", max_length=64)
@@ -249,7 +248,7 @@ class ClusterShape(Strict):
 class TaskFineTuneSpec(Strict):
     domain: str = Field(..., min_length=1, max_length=63, pattern=DNS_LABEL, description="The domain of the task pool.")
     baseModel: BaseModelSpec
-    storage: Storage
+    storage: StorageSpec
     defaults: Defaults = Field(default_factory=Defaults)
     subtasks: list[Subtask] = Field(..., min_length=1, max_length=MAX_SUBTASKS)
     cluster: ClusterShape = Field(default_factory=ClusterShape)

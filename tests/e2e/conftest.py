@@ -23,7 +23,7 @@ INSTRUCTION = "Classify the sentiment of the review as positive or negative."
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A real S3 server for the whole session (it changes no environment variable)."""
-    from anytasktune_trainjob.s3server import EmbeddedS3
+    from anytasktune.s3server import EmbeddedS3
 
     server = EmbeddedS3(tmp_path_factory.mktemp("s3"), buckets=[BUCKET]).start()
     yield server
@@ -79,7 +79,7 @@ def ray_session(s3_env: dict[str, str]) -> Iterator[None]:
 
 def make_spec(*, model_uri: str, dataset_uri: str, endpoint: str, subtask: str = "sentiment",
               **overrides: Any) -> Any:
-    from anytasktune.trainspec import TrainJobSpec
+    from anytasktune_contract.trainspec import TrainJobSpec
 
     doc: dict[str, Any] = {
         "taskFineTune": "e2e-reviews",

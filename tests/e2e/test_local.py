@@ -102,7 +102,7 @@ def test_good_subtask_published_its_adapter(pool_run: tuple[Path, subprocess.Com
 
 def test_adapter_is_in_the_embedded_s3(pool_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     """The embedded server's data persists in the workdir: restart it and look."""
-    from anytasktune_trainjob.s3server import EmbeddedS3
+    from anytasktune.s3server import EmbeddedS3
 
     tmp, _ = pool_run
     workdir = tmp / "out" / "reviews"

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from conftest import BUCKET, make_spec
 
-from anytasktune.trainspec import FAILURE_MARKER, TrainJobSpec
+from anytasktune_contract.failures import FAILURE_MARKER
+from anytasktune_contract.trainspec import TrainJobSpec
 
 pytestmark = pytest.mark.timeout(600)
 FAULT_STEP = 10
@@ -48,7 +49,7 @@ def resumed_run(ray_session: None, s3_server: Any, tiny_model_uri: str, dataset_
 
 
 def test_crashed_attempt_left_a_checkpoint_and_no_manifest(resumed_run: dict[str, Any]) -> None:
-    from anytasktune_trainjob.errors import classify
+    from anytasktune_contract.failures import classify
 
     assert "injected fault" in str(resumed_run["crash"])
     assert classify(resumed_run["crash"])[0].value == "Unknown"  # retryable

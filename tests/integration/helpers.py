@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from anytasktune_trainjob.s3server import free_port
+from anytasktune.s3server import free_port
 from tests.kube.controlplane import ControlPlane, ControlPlaneBinaryMissing
 
 T = TypeVar("T")

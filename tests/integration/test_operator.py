@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from anytasktune.trainspec import FailureClass, failure_line
+from anytasktune_contract.failures import FailureClass, failure_line
 from tests.integration.helpers import RUNNING, SUCCEEDED, Kubectl, OperatorProcess, failed, taskfinetune, wait_for
 
 
@@ -27,7 +27,7 @@ def k(kube_env: dict[str, str]) -> Kubectl:
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A real S3 server (SeaweedFS) holding adapter manifests."""
-    from anytasktune_trainjob.s3server import EmbeddedS3
+    from anytasktune.s3server import EmbeddedS3
 
     server = EmbeddedS3(tmp_path_factory.mktemp("s3"), buckets=["adapters"]).start()
     try:

@@ -14,7 +14,7 @@ from lupa import lua51
 from anytasktune.config import OperatorConfig
 from anytasktune.plan import Launch, ObservedJob, plan
 from anytasktune.spec import TaskFineTuneStatus
-from anytasktune.trainspec import FailureClass, failure_line
+from anytasktune_contract.failures import FailureClass, failure_line
 
 ROOT = Path(__file__).resolve().parents[2]
 LUA = ROOT / "gitops" / "argocd" / "health-taskfinetune.lua"

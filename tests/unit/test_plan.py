@@ -21,7 +21,7 @@ from anytasktune.plan import (
 )
 from anytasktune.resolve import resolve_subtask
 from anytasktune.spec import TaskFineTune
-from anytasktune.trainspec import FailureClass, failure_line
+from anytasktune_contract.failures import FailureClass, failure_line
 
 NOW = datetime(2026, 11, 24, 12, 0, 0, tzinfo=timezone.utc)
 CONFIG = OperatorConfig(retry_backoff_seconds=10, retry_backoff_max_seconds=300)

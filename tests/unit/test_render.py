@@ -14,7 +14,7 @@ from anytasktune.config import OperatorConfig
 from anytasktune.render import render_configmap, render_rayjob
 from anytasktune.resolve import resolve_subtask
 from anytasktune.spec import TaskFineTune
-from anytasktune.trainspec import TrainJobSpec
+from anytasktune_contract.trainspec import TrainJobSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = yaml.safe_load((ROOT / "manifests/examples/legal-assistant.yaml").read_text())

@@ -2,7 +2,7 @@
 + PEFT), evaluates it against the base model and publishes it to S3.
 
     from anytasktune_trainjob import run
-    result = run(spec)            # spec: anytasktune.trainspec.TrainJobSpec
+    result = run(spec)            # spec: anytasktune_contract.trainspec.TrainJobSpec
 
 Entry point for the RayJob: `python -m anytasktune_trainjob --spec <path|s3://…>`.
 """
@@ -11,12 +11,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["run", "Result", "EmbeddedS3", "main"]
+__all__ = ["run", "Result"]
 
 if TYPE_CHECKING:
-    from .__main__ import main
     from .runner import Result, run
-    from .s3server import EmbeddedS3
 
 
 def __getattr__(name: str) -> Any:  # lazy: importing the package must not import torch/ray
@@ -24,12 +22,4 @@ def __getattr__(name: str) -> Any:  # lazy: importing the package must not impor
         from . import runner
 
         return getattr(runner, name)
-    if name == "EmbeddedS3":
-        from .s3server import EmbeddedS3
-
-        return EmbeddedS3
-    if name == "main":
-        from .__main__ import main
-
-        return main
     raise AttributeError(name)

@@ -1,6 +1,6 @@
 """`python -m anytasktune_trainjob --spec <path | s3://bucket/key>` (or the spec JSON
 in $ANYTASKTUNE_SPEC). On failure the LAST line printed is
-`anytasktune.trainspec.failure_line(...)` and the exit code is the class's code."""
+`anytasktune_contract.trainspec.failure_line(...)` and the exit code is the class's code."""
 
 from __future__ import annotations
 
@@ -13,9 +13,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from anytasktune.trainspec import FailureClass, TrainJobSpec, failure_line
-
-from .errors import InvalidSpecError, TrainJobError, classify, exit_code_for
+from anytasktune_contract.failures import FailureClass, InvalidSpecError, TrainJobError, classify, failure_line
+from anytasktune_contract.trainspec import TrainJobSpec
 
 SPEC_ENV = "ANYTASKTUNE_SPEC"
 
@@ -25,11 +24,11 @@ def load_spec(ref: str | None) -> TrainJobSpec:
 
     if ref:
         if ref.startswith("s3://"):
-            from .storage import Storage, StorageSettings
+            from anytasktune_contract.storage import ObjectStore, StorageSettings
 
             endpoint = os.environ.get("ANYTASKTUNE_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
             region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-            text = Storage(StorageSettings(endpoint, region, "auto")).get_bytes(ref)[0].decode("utf-8")
+            text = ObjectStore(StorageSettings(endpoint, region, "auto")).get_bytes(ref)[0].decode("utf-8")
         else:
             path = Path(ref)
             if not path.is_file():
@@ -64,10 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[anytasktune] spec {spec.taskFineTune}/{spec.subtask} run {spec.run_id()} -> {spec.run_prefix()}",
               flush=True)
         if args.check_data:
-            from .runner import prepare_data
-            from .storage import Storage, StorageSettings
+            from anytasktune_contract.storage import ObjectStore, StorageSettings
 
-            prepared = prepare_data(spec, Storage(StorageSettings.from_spec(spec.storage)))
+            from .runner import prepare_data
+
+            prepared = prepare_data(spec, ObjectStore(StorageSettings.from_spec(spec.storage)))
             print(json.dumps({"dataset": prepared.dataset, "dataContract": prepared.contract.as_dict()},
                              ensure_ascii=False, indent=2))
             return 0
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[anytasktune] error: {message}", file=sys.stderr)
         sys.stderr.flush()
         print(failure_line(cls, message), flush=True)
-        os._exit(exit_code_for(cls))
+        os._exit(cls.exit_code)
 
 
 if __name__ == "__main__":

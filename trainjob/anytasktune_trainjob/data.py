@@ -17,9 +17,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from anytasktune.trainspec import DataContractConfig, DatasetFormat
-
-from .errors import DataContractError
+from anytasktune_contract.failures import DataContractError
+from anytasktune_contract.trainspec import DataContractConfig, DatasetFormat
 
 MAX_LISTED_OFFENDERS = 5
 ROLES = ("system", "user", "assistant")

@@ -11,10 +11,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from anytasktune.trainspec import BaseModelRef
+from anytasktune_contract.failures import InvalidSpecError
+from anytasktune_contract.storage import ObjectStore, is_s3_uri
+from anytasktune_contract.trainspec import BaseModelRef
 
-from .errors import InvalidSpecError
-from .storage import Storage, cache_dir_for, is_s3_uri
+from .cache import cache_dir_for
 
 
 @dataclass(frozen=True)
@@ -35,16 +36,10 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def base_model_identity(ref: BaseModelRef) -> str:
-    if ref.uri:
-        return ref.uri
-    if ref.id:
-        return ref.id
-    raise InvalidSpecError("baseModel needs a uri (s3://…) or an id")
-
-
-def resolve_base_model(ref: BaseModelRef, storage: Storage, *, tokenizer_only: bool = False) -> ResolvedModel:
-    identity = base_model_identity(ref)
+def resolve_base_model(ref: BaseModelRef, storage: ObjectStore, *, tokenizer_only: bool = False) -> ResolvedModel:
+    identity = ref.identity()
+    if not identity:
+        raise InvalidSpecError("baseModel needs a uri (s3://…) or an id")
     if ref.uri and is_s3_uri(ref.uri):
         kind = "tokenizers" if tokenizer_only else "models"
         target = cache_dir_for(ref.uri, kind)

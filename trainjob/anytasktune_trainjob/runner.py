@@ -15,15 +15,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from anytasktune.trainspec import TrainJobSpec, metrics_for
+from anytasktune_contract.failures import InvalidSpecError, TrainJobError
+from anytasktune_contract.storage import ObjectStore, S3Uri, StorageSettings, is_s3_uri
+from anytasktune_contract.trainspec import TrainJobSpec
 
 from . import data as D
 from . import encoding
-from .errors import InvalidSpecError, TrainJobError, classify
+from .checkpointfs import pyarrow_filesystem
 from .models import resolve_base_model
-from .storage import S3Uri, Storage, StorageSettings, is_s3_uri
 from .worker import TokenTable, train_loop_per_worker
-from .zero import build_deepspeed_config, plan_steps, resolve_precision
 
 MANIFEST_KIND = "TrainJobManifest"
 MANIFEST_NAME = "manifest.json"
@@ -65,7 +65,7 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def read_dataset(spec: TrainJobSpec, storage: Storage) -> tuple[bytes, str, str]:
+def read_dataset(spec: TrainJobSpec, storage: ObjectStore) -> tuple[bytes, str, str]:
     """(bytes, etag, source name)."""
     uri = spec.dataset.uri
     if is_s3_uri(uri):
@@ -77,7 +77,7 @@ def read_dataset(spec: TrainJobSpec, storage: Storage) -> tuple[bytes, str, str]
     return path.read_bytes(), "", path.name
 
 
-def prepare_data(spec: TrainJobSpec, storage: Storage, log: Callable[[str], None] = print) -> PreparedData:
+def prepare_data(spec: TrainJobSpec, storage: ObjectStore, log: Callable[[str], None] = print) -> PreparedData:
     """Parse, split, tokenize and check the data contract; raises DataContractError."""
     from transformers import AutoTokenizer
 
@@ -157,7 +157,7 @@ def _manifest(spec: TrainJobSpec, prepared: PreparedData, summary: dict[str, Any
         "subtask": spec.subtask,
         "taskType": spec.taskType.value,
         "spec": spec.model_dump(mode="json"),
-        "baseModel": {"identity": spec.baseModel.uri or spec.baseModel.id, "uri": spec.baseModel.uri,
+        "baseModel": {"identity": spec.baseModel.identity(), "uri": spec.baseModel.uri,
                       "id": spec.baseModel.id, "files": base_files},
         "dataset": prepared.dataset,
         "dataContract": prepared.contract.as_dict(),
@@ -185,7 +185,7 @@ def run(
     `ray_address` / $RAY_ADDRESS, else starts a local one. Raises TrainJobError
     (with its FailureClass) or the underlying exception."""
     t0 = time.time()
-    storage = Storage(StorageSettings.from_spec(spec.storage))
+    storage = ObjectStore(StorageSettings.from_spec(spec.storage))
     if not is_s3_uri(spec.outputPrefix):
         raise InvalidSpecError(f"outputPrefix must be an s3:// uri, got {spec.outputPrefix!r}")
     if spec.baseModel.uri is None and spec.baseModel.id is None:
@@ -215,20 +215,19 @@ def run(
         ckpt_uri = S3Uri.parse(spec.checkpoint_prefix())
         name = f"{spec.subtask}-{spec.run_id()}"
         storage_path = f"{ckpt_uri.bucket}/{ckpt_uri.key.rstrip('/')}"
-        identity = spec.baseModel.uri or spec.baseModel.id or ""
         loop: Any = train_loop_per_worker
         trainer = TorchTrainer(
             loop,
             train_loop_config={
                 "spec": spec.to_json(), "data_ref": data_ref, "pad_id": prepared.pad_id,
                 "stop_ids": prepared.stop_ids, "run_prefix": spec.run_prefix(),
-                "base_model_identity": identity, "fault_after_step": fault_after_step,
+                "base_model_identity": spec.baseModel.identity(), "fault_after_step": fault_after_step,
             },
             scaling_config=ScalingConfig(num_workers=scaling.numWorkers, use_gpu=scaling.useGpu,
                                          resources_per_worker=resources),
             torch_config=TorchConfig(backend="nccl" if scaling.useGpu else "gloo"),
             run_config=RunConfig(
-                name=name, storage_path=storage_path, storage_filesystem=storage.pyarrow_filesystem(),
+                name=name, storage_path=storage_path, storage_filesystem=pyarrow_filesystem(storage.settings),
                 failure_config=FailureConfig(max_failures=max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
             ),
@@ -263,11 +262,3 @@ def run(
         f"{k}: base {ev['base'][k]:.4f} -> adapter {ev['adapter'][k]:.4f}" for k in ev["adapter"]))
     return Result(spec.run_id(), spec.run_prefix(), manifest_uri, manifest,
                   summary["training"].get("resumedFromStep"), list(summary.get("artifacts", [])))
-
-
-def describe_failure(exc: BaseException) -> tuple[Any, str]:
-    return classify(exc)
-
-
-__all__ = ["Result", "run", "prepare_data", "metrics_for", "build_deepspeed_config", "plan_steps",
-           "resolve_precision"]

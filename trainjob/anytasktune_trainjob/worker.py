@@ -20,11 +20,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from anytasktune.trainspec import TrainJobSpec, metrics_for
+from anytasktune_contract.storage import ObjectStore, StorageSettings
+from anytasktune_contract.trainspec import TrainJobSpec, metrics_for
 
 from . import encoding
+from .cache import cache_root
 from .metrics import lift, score
-from .storage import Storage, StorageSettings, cache_root
 from .zero import build_deepspeed_config, lr_factor, micro_batch, plan_steps, resolve_precision
 
 STATE_FILE = "trainer_state.json"
@@ -111,7 +112,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     data = ray.get(config["data_ref"])
     train_ids: TokenTable = data["train_ids"]
     train_labels: TokenTable = data["train_labels"]
-    storage = Storage(StorageSettings.from_spec(spec.storage))
+    storage = ObjectStore(StorageSettings.from_spec(spec.storage))
     model_dir = resolve_base_model(spec.baseModel, storage).path
     t_loaded = time.time()
 
@@ -178,7 +179,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     t_loop = time.time()
     step_times: list[float] = []
     tokens_this_run = 0
-    last_checkpointed = start_step
     while step < plan.total_steps:
         t0 = time.time()
         lr = float(scheduler.get_last_lr()[0]) if scheduler is not None else training.learningRate
@@ -214,12 +214,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         epoch_end = ckpt_every == 0 and plan.epoch_of_step(step, gas) != epoch
         if (ckpt_every and step % ckpt_every == 0) or epoch_end or step == plan.total_steps:
             save_checkpoint(step, metrics)
-            last_checkpointed = step
         elif log_now:
             ray.train.report(metrics)  # a barrier across workers: only at log steps
         if fault_after is not None and step == int(fault_after) and start_step < step:
             raise RuntimeError(f"injected fault after step {step} (ANYTASKTUNE_FAULT_AFTER_STEP)")
-    del last_checkpointed
     t_trained = time.time()
     train_seconds = t_trained - t_loop
 

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from anytasktune.trainspec import DeepSpeedConfig, Precision, TrainingConfig
+from anytasktune_contract.trainspec import DeepSpeedConfig, Precision, TrainingConfig
 
 
 def resolve_precision(precision: Precision | str, use_gpu: bool) -> str:

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from anytasktune.trainspec import DataContractConfig, DatasetFormat
+from anytasktune_contract.failures import DataContractError
+from anytasktune_contract.trainspec import DataContractConfig, DatasetFormat
 from anytasktune_trainjob import data as D
-from anytasktune_trainjob.errors import DataContractError
 
 
 def jsonl(*records: object) -> str:

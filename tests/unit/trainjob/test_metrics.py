@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from anytasktune.trainspec import EvaluationConfig, Metric, TaskType, metrics_for
+from anytasktune_contract.trainspec import EvaluationConfig, Metric, TaskType, metrics_for
 from anytasktune_trainjob import metrics as M
 
 

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from anytasktune.trainspec import BaseModelRef
-from anytasktune_trainjob.errors import InvalidSpecError
-from anytasktune_trainjob.models import base_model_identity, resolve_base_model
-from anytasktune_trainjob.storage import Storage, StorageSettings
+from anytasktune_contract.failures import InvalidSpecError
+from anytasktune_contract.storage import ObjectStore, StorageSettings
+from anytasktune_contract.trainspec import BaseModelRef
+from anytasktune_trainjob.models import resolve_base_model
 
 
-def _storage() -> Storage:
-    return Storage(StorageSettings("http://127.0.0.1:1"))
+def _storage() -> ObjectStore:
+    return ObjectStore(StorageSettings("http://127.0.0.1:1"))
 
 
 def test_hf_id_resolves_offline_from_cache_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -41,5 +41,5 @@ def test_local_folder(tmp_path: Path) -> None:
 
 
 def test_identity() -> None:
-    assert base_model_identity(BaseModelRef(uri="s3://b/m/", id="x")) == "s3://b/m/"
-    assert base_model_identity(BaseModelRef(id="Qwen/Qwen2.5-0.5B")) == "Qwen/Qwen2.5-0.5B"
+    assert BaseModelRef(uri="s3://b/m/", id="x").identity() == "s3://b/m/"
+    assert BaseModelRef(id="Qwen/Qwen2.5-0.5B").identity() == "Qwen/Qwen2.5-0.5B"

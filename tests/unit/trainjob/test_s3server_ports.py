@@ -3,7 +3,7 @@ collision makes `weed` die at start-up ("bind: address already in use")."""
 
 from __future__ import annotations
 
-from anytasktune_trainjob.s3server import free_ports
+from anytasktune.s3server import free_ports
 
 
 def test_free_ports_are_distinct() -> None:

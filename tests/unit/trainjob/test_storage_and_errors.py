@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from anytasktune.trainspec import FAILURE_MARKER, FailureClass
-from anytasktune_trainjob import errors as X
-from anytasktune_trainjob.storage import S3Uri, Storage, StorageSettings, cache_dir_for
+from anytasktune_contract import failures as X
+from anytasktune_contract.failures import FAILURE_MARKER, FailureClass
+from anytasktune_contract.storage import ObjectStore, S3Uri, StorageSettings
+from anytasktune_trainjob.cache import cache_dir_for
 
 
 @pytest.mark.parametrize(
@@ -57,8 +58,8 @@ def _client_error(code: str, status: int) -> ClientError:
                        "GetObject")
 
 
-def _storage(client: FakeClient) -> Storage:
-    st = Storage(StorageSettings("http://127.0.0.1:1"), attempts=3, backoff_s=0.0)
+def _storage(client: FakeClient) -> ObjectStore:
+    st = ObjectStore(StorageSettings("http://127.0.0.1:1"), attempts=3, backoff_s=0.0)
     st._client = client
     return st
 
@@ -105,7 +106,7 @@ def test_cache_dir_is_stable_and_under_cache_root(monkeypatch: pytest.MonkeyPatc
         (RuntimeError("ActorDiedError: the actor died unexpectedly"), FailureClass.Preempted),
         (RuntimeError("EndpointConnectionError: Could not connect"), FailureClass.StorageUnavailable),
         (ValueError("something else"), FailureClass.Unknown),
-        (RuntimeError("WorkerGroupError: [Rank 0] anytasktune_trainjob.errors.InvalidSpecError: download: object "
+        (RuntimeError("WorkerGroupError: [Rank 0] anytasktune_contract.failures.InvalidSpecError: download: object "
                       "not found"), FailureClass.InvalidSpec),
     ],
 )
@@ -127,7 +128,7 @@ def test_classify_looks_through_causes() -> None:
                                            (FailureClass.StorageUnavailable, 5), (FailureClass.OutOfMemory, 6),
                                            (FailureClass.Preempted, 1), (FailureClass.Unknown, 1)])
 def test_exit_codes(cls: FailureClass, code: int) -> None:
-    assert X.exit_code_for(cls) == code
+    assert cls.exit_code == code
 
 
 def _spec_doc() -> dict[str, Any]:

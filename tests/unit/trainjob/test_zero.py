@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from anytasktune.trainspec import DeepSpeedConfig, TrainingConfig
+from anytasktune_contract.trainspec import DeepSpeedConfig, TrainingConfig
 from anytasktune_trainjob import zero as Z
 
 

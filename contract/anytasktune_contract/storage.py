@@ -1,4 +1,4 @@
-"""S3 access for the trainjob: boto3 with the standard credential chain, plus the
+"""S3 access for the operator, local mode and the trainjob: boto3 with the standard credential chain, plus the
 custom endpoint / region / addressing style from `spec.storage`.
 
 * transient errors are retried twice over: botocore's own retry mode for each
@@ -11,7 +11,6 @@ custom endpoint / region / addressing style from `spec.storage`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -22,7 +21,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
-from .errors import InvalidSpecError, StorageUnavailableError
+from .backoff import Backoff
+from .failures import InvalidSpecError, StorageUnavailableError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -86,8 +86,8 @@ def _error_code(exc: BaseException) -> str:
     return ""
 
 
-class Storage:
-    """Small S3 facade used by the driver and by the workers."""
+class ObjectStore:
+    """Small S3 facade: whole-object operations with retries and error mapping."""
 
     def __init__(self, settings: StorageSettings, *, attempts: int = 5, backoff_s: float = 0.5,
                  botocore_attempts: int = 8, connect_timeout: float = 10, read_timeout: float = 120) -> None:
@@ -95,7 +95,7 @@ class Storage:
         reconcile pass must not wait on one (it passes small values)."""
         self.settings = settings
         self.attempts = attempts
-        self.backoff_s = backoff_s
+        self.backoff = Backoff(backoff_s, 60.0)
         self.botocore_attempts = botocore_attempts
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
@@ -119,27 +119,6 @@ class Storage:
             self._client = boto3.session.Session().client("s3", endpoint_url=self.settings.endpoint or None, config=cfg)
         return self._client
 
-    def pyarrow_filesystem(self) -> Any:
-        """A pyarrow S3FileSystem for Ray Train's `storage_filesystem`, built from the
-        same settings and the same (boto3-resolved) credentials."""
-        import boto3
-        import pyarrow.fs as pafs
-
-        kwargs: dict[str, Any] = {"region": self.settings.region}
-        creds = boto3.session.Session().get_credentials()
-        if creds is not None:
-            frozen = creds.get_frozen_credentials()
-            kwargs.update(access_key=frozen.access_key, secret_key=frozen.secret_key)
-            if frozen.token:
-                kwargs["session_token"] = frozen.token
-        if self.settings.endpoint:
-            parsed = urlparse(self.settings.endpoint if "://" in self.settings.endpoint else f"https://{self.settings.endpoint}")
-            kwargs["endpoint_override"] = parsed.netloc + parsed.path.rstrip("/")
-            kwargs["scheme"] = parsed.scheme or "https"
-        if self.settings.addressing_style == "virtual":
-            kwargs["force_virtual_addressing"] = True
-        return pafs.S3FileSystem(**kwargs)
-
     # --- retry and error mapping -------------------------------------------------
     def _retry(self, what: str, uri: S3Uri, fn: Callable[[], T]) -> T:
         last: BaseException | None = None
@@ -161,7 +140,7 @@ class Storage:
                     raise
                 last = exc
                 if attempt < self.attempts:
-                    delay = self.backoff_s * (2 ** (attempt - 1))
+                    delay = self.backoff.delay(attempt)
                     log.warning("%s %s failed (%s: %s), retry %d/%d in %.1fs", what, uri, type(exc).__name__,
                                 code or exc, attempt, self.attempts - 1, delay)
                     time.sleep(delay)
@@ -275,15 +254,3 @@ class Storage:
             tmp.write_text(json.dumps(known, sort_keys=True))
             os.replace(tmp, marker)
         return wanted
-
-
-def cache_root() -> Path:
-    """$ANYTASKTUNE_CACHE, default ~/.cache/anytasktune."""
-    env = os.environ.get("ANYTASKTUNE_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "anytasktune"
-
-
-def cache_dir_for(uri: str, kind: str = "models") -> Path:
-    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
-    name = uri.rstrip("/").rsplit("/", 1)[-1][:40] or "root"
-    return cache_root() / kind / f"{name}-{digest}"

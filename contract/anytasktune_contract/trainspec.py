@@ -1,8 +1,8 @@
 """The resolved, versioned training spec of one sub-task: the contract between the
 operator (which renders it into a ConfigMap) and the trainjob (which reads it).
 
-Pure pydantic: this module must never import torch, ray or kopf, because both the
-operator image (no torch) and the training image (no kopf) import it.
+Pure pydantic: both images import it, the operator's (no torch) and the training
+image (no kopf), so it imports neither.
 
 Field names are camelCase on purpose: the same models describe the Kubernetes
 resource, whose fields users write in YAML.
@@ -162,6 +162,10 @@ class BaseModelRef(Strict):
     )
     cachePath: str | None = Field(None, max_length=1024, description="Hugging Face cache folder on the nodes (HF_HOME).")
 
+    def identity(self) -> str:
+        """What an adapter records as its base model: the s3 uri or the model id."""
+        return self.uri or self.id or ""
+
 
 class Scaling(Strict):
     numWorkers: int = Field(1, ge=1)
@@ -226,42 +230,3 @@ def spec_hash(obj: Any, length: int = 10) -> str:
 
 def metrics_for(evaluation: EvaluationConfig, task_type: TaskType) -> list[Metric]:
     return list(evaluation.metrics) or [DEFAULT_METRIC_FOR_TASK[task_type]]
-
-
-# --- how a trainjob reports failure to the operator --------------------------
-# Ray copies the tail of the entrypoint's output into the job message, and KubeRay
-# copies that into RayJob.status.message; the operator classifies the failure from
-# this marker line (and the exit code) to decide whether a retry can help.
-FAILURE_MARKER = "ANYTASKTUNE_FAILURE"
-
-
-class FailureClass(str, Enum):
-    DataContract = "DataContract"  # bad dataset: retrying cannot help
-    InvalidSpec = "InvalidSpec"  # spec the schema could not catch: retrying cannot help
-    OutOfMemory = "OutOfMemory"  # retry, resuming from the last checkpoint
-    Preempted = "Preempted"  # node loss / eviction / spot reclaim: retry
-    StorageUnavailable = "StorageUnavailable"  # S3 outage after retries: retry
-    DeadlineExceeded = "DeadlineExceeded"  # activeDeadlineSeconds hit: retry (resumes)
-    Unknown = "Unknown"  # anything else: retry
-
-
-RETRYABLE = {
-    FailureClass.OutOfMemory,
-    FailureClass.Preempted,
-    FailureClass.StorageUnavailable,
-    FailureClass.DeadlineExceeded,
-    FailureClass.Unknown,
-}
-
-EXIT_CODE_FOR_CLASS = {
-    FailureClass.DataContract: 3,
-    FailureClass.InvalidSpec: 4,
-    FailureClass.StorageUnavailable: 5,
-    FailureClass.OutOfMemory: 6,
-}
-
-
-def failure_line(cls: FailureClass, message: str) -> str:
-    """The last line a failing trainjob prints: `ANYTASKTUNE_FAILURE class=X: message`."""
-    one_line = " ".join(message.split())
-    return f"{FAILURE_MARKER} class={cls.value}: {one_line}"
