@@ -166,3 +166,22 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> dict[str, list[list[int]]
         "input_ids": [[pad_id] * (width - len(p)) + list(p) for p in prompts],
         "attention_mask": [[0] * (width - len(p)) + [1] * len(p) for p in prompts],
     }
+
+
+class TokenTable:
+    """Ragged int32 sequences stored flat (cheap to pickle through Ray's object store)."""
+
+    def __init__(self, seqs: list[list[int]]) -> None:
+        import numpy as np
+
+        lengths = [len(s) for s in seqs]
+        self.offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
+        if seqs:
+            self.offsets[1:] = np.cumsum(lengths)
+        self.flat = np.asarray([x for s in seqs for x in s], dtype=np.int32)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> list[int]:
+        return self.flat[self.offsets[i]:self.offsets[i + 1]].tolist()

@@ -9,7 +9,8 @@ import importlib.metadata
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,8 +23,9 @@ from anytasktune_contract.trainspec import TrainJobSpec
 from . import data as D
 from . import encoding
 from .checkpointfs import pyarrow_filesystem
+from .encoding import TokenTable
 from .models import resolve_base_model
-from .worker import TokenTable, train_loop_per_worker
+from .worker import train_loop_per_worker
 
 MANIFEST_KIND = "TrainJobManifest"
 MANIFEST_NAME = "manifest.json"
@@ -77,21 +79,44 @@ def read_dataset(spec: TrainJobSpec, storage: ObjectStore) -> tuple[bytes, str, 
     return path.read_bytes(), "", path.name
 
 
-def prepare_data(spec: TrainJobSpec, storage: ObjectStore, log: Callable[[str], None] = print) -> PreparedData:
-    """Parse, split, tokenize and check the data contract; raises DataContractError."""
+def load_tokenizer(spec: TrainJobSpec, storage: ObjectStore) -> tuple[Any, int]:
+    """The base model's tokenizer (tokenizer files only) and its padding id."""
     from transformers import AutoTokenizer
 
-    blob, etag, source = read_dataset(spec, storage)
-    sha = hashlib.sha256(blob).hexdigest()
-    parsed = D.parse_dataset(blob, spec.dataset.format, source=source, instruction=spec.instruction)
-    contract = D.ContractReport([D.check_parse(parsed)])
-    contract.raise_if_violated(spec.dataset.uri)  # nothing else is meaningful on unparsable records
-
-    tok_model = resolve_base_model(spec.baseModel, storage, tokenizer_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(tok_model.path)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(spec.baseModel, storage, tokenizer_only=True).path)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad_id is None:
         raise InvalidSpecError("the base model's tokenizer has neither a pad nor an eos token")
+    return tokenizer, int(pad_id)
+
+
+Pairs = list[tuple[D.Example, encoding.Encoded]]
+
+
+def _holdout_payload(spec: TrainJobSpec, tokenizer: Any, held_pairs: Pairs) -> dict[str, Any]:
+    max_prompt = max(1, spec.training.maxSeqLength - spec.evaluation.maxNewTokens)
+    return {
+        "ids": TokenTable([e.input_ids for _, e in held_pairs]),
+        "labels": TokenTable([e.labels for _, e in held_pairs]),
+        "prompts": [encoding.generation_prompt(tokenizer, ex.messages, max_prompt) for ex, _ in held_pairs],
+        "references": [ex.answer for ex, _ in held_pairs],
+        "prompt_text": [ex.prompt[-1][1] for ex, _ in held_pairs],
+    }
+
+
+def _evaluated(spec: TrainJobSpec, held: Pairs) -> Pairs:
+    """Held-out records evaluated: those with an answer token, in hash order, at most maxSamples."""
+    pairs = [(ex, e) for ex, e in sorted(held, key=lambda p: D.holdout_score(p[0])) if e.answer_tokens > 0]
+    return pairs[: spec.evaluation.maxSamples] if spec.evaluation.maxSamples else pairs
+
+
+def prepare_data(spec: TrainJobSpec, storage: ObjectStore, log: Callable[[str], None] = print) -> PreparedData:
+    """Parse, split, tokenize and check the data contract; raises DataContractError."""
+    blob, etag, source = read_dataset(spec, storage)
+    parsed = D.parse_dataset(blob, spec.dataset.format, source=source, instruction=spec.instruction)
+    contract = D.ContractReport([D.check_parse(parsed)])
+    contract.raise_if_violated(spec.dataset.uri)  # nothing else is meaningful on unparsable records
+    tokenizer, pad_id = load_tokenizer(spec, storage)
 
     examples = parsed.examples
     train, held = D.split_examples(examples, spec.evaluation.holdout)
@@ -108,31 +133,17 @@ def prepare_data(spec: TrainJobSpec, storage: ObjectStore, log: Callable[[str], 
     ]
     contract.raise_if_violated(spec.dataset.uri)
 
-    held_pairs = sorted(zip(held, enc_held, strict=True), key=lambda p: D.holdout_score(p[0]))
-    held_pairs = [(ex, e) for ex, e in held_pairs if e.answer_tokens > 0]
-    if spec.evaluation.maxSamples:
-        held_pairs = held_pairs[: spec.evaluation.maxSamples]
-    max_prompt = max(1, max_len - spec.evaluation.maxNewTokens)
-    prompts = [encoding.generation_prompt(tokenizer, ex.messages, max_prompt) for ex, _ in held_pairs]
-    payload = {
-        "train_ids": TokenTable([e.input_ids for _, e in kept]),
-        "train_labels": TokenTable([e.labels for _, e in kept]),
-        "holdout": {
-            "ids": TokenTable([e.input_ids for _, e in held_pairs]),
-            "labels": TokenTable([e.labels for _, e in held_pairs]),
-            "prompts": prompts,
-            "references": [ex.answer for ex, _ in held_pairs],
-            "prompt_text": [ex.prompt[-1][1] for ex, _ in held_pairs],
-        },
-    }
+    held_pairs = _evaluated(spec, list(zip(held, enc_held, strict=True)))
+    payload = {"train_ids": TokenTable([e.input_ids for _, e in kept]),
+               "train_labels": TokenTable([e.labels for _, e in kept]),
+               "holdout": _holdout_payload(spec, tokenizer, held_pairs)}
     dataset = {
-        "uri": spec.dataset.uri, "format": spec.dataset.format.value, "etag": etag, "sha256": sha,
-        "sizeBytes": len(blob),
+        "uri": spec.dataset.uri, "format": spec.dataset.format.value, "etag": etag,
+        "sha256": hashlib.sha256(blob).hexdigest(), "sizeBytes": len(blob),
         "records": {
             "total": parsed.total_records, "train": len(kept), "holdout": len(held),
             "evaluated": len(held_pairs), "truncated": len(truncated),
-            "droppedNoAnswerTokens": len(train) - len(kept),
-            "duplicates": contract.findings[1].count,
+            "droppedNoAnswerTokens": len(train) - len(kept), "duplicates": contract.findings[1].count,
         },
         "tokens": {"train": int(sum(len(e.input_ids) for _, e in kept)),
                    "trainAnswer": int(sum(e.answer_tokens for _, e in kept))},
@@ -140,7 +151,7 @@ def prepare_data(spec: TrainJobSpec, storage: ObjectStore, log: Callable[[str], 
     }
     log(f"[anytasktune] dataset {spec.dataset.uri}: {parsed.total_records} records, {len(kept)} train, "
         f"{len(held)} held out; data contract passed")
-    return PreparedData(payload, dataset, contract, int(pad_id), encoding.stop_token_ids(tokenizer), len(kept))
+    return PreparedData(payload, dataset, contract, pad_id, encoding.stop_token_ids(tokenizer), len(kept))
 
 
 def _manifest(spec: TrainJobSpec, prepared: PreparedData, summary: dict[str, Any], checkpoint: dict[str, Any],
@@ -171,6 +182,94 @@ def _manifest(spec: TrainJobSpec, prepared: PreparedData, summary: dict[str, Any
     }
 
 
+def check_spec(spec: TrainJobSpec) -> None:
+    if not is_s3_uri(spec.outputPrefix):
+        raise InvalidSpecError(f"outputPrefix must be an s3:// uri, got {spec.outputPrefix!r}")
+    if spec.baseModel.uri is None and spec.baseModel.id is None:
+        raise InvalidSpecError("baseModel needs a uri (s3://…) or an id")
+
+
+@contextmanager
+def ray_session(address: str | None) -> Iterator[None]:
+    """The running Ray session, else one joined at `address` / $RAY_ADDRESS, else a
+    local one; shut down on exit only when started here."""
+    import ray
+
+    started = False
+    if not ray.is_initialized():
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
+        started = True
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+@dataclass(frozen=True)
+class CheckpointPlace:
+    """Where Ray Train keeps this run's checkpoints: <storage_path>/<name>/checkpoint_*."""
+
+    storage_path: str  # bucket/key, as pyarrow wants it
+    name: str
+
+    @classmethod
+    def of(cls, spec: TrainJobSpec) -> CheckpointPlace:
+        uri = S3Uri.parse(spec.checkpoint_prefix())
+        return cls(f"{uri.bucket}/{uri.key.rstrip('/')}", f"{spec.subtask}-{spec.run_id()}")
+
+
+def build_trainer(spec: TrainJobSpec, prepared: PreparedData, storage: ObjectStore, place: CheckpointPlace,
+                  max_failures: int, fault_after_step: int | None) -> Any:
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    scaling = spec.scaling
+    resources = {"CPU": scaling.cpusPerWorker}
+    if scaling.useGpu:
+        resources["GPU"] = scaling.gpusPerWorker or 1.0
+    loop: Any = train_loop_per_worker
+    return TorchTrainer(
+        loop,
+        train_loop_config={
+            "spec": spec.to_json(), "data_ref": ray.put(prepared.payload), "pad_id": prepared.pad_id,
+            "stop_ids": prepared.stop_ids, "run_prefix": spec.run_prefix(),
+            "base_model_identity": spec.baseModel.identity(), "fault_after_step": fault_after_step,
+        },
+        scaling_config=ScalingConfig(num_workers=scaling.numWorkers, use_gpu=scaling.useGpu,
+                                     resources_per_worker=resources),
+        torch_config=TorchConfig(backend="nccl" if scaling.useGpu else "gloo"),
+        run_config=RunConfig(
+            name=place.name, storage_path=place.storage_path,
+            storage_filesystem=pyarrow_filesystem(storage.settings),
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+
+
+def fit(trainer: Any) -> tuple[dict[str, Any], str | None]:
+    """Run the trainer: (rank 0's summary, the latest checkpoint's s3 uri)."""
+    result = trainer.fit()
+    err = getattr(result, "error", None)
+    if err is not None:
+        raise err
+    summary = getattr(result, "return_value", None)  # Ray Train V2: rank 0's return value
+    if not isinstance(summary, dict):
+        raise TrainJobError("the rank-0 worker returned no summary")
+    latest = getattr(result, "checkpoint", None)
+    return summary, (f"s3://{latest.path}" if latest is not None else None)
+
+
+def base_model_files(spec: TrainJobSpec, storage: ObjectStore) -> dict[str, str]:
+    """relpath -> ETag of an s3 base model (empty for a local folder or an id)."""
+    if not (spec.baseModel.uri and is_s3_uri(spec.baseModel.uri)):
+        return {}
+    prefix = S3Uri.parse(spec.baseModel.uri).prefix
+    return {o["key"][len(prefix):]: o["etag"] for o in storage.list_objects(spec.baseModel.uri)}
+
+
 def run(
     spec: TrainJobSpec,
     *,
@@ -186,10 +285,7 @@ def run(
     (with its FailureClass) or the underlying exception."""
     t0 = time.time()
     storage = ObjectStore(StorageSettings.from_spec(spec.storage))
-    if not is_s3_uri(spec.outputPrefix):
-        raise InvalidSpecError(f"outputPrefix must be an s3:// uri, got {spec.outputPrefix!r}")
-    if spec.baseModel.uri is None and spec.baseModel.id is None:
-        raise InvalidSpecError("baseModel needs a uri (s3://…) or an id")
+    check_spec(spec)
     if max_failures is None:
         max_failures = int(os.environ.get("ANYTASKTUNE_MAX_FAILURES", "2"))
     if fault_after_step is None and os.environ.get("ANYTASKTUNE_FAULT_AFTER_STEP"):
@@ -197,63 +293,17 @@ def run(
 
     prepared = prepare_data(spec, storage, log)  # before Ray: a bad dataset fails fast
     t_data = time.time()
-
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    started_ray = False
-    if not ray.is_initialized():
-        ray.init(address=ray_address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
-        started_ray = True
-    try:
-        data_ref = ray.put(prepared.payload)
-        scaling = spec.scaling
-        resources = {"CPU": scaling.cpusPerWorker}
-        if scaling.useGpu:
-            resources["GPU"] = scaling.gpusPerWorker or 1.0
-        ckpt_uri = S3Uri.parse(spec.checkpoint_prefix())
-        name = f"{spec.subtask}-{spec.run_id()}"
-        storage_path = f"{ckpt_uri.bucket}/{ckpt_uri.key.rstrip('/')}"
-        loop: Any = train_loop_per_worker
-        trainer = TorchTrainer(
-            loop,
-            train_loop_config={
-                "spec": spec.to_json(), "data_ref": data_ref, "pad_id": prepared.pad_id,
-                "stop_ids": prepared.stop_ids, "run_prefix": spec.run_prefix(),
-                "base_model_identity": spec.baseModel.identity(), "fault_after_step": fault_after_step,
-            },
-            scaling_config=ScalingConfig(num_workers=scaling.numWorkers, use_gpu=scaling.useGpu,
-                                         resources_per_worker=resources),
-            torch_config=TorchConfig(backend="nccl" if scaling.useGpu else "gloo"),
-            run_config=RunConfig(
-                name=name, storage_path=storage_path, storage_filesystem=pyarrow_filesystem(storage.settings),
-                failure_config=FailureConfig(max_failures=max_failures),
-                checkpoint_config=CheckpointConfig(num_to_keep=2),
-            ),
-        )
-        log(f"[anytasktune] run {spec.run_id()}: checkpoints under s3://{storage_path}/{name}/")
-        result = trainer.fit()
-        err = getattr(result, "error", None)
-        if err is not None:
-            raise err
-        summary = getattr(result, "return_value", None)  # Ray Train V2: rank 0's return value
-        if not isinstance(summary, dict):
-            raise TrainJobError("the rank-0 worker returned no summary")
-        latest = getattr(result, "checkpoint", None)
-    finally:
-        if started_ray:
-            ray.shutdown()
+    place = CheckpointPlace.of(spec)
+    with ray_session(ray_address):
+        trainer = build_trainer(spec, prepared, storage, place, max_failures, fault_after_step)
+        log(f"[anytasktune] run {spec.run_id()}: checkpoints under s3://{place.storage_path}/{place.name}/")
+        summary, latest = fit(trainer)
     t_train = time.time()
 
-    base_files: dict[str, str] = {}
-    if spec.baseModel.uri and is_s3_uri(spec.baseModel.uri):
-        base_files = {o["key"][len(S3Uri.parse(spec.baseModel.uri).prefix):]: o["etag"]
-                      for o in storage.list_objects(spec.baseModel.uri)}
-    checkpoint = {"storagePath": f"s3://{storage_path}", "name": name,
-                  "latest": f"s3://{latest.path}" if latest is not None else None}
+    checkpoint = {"storagePath": f"s3://{place.storage_path}", "name": place.name, "latest": latest}
     manifest = _manifest(spec, prepared, summary, checkpoint,
-                         {"dataSeconds": t_data - t0, "rayTrainSeconds": t_train - t_data}, base_files)
+                         {"dataSeconds": t_data - t0, "rayTrainSeconds": t_train - t_data},
+                         base_model_files(spec, storage))
     manifest["timings"]["totalSeconds"] = time.time() - t0
     manifest_uri = spec.run_prefix() + MANIFEST_NAME
     storage.put_json(manifest_uri, manifest)  # last: its presence means the run is complete

@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 from ray.train import Checkpoint
 
-from anytasktune_trainjob.worker import restored_checkpoint
+from anytasktune_trainjob.training import restored_checkpoint
 
 
 def _remote_checkpoint() -> Checkpoint:

@@ -1,0 +1,225 @@
+"""The worker's named steps, each alone: the pure ones (checkpoint schedule, progress,
+score merging, summary) and, on the tiny model in this process, building the LoRA
+model, saving the adapter and one evaluation pass (no Ray, no DeepSpeed)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from anytasktune_contract.trainspec import TrainingConfig, TrainJobSpec
+from anytasktune_trainjob.evaluation import examples, merge_scores, shard
+from anytasktune_trainjob.summary import Clock, RunFacts, summarise, timings
+from anytasktune_trainjob.training import (
+    TrainOutcome,
+    TrainState,
+    checkpoint_due,
+    progress_line,
+    step_metrics,
+)
+from anytasktune_trainjob.zero import plan_steps
+
+MODEL_URI = "s3://bucket/models/tiny/"
+
+
+def _spec(**overrides: Any) -> TrainJobSpec:
+    doc: dict[str, Any] = {
+        "taskFineTune": "t", "domain": "d", "subtask": "s", "instruction": "Classify",
+        "taskType": "classification",
+        "baseModel": {"uri": MODEL_URI},
+        "dataset": {"uri": "s3://bucket/data/x.jsonl", "format": "taskfinetune"},
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "targetModules": ["q_proj", "v_proj"],
+                 "modulesToSave": ["lm_head"]},
+        "training": {"epochs": 2, "microBatchSize": 4, "checkpointEverySteps": 3, "maxSeqLength": 64},
+        "deepspeed": {}, "evaluation": {"maxNewTokens": 3, "batchSize": 2}, "dataContract": {}, "storage": {},
+        "outputPrefix": "s3://bucket/runs/t/s", "scaling": {},
+    }
+    doc.update(overrides)
+    return TrainJobSpec.model_validate(doc)
+
+
+# --- checkpoints and progress ----------------------------------------------------------
+def test_checkpoint_due_every_n_steps_and_at_the_end() -> None:
+    plan = plan_steps(40, 1, TrainingConfig(epochs=2, microBatchSize=4))  # 10 micro-batches per epoch, 20 steps
+    assert plan.total_steps == 20
+    assert [s for s in range(1, 21) if checkpoint_due(s, plan, 3, 1)] == [3, 6, 9, 12, 15, 18, 20]
+
+
+def test_checkpoint_due_at_epoch_ends_when_every_is_zero() -> None:
+    plan = plan_steps(40, 1, TrainingConfig(epochs=3, microBatchSize=4, gradientAccumulationSteps=2))
+    assert (plan.micro_per_epoch, plan.total_steps) == (10, 15)
+    assert [s for s in range(1, 16) if checkpoint_due(s, plan, 0, 2)] == [5, 10, 15]
+
+
+def test_step_metrics_and_progress_line_of_a_resumed_attempt() -> None:
+    plan = plan_steps(40, 1, TrainingConfig(epochs=2, microBatchSize=4))
+    state = TrainState(step=12, tokens=900, start_step=10, resumed_from=10)
+    m = step_metrics(state, plan, 1, 1.25, 2e-4, TrainOutcome(1.25, 300, 0.0), elapsed=4.0)
+    assert m == {"step": 12, "total_steps": 20, "epoch": 1, "loss": 1.25, "lr": 2e-4,
+                 "tokens_per_s": 75.0, "eta_s": 16.0}  # 2 steps in 4 s, 8 to go
+    assert progress_line(m) == "step 12/20 epoch 1 loss 1.2500 lr 2.000e-04 tok/s 75 eta 0:00:16"
+
+
+def test_train_state_round_trips_through_the_checkpoint_json() -> None:
+    state = TrainState(step=10, tokens=1234, history=[{"step": 1, "loss": 2.0, "lr": 0.1}])
+    doc = json.loads(json.dumps(state.to_json("run-1")))
+    assert doc["run_id"] == "run-1"
+    restored = TrainState.from_json(doc)
+    assert (restored.step, restored.tokens, restored.history) == (10, 1234, state.history)
+    assert restored.start_step == restored.resumed_from == 10  # a restored attempt starts where it stopped
+
+
+# --- evaluation scores ---------------------------------------------------------------------
+def _rows(preds_base: dict[int, str], preds_adapter: dict[int, str], loss: tuple[float, float], tokens: int) -> list:
+    return [{"loss_sum": loss[0], "loss_tokens": tokens, "preds": preds_base},
+            {"loss_sum": loss[1], "loss_tokens": tokens, "preds": preds_adapter}]
+
+
+def test_merge_scores_puts_every_rank_back_in_record_order() -> None:
+    refs = ["positive", "negative", "positive", "negative", "positive"]
+    assert shard(5, 0, 2) == [0, 2, 4] and shard(5, 1, 2) == [1, 3]
+    gathered = [
+        _rows({0: "negative", 2: "negative", 4: "negative"}, {0: "positive", 2: "positive", 4: "Positive."},
+              (6.0, 3.0), 3),
+        _rows({1: "negative", 3: "positive"}, {1: "negative", 3: "negative"}, (4.0, 1.0), 2),
+    ]
+    results, predictions = merge_scores(gathered, refs, ["accuracy", "exact_match"])
+    assert predictions["adapter"] == ["positive", "negative", "positive", "negative", "Positive."]
+    assert predictions["base"] == ["negative", "negative", "negative", "positive", "negative"]
+    assert results["base"] == {"eval_loss": 2.0, "accuracy": 0.2, "exact_match": 0.2}
+    assert results["adapter"] == {"eval_loss": 0.8, "accuracy": 1.0, "exact_match": 1.0}
+
+
+def test_merge_scores_without_answer_tokens_has_nan_loss() -> None:
+    results, _ = merge_scores([_rows({0: "a"}, {0: "a"}, (0.0, 0.0), 0)], ["a"], ["exact_match"])
+    assert math.isnan(results["base"]["eval_loss"]) and results["adapter"]["exact_match"] == 1.0
+
+
+# --- the summary ---------------------------------------------------------------------------
+def _held(n: int) -> dict[str, Any]:
+    return {"references": ["positive"] * n, "prompt_text": ["x" * 500 + f" review {i}" for i in range(n)]}
+
+
+def _facts(spec: TrainJobSpec) -> RunFacts:
+    return RunFacts(plan_steps(40, 2, spec.training), {"zero_optimization": {"stage": 2}}, 100, 1000, "fp32", 2)
+
+
+def test_summarise_a_resumed_attempt() -> None:
+    spec = _spec()
+    facts = _facts(spec)  # 40 records on 2 ranks, micro-batch 4: 5 steps per epoch, 10 steps
+    state = TrainState(step=10, tokens=5000, history=[{"step": s, "loss": 1.0 / s, "lr": 0.1} for s in range(1, 11)],
+                       start_step=6, resumed_from=6)
+    gathered = [_rows({i: "negative" for i in range(6)}, {i: "positive" for i in range(6)}, (12.0, 3.0), 6)]
+    clock = Clock({"start": 0.0, "loaded": 1.0, "ready": 3.0, "trained": 10.0, "saved": 10.5, "evaluated": 12.0})
+    summary = summarise(spec, facts, state, TrainOutcome(0.1, 2000, 4.0), gathered, _held(6), clock)
+    t = summary["training"]
+    assert (t["startStep"], t["resumedFromStep"], t["steps"], t["stepsThisAttempt"]) == (6, 6, 10, 4)
+    assert (t["tokens"], t["tokensThisAttempt"], t["tokensPerSecond"], t["stepsPerSecond"]) == (5000, 2000, 500.0, 1.0)
+    assert (t["worldSize"], t["zeroStage"], t["precision"], t["finalLoss"]) == (2, 2, "fp32", 0.1)
+    assert (t["trainableParams"], t["totalParams"]) == (100, 1000)
+    assert len(t["lossHistory"]) == 10
+    ev = summary["evaluation"]
+    assert ev["metrics"] == ["accuracy"] and ev["samples"] == 6
+    assert ev["base"] == {"eval_loss": 2.0, "accuracy": 0.0} and ev["adapter"] == {"eval_loss": 0.5, "accuracy": 1.0}
+    assert ev["lift"] == {"eval_loss": -1.5, "accuracy": 1.0}
+    assert len(ev["examples"]) == 5 and len(ev["examples"][0]["prompt"]) == 400
+    assert summary["timings"] == {"modelDownloadSeconds": 1.0, "setupSeconds": 2.0, "trainSeconds": 4.0,
+                                  "saveSeconds": 0.5, "evalSeconds": 1.5}
+
+
+def test_summarise_an_attempt_that_had_nothing_left_to_train() -> None:
+    """A rerun after the final checkpoint: no step this attempt, the loss from the history."""
+    spec = _spec()
+    state = TrainState(step=10, tokens=5000, history=[{"step": 10, "loss": 0.25, "lr": 0.0}], start_step=10,
+                       resumed_from=10)
+    t = summarise(spec, _facts(spec), state, TrainOutcome(), [_rows({0: "a"}, {0: "a"}, (1.0, 1.0), 1)],
+                  _held(1), Clock({k: 0.0 for k in ("start", "loaded", "ready", "trained", "saved", "evaluated")}))
+    assert t["training"]["finalLoss"] == 0.25
+    assert t["training"]["stepsThisAttempt"] == 0
+    assert t["training"]["tokensPerSecond"] is None and t["training"]["stepsPerSecond"] is None
+    assert examples(_held(1), {"base": ["a"], "adapter": ["a"]})[0]["reference"] == "positive"
+    assert timings(Clock({"start": 0.0, "loaded": 2.0, "ready": 2.0, "trained": 2.0, "saved": 2.0,
+                          "evaluated": 2.0}), TrainOutcome())["modelDownloadSeconds"] == 2.0
+
+
+# --- the tiny model: LoRA, adapter files, one evaluation pass ------------------------------
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import tinymodel
+
+    records = tinymodel.sentiment_records(24, seed=3)
+    return tinymodel.save_tiny_model(tmp_path_factory.mktemp("tiny"), tinymodel.training_texts(records, "Classify"))
+
+
+@pytest.fixture(scope="module")
+def cpu_context() -> Any:
+    import torch
+
+    from anytasktune_trainjob.worker import WorkerContext
+
+    return WorkerContext(rank=0, world=1, device=torch.device("cpu"), precision="fp32", dtype=torch.float32)
+
+
+def test_build_lora_model_trains_only_lora_and_modules_to_save(tiny_model_dir: Path) -> None:
+    import torch
+
+    from anytasktune_trainjob.training import build_lora_model
+
+    lora = build_lora_model(_spec(), str(tiny_model_dir), torch.float32)
+    names = [n for n, p in lora.model.named_parameters() if p.requires_grad]
+    assert names and all("lora_" in n or "modules_to_save" in n for n in names)
+    assert any("q_proj.lora_A" in n for n in names) and any("v_proj.lora_B" in n for n in names)
+    assert 0 < lora.trainable < lora.total
+
+
+def test_save_adapter_writes_peft_files_naming_the_base_model(tiny_model_dir: Path, cpu_context: Any) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from anytasktune_trainjob.adapter import ADAPTER_FILES, save_adapter
+    from anytasktune_trainjob.training import build_lora_model
+
+    lora = build_lora_model(_spec(), str(tiny_model_dir), torch.float32)
+    folder = save_adapter(lora.model, _spec(), cpu_context, str(tiny_model_dir), MODEL_URI)
+    files = {p.name for p in folder.iterdir()}
+    assert set(ADAPTER_FILES) <= files
+    assert {"tokenizer.json", "tokenizer_config.json"} <= files
+    assert not {"model.safetensors", "config.json"} & files  # the base model's weights stay out
+    assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == MODEL_URI
+    tensors = load_file(str(folder / "adapter_model.safetensors"))
+    assert any("lora_A" in k for k in tensors) and any("lm_head" in k for k in tensors)
+    assert all("q_proj.weight" not in k for k in tensors)
+    shutil.rmtree(folder)
+
+
+def test_one_evaluation_pass_answers_every_record_of_the_shard(tiny_model_dir: Path, cpu_context: Any) -> None:
+    import tinymodel
+    import torch
+
+    from anytasktune_trainjob import encoding
+    from anytasktune_trainjob.adapter import save_adapter
+    from anytasktune_trainjob.evaluation import evaluate_pass, load_models
+    from anytasktune_trainjob.training import build_lora_model
+
+    spec = _spec()
+    folder = save_adapter(build_lora_model(spec, str(tiny_model_dir), torch.float32).model, spec, cpu_context,
+                          str(tiny_model_dir), MODEL_URI)
+    model, tokenizer = load_models(str(tiny_model_dir), folder, cpu_context)
+    turns = [(("user", f"Classify\n\n{r['input']}"), ("assistant", r["output"]))
+             for r in tinymodel.sentiment_records(5, seed=4)]
+    encoded = [encoding.encode(tokenizer, t, 64) for t in turns]
+    held = {"ids": encoding.TokenTable([e.input_ids for e in encoded]),
+            "labels": encoding.TokenTable([e.labels for e in encoded]),
+            "prompts": [encoding.generation_prompt(tokenizer, t, 60) for t in turns]}
+    with torch.no_grad():
+        row = evaluate_pass(model, tokenizer, held, [0, 2, 4], spec.evaluation, tokenizer.pad_token_id,
+                            encoding.stop_token_ids(tokenizer), cpu_context.device)
+    assert sorted(row["preds"]) == [0, 2, 4] and all(isinstance(p, str) for p in row["preds"].values())
+    assert row["loss_tokens"] == sum(encoded[i].answer_tokens for i in (0, 2, 4))
+    assert row["loss_sum"] > 0
+    shutil.rmtree(folder)

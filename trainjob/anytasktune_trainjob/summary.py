@@ -1,0 +1,90 @@
+"""Rank 0's summary of an attempt (pure): training facts, evaluation, timings —
+the `training`, `evaluation` and `timings` parts of manifest.json."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from anytasktune_contract.trainspec import TrainJobSpec, metrics_for
+
+from .evaluation import examples, merge_scores
+from .metrics import lift
+from .training import TrainOutcome, TrainState
+from .zero import StepPlan
+
+LOSS_HISTORY = 200
+
+
+@dataclass
+class Clock:
+    """Named instants of a worker's life, from its start."""
+
+    marks: dict[str, float] = field(default_factory=lambda: {"start": time.time()})
+
+    def mark(self, name: str) -> None:
+        self.marks[name] = time.time()
+
+    def between(self, first: str, last: str) -> float:
+        return self.marks[last] - self.marks[first]
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What the attempt ran with (kept when the engine is freed before evaluation)."""
+
+    plan: StepPlan
+    ds_config: dict[str, Any]
+    trainable: int
+    total_params: int
+    precision: str
+    world: int
+
+
+def training_summary(spec: TrainJobSpec, facts: RunFacts, state: TrainState, outcome: TrainOutcome) -> dict[str, Any]:
+    t, plan = spec.training, facts.plan
+    steps_run = plan.total_steps - state.start_step
+    final_loss = (outcome.last_loss if not math.isnan(outcome.last_loss)
+                  else (state.history[-1]["loss"] if state.history else None))
+    return {
+        "startStep": state.start_step, "resumedFromStep": state.resumed_from,
+        "steps": plan.total_steps, "stepsThisAttempt": steps_run,
+        "warmupSteps": plan.warmup_steps, "epochs": t.epochs,
+        "microBatchSize": t.microBatchSize, "gradientAccumulationSteps": t.gradientAccumulationSteps,
+        "worldSize": facts.world, "zeroStage": spec.deepspeed.zeroStage, "precision": facts.precision,
+        "finalLoss": final_loss, "tokens": state.tokens, "tokensThisAttempt": outcome.tokens_this_run,
+        "tokensPerSecond": (outcome.tokens_this_run / outcome.seconds
+                            if outcome.seconds > 0 and outcome.tokens_this_run else None),
+        "stepsPerSecond": steps_run / outcome.seconds if outcome.seconds > 0 and steps_run > 0 else None,
+        "trainableParams": facts.trainable, "totalParams": facts.total_params,
+        "lossHistory": state.history[-LOSS_HISTORY:], "deepspeedConfig": facts.ds_config,
+    }
+
+
+def evaluation_summary(spec: TrainJobSpec, gathered: list[list[dict[str, Any]]], held: dict[str, Any]) -> dict[str, Any]:
+    metric_names = [m.value for m in metrics_for(spec.evaluation, spec.taskType)]
+    results, predictions = merge_scores(gathered, held["references"], metric_names)
+    return {
+        "samples": len(held["references"]), "metrics": metric_names, "base": results["base"],
+        "adapter": results["adapter"], "lift": lift(results["base"], results["adapter"]),
+        "maxNewTokens": spec.evaluation.maxNewTokens, "examples": examples(held, predictions),
+    }
+
+
+def timings(clock: Clock, outcome: TrainOutcome) -> dict[str, float]:
+    return {
+        "modelDownloadSeconds": clock.between("start", "loaded"), "setupSeconds": clock.between("loaded", "ready"),
+        "trainSeconds": outcome.seconds, "saveSeconds": clock.between("trained", "saved"),
+        "evalSeconds": clock.between("saved", "evaluated"),
+    }
+
+
+def summarise(spec: TrainJobSpec, facts: RunFacts, state: TrainState, outcome: TrainOutcome,
+              gathered: list[list[dict[str, Any]]], held: dict[str, Any], clock: Clock) -> dict[str, Any]:
+    return {
+        "training": training_summary(spec, facts, state, outcome),
+        "evaluation": evaluation_summary(spec, gathered, held),
+        "timings": timings(clock, outcome),
+    }
