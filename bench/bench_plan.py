@@ -16,7 +16,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from anytasktune.config import OperatorConfig
-from anytasktune.plan import ObservedJob, format_time, plan
+from anytasktune.attempt import ObservedJob, format_time
+from anytasktune.plan import plan
 from anytasktune.resolve import resolve_subtask
 from anytasktune.spec import TaskFineTune
 

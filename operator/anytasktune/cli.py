@@ -11,15 +11,16 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from typing import Any
 
 import yaml
 
 from anytasktune.config import OperatorConfig
-from anytasktune.render import render_configmap, render_rayjob
-from anytasktune.resolve import ResolveError, resolve_subtask
-from anytasktune.spec import GROUP, PLURAL, VERSION, TaskFineTune
+from anytasktune.plan import Launch, plan
+from anytasktune.spec import GROUP, PLURAL, VERSION, Phase, TaskFineTune
 from anytasktune.validation import Problem, load_documents, validate_file
+from anytasktune_contract.failures import FailureClass
 
 PLACEHOLDER_UID = "00000000-0000-0000-0000-000000000000"
 
@@ -64,7 +65,7 @@ def _validate_local(path: str) -> list[Problem]:
     """As `anytasktune run` sees the file: local dataset/model paths allowed."""
     from pathlib import Path
 
-    from anytasktune.local import LocalError, prepare
+    from anytasktune.local.staging import LocalError, prepare
 
     try:
         prepare(Path(path), resolve_models=False)
@@ -90,17 +91,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def render_children(tft: TaskFineTune, namespace: str, config: OperatorConfig) -> list[dict[str, Any]]:
-    """The first attempt's children of every sub-task, as the operator would create them."""
-    name = tft.metadata["name"]
-    objects: list[dict[str, Any]] = []
-    for subtask in tft.spec.subtasks:
-        try:
-            train = resolve_subtask(name, namespace, tft.spec, subtask)
-        except ResolveError as err:
-            raise UserError(str(err)) from err
-        objects.append(render_configmap(name, namespace, PLACEHOLDER_UID, train, 1))
-        objects.append(render_rayjob(name, namespace, PLACEHOLDER_UID, tft.spec, train, 1, config))
-    return objects
+    """The first attempt's children of every sub-task: what the planner launches on an
+    empty namespace, with every sub-task given a slot."""
+    spec = {**tft.spec.model_dump(mode="json", exclude_none=True), "maxParallelSubtasks": len(tft.spec.subtasks), "suspend": False}
+    obj = {"metadata": {**tft.metadata, "namespace": namespace, "uid": PLACEHOLDER_UID}, "spec": spec}
+    result = plan(obj, [], {}, datetime.now(timezone.utc), config)
+    invalid = [f"{s.name}: {s.message}" for s in result.status.subtasks if s.failureClass == FailureClass.InvalidSpec.value]
+    if invalid or result.status.phase == Phase.Invalid:
+        raise UserError("; ".join(invalid) or next(c.message for c in result.status.conditions if c.type == "Degraded"))
+    return [child for a in result.actions if isinstance(a, Launch) for child in (a.configmap, a.rayjob)]
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -181,7 +180,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_operator(args: argparse.Namespace) -> int:
     argv = [sys.executable, "-m", "kopf", "run", "--standalone", "-m", "anytasktune.handlers"]
-    namespaces = args.namespace or [n for n in os.environ.get("ANYTASKTUNE_NAMESPACES", "").split(",") if n]
+    namespaces = args.namespace or list(OperatorConfig.from_env().watch_namespaces)
     if namespaces:
         os.environ["ANYTASKTUNE_NAMESPACES"] = ",".join(namespaces)  # the resync loop lists these only
         for ns in namespaces:
@@ -195,13 +194,13 @@ def cmd_operator(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from anytasktune import local as local_mode
+    from anytasktune.local import command as local_mode
 
     return local_mode.main(args)
 
 
 def cmd_datasets_check(args: argparse.Namespace) -> int:
-    from anytasktune import local as local_mode
+    from anytasktune.local import command as local_mode
 
     return local_mode.datasets_check(args)
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from anytasktune.spec import SubtaskPhase, TaskFineTuneStatus
@@ -26,7 +24,6 @@ def observe_status(namespace: str, name: str, status: TaskFineTuneStatus) -> Non
         SUBTASKS.labels(namespace=namespace, taskfinetune=name, phase=phase.value).set(count)
 
 
-def start_server() -> None:
-    port = int(os.environ.get("ANYTASKTUNE_METRICS_PORT", "8080"))
+def start_server(port: int) -> None:
     if port > 0:
         start_http_server(port)

@@ -1,119 +1,50 @@
-"""The planner: (TaskFineTune, observed RayJobs, adapter manifests, now) -> Plan.
+"""The planner: (TaskFineTune, observed RayJobs, manifest reads, now) -> Plan.
 
 Pure and level-based: every pass recomputes the desired children and the status from
 the spec and what exists, so nothing depends on having seen a particular event, and
 an operator restart recomputes the same plan (deterministic names make creates
-idempotent).
+idempotent). One plan per pass: what the plan needs from S3 (a run's manifest) is an
+input, read by the executor between passes (`ReadManifest`), never during planning.
+
+Each sub-task is decided alone (`decide`), from the state of its attempts
+(`attempt.AttemptState`); then the pool's capacity is shared out in spec order
+(`allocate`): a launch needs a free slot, and a finished attempt whose Ray cluster
+is still up holds its slot until the cluster is released.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
 
+from anytasktune.attempt import AttemptState, ObservedJob, failure_class, format_time, parse_time
 from anytasktune.config import OperatorConfig
-from anytasktune.render import (
-    LABEL_ATTEMPT,
-    LABEL_RUN_ID,
-    LABEL_SUBTASK,
-    child_name,
-    render_configmap,
-    render_rayjob,
-)
+from anytasktune.render import child_name, render_configmap, render_rayjob
 from anytasktune.resolve import ResolveError, resolve_subtask
-from anytasktune.spec import (
-    Condition,
-    EvalScores,
-    Phase,
-    SubtaskPhase,
-    SubtaskStatus,
-    TaskFineTune,
-    TaskFineTuneStatus,
-)
+from anytasktune.spec import EvalScores, SubtaskPhase, SubtaskStatus, TaskFineTune, TaskFineTuneSpec, TaskFineTuneStatus
+from anytasktune.summary import Event, invalid_status, lift_message, summarize, transition_events
 from anytasktune.validation import describe
-from anytasktune_contract.failures import FailureClass, classify_text, explanation, marked_class
+from anytasktune_contract.failures import FailureClass, explanation
 from anytasktune_contract.trainspec import TrainJobSpec
 
-# --- what was observed -------------------------------------------------------
+MANIFEST_NAME = "manifest.json"
+
+# --- what the executor tells the planner about S3 -----------------------------
 
 
 @dataclass(frozen=True)
-class ObservedJob:
-    """The parts of a RayJob the planner reads."""
+class ManifestRead:
+    """The latest read of one run's manifest.json (kept by the executor between passes)."""
 
-    name: str
-    subtask: str
-    run_id: str
-    attempt: int
-    suspend: bool = False
-    deployment_status: str = ""
-    job_status: str = ""
-    reason: str = ""
-    message: str = ""
-    start_time: str | None = None
-    end_time: str | None = None
-    created: str | None = None
-    deleting: bool = False
-
-    @classmethod
-    def from_object(cls, obj: Mapping[str, Any]) -> ObservedJob:
-        meta = obj.get("metadata", {})
-        labels = meta.get("labels", {}) or {}
-        status = obj.get("status", {}) or {}
-        try:
-            attempt = int(labels.get(LABEL_ATTEMPT, "0"))
-        except ValueError:
-            attempt = 0
-        return cls(
-            name=meta.get("name", ""),
-            subtask=labels.get(LABEL_SUBTASK, ""),
-            run_id=labels.get(LABEL_RUN_ID, ""),
-            attempt=attempt,
-            suspend=bool((obj.get("spec") or {}).get("suspend", False)),
-            deployment_status=status.get("jobDeploymentStatus", "") or "",
-            job_status=status.get("jobStatus", "") or "",
-            reason=status.get("reason", "") or "",
-            message=status.get("message", "") or "",
-            start_time=status.get("startTime"),
-            end_time=status.get("endTime"),
-            created=meta.get("creationTimestamp"),
-            deleting=bool(meta.get("deletionTimestamp")),
-        )
-
-    @property
-    def succeeded(self) -> bool:
-        return self.job_status == "SUCCEEDED"
-
-    @property
-    def failed(self) -> bool:
-        # A suspended job is STOPPED on purpose: it resumes when spec.suspend is lifted.
-        if self.succeeded or self.deployment_status in ("Suspending", "Suspended"):
-            return False
-        return self.deployment_status in ("Failed", "ValidationFailed") or self.job_status in ("FAILED", "STOPPED")
-
-    @property
-    def active(self) -> bool:
-        return not (self.succeeded or self.failed)
-
-    @property
-    def running(self) -> bool:
-        return self.job_status == "RUNNING" or self.deployment_status == "Running"
-
-
-def classify_failure(job: ObservedJob) -> FailureClass:
-    """Why an attempt failed: the trainjob's marker line, else KubeRay's reason, else the text."""
-    marked = marked_class(job.message)
-    if marked is not None:
-        return marked
-    if job.deployment_status == "ValidationFailed" or job.reason == "ValidationFailed":
-        return FailureClass.InvalidSpec
-    if job.reason == "DeadlineExceeded":
-        return FailureClass.DeadlineExceeded
-    return classify_text(job.message)
+    manifest: Mapping[str, Any] | None = None
+    error: str = ""
+    failures: int = 0  # consecutive failed reads
+    next_try: datetime | None = None  # no new read before this (backoff)
+    in_flight: bool = False
 
 
 # --- what to do --------------------------------------------------------------
@@ -131,7 +62,7 @@ class Launch:
 @dataclass(frozen=True)
 class DeleteJob:
     name: str
-    reason: str
+    reason: str  # Superseded | SubtaskRemoved | Suspended
 
 
 @dataclass(frozen=True)
@@ -140,14 +71,21 @@ class SetSuspend:
     suspend: bool
 
 
-Action = Launch | DeleteJob | SetSuspend
+@dataclass(frozen=True)
+class ReleaseCluster:
+    """Delete the Ray cluster of a finished attempt (the RayJob, its record, stays)."""
+
+    job: str
+    reason: str  # BeforeRetry | CapacityNeeded
 
 
 @dataclass(frozen=True)
-class Event:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
+class ReadManifest:
+    subtask: str
+    uri: str
+
+
+Action = Launch | DeleteJob | SetSuspend | ReleaseCluster | ReadManifest
 
 
 @dataclass
@@ -157,251 +95,283 @@ class Plan:
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
 
-
-def format_time(t: datetime) -> str:
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(s: str | None) -> datetime | None:
-    if not s:
-        return None
-    return datetime.strptime(s, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    def requeue(self, seconds: float) -> None:
+        self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)
 
 
-def retry_delay(failures: int, config: OperatorConfig) -> float:
-    return min(config.retry_backoff_seconds * 2 ** max(failures - 1, 0), config.retry_backoff_max_seconds)
+# --- one pass ------------------------------------------------------------------
 
 
-# --- the planner -------------------------------------------------------------
+@dataclass(frozen=True)
+class Pool:
+    """What every sub-task's decision needs to know about the whole resource."""
+
+    name: str
+    namespace: str
+    uid: str
+    tft: TaskFineTune
+    config: OperatorConfig
+    now: datetime
+
+    @property
+    def spec(self) -> TaskFineTuneSpec:
+        return self.tft.spec
+
+    @property
+    def kueue(self) -> bool:
+        """Kueue admits our RayJobs: it owns their spec.suspend (see `suspension`)."""
+        return bool(self.spec.queueName)
+
+
+@dataclass
+class Decision:
+    """One sub-task's status this pass and what it asks of the pool."""
+
+    status: SubtaskStatus
+    train: TrainJobSpec | None = None
+    wants_launch: bool = False
+    retry_of: str | None = None
+    predecessor: ObservedJob | None = None  # the failed attempt whose cluster must go before a retry
+    next_attempt: int = 1  # never reuse a name: 1 + the highest attempt number of this sub-task
+    actions: list[Action] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None
 
 
 def plan(
     obj: Mapping[str, Any],
     observed: list[ObservedJob],
-    manifests: Mapping[str, Mapping[str, Any]],
+    manifests: Mapping[str, ManifestRead],
     now: datetime,
     config: OperatorConfig,
-    manifest_errors: Mapping[str, str] | None = None,
 ) -> Plan:
     meta = obj.get("metadata", {})
-    name, namespace = meta["name"], meta.get("namespace", "default")
-    uid, generation = meta.get("uid", ""), int(meta.get("generation", 0) or 0)
+    generation = int(meta.get("generation", 0) or 0)
     old = TaskFineTuneStatus.model_validate(obj.get("status") or {})
-    out = Plan()
-
     try:
         tft = TaskFineTune.model_validate({"metadata": dict(meta), "spec": obj.get("spec", {})})
     except ValidationError as err:
-        return _invalid(old, generation, describe(err), now)
-    spec = tft.spec
+        status, events = invalid_status(old, generation, describe(err), now)
+        return Plan(status=status, events=events)
+    pool = Pool(meta["name"], meta.get("namespace", "default"), meta.get("uid", ""), tft, config, now)
+    out = Plan()
 
     by_subtask: dict[str, list[ObservedJob]] = {}
     for job in observed:
         by_subtask.setdefault(job.subtask, []).append(job)
-
-    # Children of sub-tasks removed from the spec: stop what still runs.
-    wanted = {s.name for s in spec.subtasks}
-    for sub, jobs in by_subtask.items():
+    wanted = {s.name for s in pool.spec.subtasks}
+    for sub, jobs in by_subtask.items():  # sub-tasks removed from the spec: stop what still runs
         if sub not in wanted:
-            out.actions += [DeleteJob(j.name, "SubtaskRemoved") for j in jobs if j.active and not j.deleting]
+            out.actions += [DeleteJob(j.name, "SubtaskRemoved") for j in jobs if not j.state.is_terminal and not j.deleting]
 
-    occupied = sum(1 for j in observed if j.active)
-    slots = max(spec.maxParallelSubtasks - occupied, 0)
-    old_subtasks = {s.name: s for s in old.subtasks}
-    statuses: list[SubtaskStatus] = []
-    retry_waits: list[float] = []
-
-    for subtask in spec.subtasks:
-        jobs = sorted(by_subtask.get(subtask.name, []), key=lambda j: j.attempt)
-        prev = old_subtasks.get(subtask.name)
-        try:
-            train = resolve_subtask(name, namespace, spec, subtask)
-        except ResolveError as err:
-            statuses.append(SubtaskStatus(name=subtask.name, phase=SubtaskPhase.Failed, failureClass=FailureClass.InvalidSpec.value, message=str(err)))
-            continue
-        run_id = train.run_id()
-        current = [j for j in jobs if j.run_id == run_id and not j.deleting]
-        for stale in (j for j in jobs if j.run_id != run_id and j.active and not j.deleting):
-            out.actions.append(DeleteJob(stale.name, "Superseded"))
-            out.events.append(Event("Normal", "Superseded", f"sub-task {subtask.name}: spec changed, stopping RayJob {stale.name}"))
-
-        st = SubtaskStatus(name=subtask.name, runId=run_id, attempts=len(current))
-        if prev is not None and prev.runId == run_id:
-            st.metrics, st.adapter = prev.metrics, prev.adapter
-        if current:
-            st.rayJob = current[-1].name
-            st.startTime = current[0].start_time or current[0].created
-        failures = [j for j in current if j.failed]
-        done = next((j for j in current if j.succeeded), None)
-        latest = current[-1] if current else None
-        needs_launch = False
-
-        if done is not None:
-            st.phase, st.completionTime = SubtaskPhase.Succeeded, done.end_time
-            st.adapter = train.run_prefix()
-            manifest = manifests.get(subtask.name)
-            if manifest is not None:
-                st.metrics = EvalScores.model_validate(manifest.get("evaluation", {}))
-            st.message = _lift_message(st.metrics)
-            if st.metrics is None and manifest_errors and subtask.name in manifest_errors:
-                st.message = f"adapter published; evaluation not read yet (retrying): {manifest_errors[subtask.name]}"
-        elif latest is not None and latest.active:
-            st.phase = SubtaskPhase.Running if latest.running else SubtaskPhase.Pending
-            st.message = "suspended" if latest.suspend else explanation(latest.message)
-            if failures:  # a retry is running: keep saying why the last attempt failed
-                st.failureClass = classify_failure(failures[-1]).value
-        elif latest is not None:  # the latest attempt failed
-            cls = classify_failure(latest)
-            st.failureClass, st.message = cls.value, explanation(latest.message) or f"RayJob {latest.name} failed"
-            if not cls.retryable:
-                st.phase, st.completionTime = SubtaskPhase.Failed, latest.end_time
-            elif len(failures) > spec.backoffLimit:
-                st.phase, st.completionTime = SubtaskPhase.Failed, latest.end_time
-                st.message = f"backoff limit {spec.backoffLimit} exceeded after {len(failures)} failed attempts; last: {st.message}"
-            else:
-                failed_at = parse_time(latest.end_time or latest.start_time or latest.created) or now  # stable across passes
-                retry_at = failed_at + timedelta(seconds=retry_delay(len(failures), config))
-                if now >= retry_at:
-                    needs_launch = True
-                else:
-                    st.nextRetryTime = format_time(retry_at)
-                    retry_waits.append((retry_at - now).total_seconds())
-        else:
-            needs_launch = True
-
-        if needs_launch and not spec.suspend and slots > 0:
-            n = max((j.attempt for j in jobs), default=0) + 1
-            retry = st.attempts > 0
-            out.actions.append(_launch(name, namespace, uid, tft, train, n, config, st.failureClass if retry else None))
-            slots -= 1
-            st.attempts += 1
-            st.rayJob, st.phase, st.nextRetryTime = child_name(name, subtask.name, n), SubtaskPhase.Pending, None
-            st.startTime = st.startTime or format_time(now)
-            reason, what = ("Retrying", f"retrying after {st.failureClass}") if retry else ("Launched", "launched")
-            message = f"sub-task {subtask.name}: {what}, RayJob {st.rayJob} (attempt {st.attempts})"
-            out.events.append(Event("Warning" if retry else "Normal", reason, message))
-        elif needs_launch:
-            st.message = "suspended" if spec.suspend else f"waiting: {spec.maxParallelSubtasks} sub-tasks already running"
-        statuses.append(st)
-
-    # Suspension is level-based too: every job of ours matches spec.suspend.
-    for job in observed:
-        if job.active and not job.deleting and job.suspend != spec.suspend and job.subtask in wanted:
-            out.actions.append(SetSuspend(job.name, spec.suspend))
-
-    out.status = _summarize(old, statuses, spec.suspend, generation, now)
-    out.events += _transition_events(old, out.status)
-    if retry_waits:
-        out.requeue_after = max(min(retry_waits), 1.0)
+    previous = {s.name: s for s in old.subtasks}
+    decisions = [
+        decide(pool, subtask.name, sorted(by_subtask.get(subtask.name, []), key=lambda j: j.attempt), previous.get(subtask.name), manifests)
+        for subtask in pool.spec.subtasks
+    ]
+    allocate(pool, decisions, observed, out)
+    out.actions += suspension(pool, [j for j in observed if j.subtask in wanted])
+    for d in decisions:
+        out.actions += d.actions
+        out.events += d.events
+        if d.requeue_after is not None:
+            out.requeue(d.requeue_after)
+    out.status = summarize(old, [d.status for d in decisions], pool.spec.suspend, generation, now)
+    out.events += transition_events(old, out.status)
     return out
 
 
-def _launch(
-    name: str, namespace: str, uid: str, tft: TaskFineTune, train: TrainJobSpec, n: int, config: OperatorConfig, retry_of: str | None
-) -> Launch:
-    return Launch(
-        retry_of=retry_of,
-        subtask=train.subtask,
-        name=child_name(name, train.subtask, n),
-        configmap=render_configmap(name, namespace, uid, train, n),
-        rayjob=render_rayjob(name, namespace, uid, tft.spec, train, n, config),
-    )
+def decide(pool: Pool, subtask: str, jobs: list[ObservedJob], prev: SubtaskStatus | None, manifests: Mapping[str, ManifestRead]) -> Decision:
+    spec_subtask = next(s for s in pool.spec.subtasks if s.name == subtask)
+    try:
+        train = resolve_subtask(pool.name, pool.namespace, pool.spec, spec_subtask)
+    except ResolveError as err:
+        return Decision(SubtaskStatus(name=subtask, phase=SubtaskPhase.Failed, reason="InvalidSpec",
+                                      failureClass=FailureClass.InvalidSpec.value, message=str(err)))
+    run_id = train.run_id()
+    d = Decision(SubtaskStatus(name=subtask, runId=run_id), train, next_attempt=max((j.attempt for j in jobs), default=0) + 1)
+    for stale in (j for j in jobs if j.run_id != run_id and not j.state.is_terminal and not j.deleting):
+        d.actions.append(DeleteJob(stale.name, "Superseded"))
+        d.events.append(Event("Normal", "Superseded", f"sub-task {subtask}: spec changed, stopping RayJob {stale.name}"))
 
+    current = [j for j in jobs if j.run_id == run_id]
+    st = d.status
+    same_run = prev is not None and prev.runId == run_id
+    if same_run:
+        assert prev is not None
+        st.metrics, st.adapter, st.startTime = prev.metrics, prev.adapter, prev.startTime
+    st.attempts = len(current)
+    if current:
+        st.rayJob = current[-1].name
+        st.startTime = st.startTime or current[0].start_time or current[0].created
+    failures = [j for j in current if j.state == AttemptState.Failed]
+    done = next((j for j in current if j.state == AttemptState.Succeeded), None)
+    latest = next((j for j in reversed(current) if not j.deleting), None)
 
-def _lift_message(metrics: EvalScores | None) -> str:
-    if metrics is None or not metrics.lift:
-        return "adapter published"
-    ordered = sorted(metrics.lift.items(), key=lambda kv: (kv[0] == "eval_loss", kv[0]))  # the task metric first
-    parts = [f"{k} {metrics.base.get(k, 0):.3f} -> {metrics.adapter.get(k, 0):.3f} ({v:+.3f})" for k, v in ordered]
-    return "; ".join(parts)
-
-
-def _condition(old: TaskFineTuneStatus, type_: str, status: str, reason: str, message: str, generation: int, now: datetime) -> Condition:
-    prev = next((c for c in old.conditions if c.type == type_), None)
-    since = prev.lastTransitionTime if prev is not None and prev.status == status else format_time(now)
-    return Condition(type=type_, status=status, reason=reason, message=message, lastTransitionTime=since, observedGeneration=generation)  # type: ignore[arg-type]
-
-
-def _invalid(old: TaskFineTuneStatus, generation: int, message: str, now: datetime) -> Plan:
-    status = old.model_copy(deep=True)
-    status.observedGeneration, status.phase = generation, Phase.Invalid
-    status.conditions = [
-        _condition(old, "Progressing", "False", "InvalidSpec", message, generation, now),
-        _condition(old, "Succeeded", "False", "InvalidSpec", message, generation, now),
-        _condition(old, "Degraded", "True", "InvalidSpec", message, generation, now),
-        _condition(old, "Suspended", "False", "NotSuspended", "", generation, now),
-    ]
-    events = [] if old.phase == Phase.Invalid else [Event("Warning", "InvalidSpec", message)]
-    return Plan(status=status, events=events)
-
-
-def _summarize(old: TaskFineTuneStatus, subtasks: list[SubtaskStatus], suspend: bool, generation: int, now: datetime) -> TaskFineTuneStatus:
-    count = {p: sum(1 for s in subtasks if s.phase == p) for p in SubtaskPhase}
-    total = len(subtasks)
-    succeeded, failed = count[SubtaskPhase.Succeeded], count[SubtaskPhase.Failed]
-    finished = succeeded + failed == total
-    launched = any(s.attempts > 0 for s in subtasks)
-
-    if finished:
-        phase = Phase.Succeeded if failed == 0 else Phase.Failed
-    elif suspend:
-        phase = Phase.Suspended
+    if done is not None:
+        _succeeded(pool, d, done, train, manifests)
+    elif latest is not None and not latest.state.is_terminal:
+        _in_progress(pool, d, latest, failures)
+    elif latest is not None:
+        _failed(pool, d, latest, failures, prev if same_run else None)
+    elif current:  # only attempts that are going away: wait for them
+        st.reason, st.message = "Stopping", f"waiting for RayJob {current[-1].name} to be deleted"
     else:
-        phase = Phase.Running if launched else Phase.Pending
+        d.wants_launch = True
+    return d
 
-    failed_names = ", ".join(s.name for s in subtasks if s.phase == SubtaskPhase.Failed)
-    if finished:
-        progressing = ("False", "Completed", f"{succeeded}/{total} sub-tasks succeeded")
-        done = ("True", "AllSubtasksSucceeded", progressing[2]) if failed == 0 else ("False", "SubtasksFailed", f"failed: {failed_names}")
+
+def _succeeded(pool: Pool, d: Decision, done: ObservedJob, train: TrainJobSpec, manifests: Mapping[str, ManifestRead]) -> None:
+    st = d.status
+    st.phase, st.reason, st.completionTime = SubtaskPhase.Succeeded, "Succeeded", done.end_time
+    st.adapter = train.run_prefix()
+    st.failureClass = None
+    if st.metrics is None:
+        uri = st.adapter + MANIFEST_NAME
+        read = manifests.get(uri, ManifestRead())
+        if read.manifest is not None:
+            st.metrics = EvalScores.model_validate(read.manifest.get("evaluation", {}))
+        elif not read.in_flight and (read.next_try is None or pool.now >= read.next_try):
+            d.actions.append(ReadManifest(st.name, uri))
+        elif read.next_try is not None:
+            d.requeue_after = max((read.next_try - pool.now).total_seconds(), 1.0)
+        if read.error and st.metrics is None:
+            st.reason = "EvaluationUnreadable"
+            st.message = f"adapter published; evaluation not read yet (retrying): cannot read {uri}: {read.error}"
+            return
+    st.message = lift_message(st.metrics)
+
+
+def _in_progress(pool: Pool, d: Decision, latest: ObservedJob, failures: list[ObservedJob]) -> None:
+    st, state = d.status, latest.state
+    st.phase = SubtaskPhase.Running if state in (AttemptState.Running, AttemptState.Finishing) else SubtaskPhase.Pending
+    retry = f"retry {len(failures)} after {failure_class(failures[-1]).value}: {explanation(failures[-1].message, 240)}; " if failures else ""
+    if failures:  # a retry is under way: keep saying why the last attempt failed
+        st.failureClass = failure_class(failures[-1]).value
+    if state == AttemptState.Paused:
+        waiting = f"waiting for admission by Kueue queue {pool.spec.queueName}" if pool.kueue and not pool.spec.suspend else "suspended"
+        st.reason, st.message = ("Suspended" if pool.spec.suspend else "Queued"), retry + waiting
+    elif state == AttemptState.Starting:
+        started = latest.started_at() or pool.now
+        waited = (pool.now - started).total_seconds()
+        limit = pool.config.startup_timeout_seconds
+        where = f"RayJob {latest.name} is {latest.deployment_status or 'New'}" + (f", Ray job {latest.job_status}" if latest.job_status else "")
+        if waited >= limit:
+            st.reason = "Stalled"
+            st.message = retry + f"no progress for {int(waited // 60)} min: {where}" + (f": {explanation(latest.message, 200)}" if latest.message else "") \
+                + " (check the RayJob's events and pods: image, Pod Security admission, capacity)"
+        else:
+            st.reason, st.message = "Starting", retry + f"starting: {where}"
+            d.requeue_after = max(limit - waited, 1.0)
     else:
-        summary = f"{succeeded}/{total} sub-tasks succeeded, {count[SubtaskPhase.Running]} running"
-        progressing = ("False", "Suspended", "spec.suspend is true") if suspend else ("True", "Training", summary)
-        done = ("Unknown", "InProgress", progressing[2])
-    degraded = ("True", "SubtaskFailed", f"failed: {failed_names}") if failed else ("False", "AsExpected", "")
-    suspended = ("True", "Suspended", "spec.suspend is true") if suspend and not finished else ("False", "NotSuspended", "")
-
-    start = old.startTime or (format_time(now) if launched else None)
-    return TaskFineTuneStatus(
-        observedGeneration=generation,
-        phase=phase,
-        progress=f"{succeeded}/{total}",
-        succeeded=succeeded,
-        failed=failed,
-        running=count[SubtaskPhase.Running],
-        total=total,
-        startTime=start,
-        completionTime=(old.completionTime or format_time(now)) if finished else None,
-        conditions=[
-            _condition(old, t, *v, generation, now)
-            for t, v in (("Progressing", progressing), ("Succeeded", done), ("Degraded", degraded), ("Suspended", suspended))
-        ],
-        subtasks=subtasks,
-    )
+        st.reason = "Training" if state == AttemptState.Running else "Finishing"
+        st.message = retry + (explanation(latest.message) if latest.message else ("training" if state == AttemptState.Running else "finishing"))
 
 
-def _transition_events(old: TaskFineTuneStatus, new: TaskFineTuneStatus) -> list[Event]:
-    events: list[Event] = []
-    before = {s.name: s for s in old.subtasks}
-    for s in new.subtasks:
-        prev = before.get(s.name)
-        if prev is not None and prev.phase == s.phase and prev.runId == s.runId:
+def _failed(pool: Pool, d: Decision, latest: ObservedJob, failures: list[ObservedJob], prev: SubtaskStatus | None) -> None:
+    st = d.status
+    cls = failure_class(latest)
+    st.failureClass, st.message = cls.value, explanation(latest.message) or f"RayJob {latest.name} failed"
+    if not cls.retryable:
+        st.phase, st.reason, st.completionTime = SubtaskPhase.Failed, cls.value, latest.end_time
+    elif len(failures) > pool.spec.backoffLimit:
+        st.phase, st.reason, st.completionTime = SubtaskPhase.Failed, "BackoffLimitExceeded", latest.end_time
+        st.message = f"backoff limit {pool.spec.backoffLimit} exceeded after {len(failures)} failed attempts; last: {st.message}"
+    else:
+        retry_at = _retry_time(pool, latest, len(failures), prev)
+        d.retry_of, d.predecessor = cls.value, latest
+        if latest.cluster_alive:  # its nodes are not needed during the backoff: free them now
+            d.actions.append(ReleaseCluster(latest.name, "BeforeRetry"))
+        if pool.now >= retry_at:
+            d.wants_launch = True
+        else:
+            st.reason, st.nextRetryTime = "RetryBackoff", format_time(retry_at)
+            d.requeue_after = max((retry_at - pool.now).total_seconds(), 1.0)
+
+
+def _retry_time(pool: Pool, latest: ObservedJob, failures: int, prev: SubtaskStatus | None) -> datetime:
+    """When the retry may start: KubeRay's endTime (the attempt's terminal time) plus the
+    backoff. Kept stable across passes: a missing endTime falls back to the time already
+    announced in the status, so the status does not churn."""
+    announced = parse_time(prev.nextRetryTime) if prev is not None and prev.rayJob == latest.name else None
+    ended = parse_time(latest.end_time)
+    if ended is None and announced is not None:
+        return announced
+    base = ended or pool.now
+    return base + timedelta(seconds=pool.config.retry_backoff.delay(failures))
+
+
+# --- sharing the pool's capacity ------------------------------------------------
+
+
+def allocate(pool: Pool, decisions: list[Decision], observed: list[ObservedJob], out: Plan) -> None:
+    """Launch what wants to launch, in spec order, within maxParallelSubtasks.
+
+    Every attempt whose Ray cluster lives occupies a slot (running, finishing, being
+    deleted, or finished within its ttlSecondsAfterFinished). A retry first releases
+    its predecessor's cluster (its nodes are needed) and launches once it is gone; a
+    launch that finds no free slot releases a finished attempt's cluster to make one."""
+    occupied = sum(1 for j in observed if j.holds_cluster)
+    free = max(pool.spec.maxParallelSubtasks - occupied, 0)
+    releasable = [j for j in observed if j.state.is_terminal and j.cluster_alive]
+    released = {a.job for d in decisions for a in d.actions if isinstance(a, ReleaseCluster)}
+    for d in decisions:
+        if not d.wants_launch or d.train is None:
             continue
-        if s.phase == SubtaskPhase.Succeeded:
-            events.append(Event("Normal", "SubtaskSucceeded", f"sub-task {s.name}: {s.message}"))
-        elif s.phase == SubtaskPhase.Failed:
-            events.append(Event("Warning", "SubtaskFailed", f"sub-task {s.name}: {s.failureClass}: {s.message}"))
-    if new.phase != old.phase:
-        if new.phase == Phase.Succeeded:
-            events.append(Event("Normal", "Completed", f"all {new.total} sub-tasks succeeded"))
-        elif new.phase == Phase.Failed:
-            events.append(Event("Warning", "CompletedWithFailures", f"{new.succeeded}/{new.total} sub-tasks succeeded, {new.failed} failed"))
-        elif new.phase == Phase.Suspended:
-            events.append(Event("Normal", "Suspended", "spec.suspend is true: running RayJobs suspended, nothing new launched"))
-        elif old.phase == Phase.Suspended:
-            events.append(Event("Normal", "Resumed", "spec.suspend is false: resuming"))
-    return events
+        st = d.status
+        if pool.spec.suspend:
+            st.reason, st.message = "Suspended", "suspended"
+            continue
+        if d.predecessor is not None and d.predecessor.cluster_alive:  # released by `decide`
+            st.reason, st.message = "ReleasingCluster", f"retry after {d.retry_of}: waiting for RayJob {d.predecessor.name}'s Ray cluster to be deleted"
+            out.requeue(pool.config.release_poll_seconds)
+            continue
+        if free <= 0:
+            spare = next((j for j in releasable if j.name not in released), None)
+            if spare is not None:
+                _release(out, spare.name, "CapacityNeeded", released)
+            st.reason = "WaitingForCapacity"
+            out.requeue(pool.config.release_poll_seconds)
+            st.message = f"waiting: {pool.spec.maxParallelSubtasks} sub-task(s) already hold a Ray cluster"
+            continue
+        free -= 1
+        _launch(pool, d, out)
 
 
-def subtasks_needing_manifest(status: TaskFineTuneStatus) -> dict[str, str]:
-    """Succeeded sub-tasks whose evaluation has not been read yet: name -> adapter prefix."""
-    return {s.name: s.adapter for s in status.subtasks if s.phase == SubtaskPhase.Succeeded and s.metrics is None and s.adapter}
+def _release(out: Plan, job: str, reason: str, released: set[str]) -> None:
+    if job not in released:
+        released.add(job)
+        out.actions.append(ReleaseCluster(job, reason))
+
+
+def _launch(pool: Pool, d: Decision, out: Plan) -> None:
+    assert d.train is not None
+    st, train = d.status, d.train
+    n = d.next_attempt
+    name = child_name(pool.name, st.name, n)
+    rayjob = render_rayjob(pool.name, pool.namespace, pool.uid, pool.spec, train, n, pool.config)
+    out.actions.append(Launch(st.name, name, render_configmap(pool.name, pool.namespace, pool.uid, train, n), rayjob, d.retry_of))
+    st.attempts += 1
+    st.rayJob, st.phase, st.nextRetryTime, st.reason = name, SubtaskPhase.Pending, None, "Launched"
+    st.startTime = st.startTime or format_time(pool.now)
+    retry = d.retry_of is not None
+    what = f"retrying after {d.retry_of}" if retry else "launched"
+    st.message = f"{what}: RayJob {name} (attempt {st.attempts})"
+    out.events.append(Event("Warning" if retry else "Normal", "Retrying" if retry else "Launched", f"sub-task {st.name}: {st.message}"))
+
+
+# --- suspension -----------------------------------------------------------------
+
+
+def suspension(pool: Pool, jobs: list[ObservedJob]) -> list[Action]:
+    """Every unfinished attempt matches spec.suspend.
+
+    Without Kueue: spec.suspend on the RayJob (KubeRay deletes the cluster; a resume
+    starts a new one and the trainjob continues from its S3 checkpoint). With Kueue,
+    spec.suspend is Kueue's (suspended at creation, lifted on admission), so the
+    operator never writes it: suspending the pool deletes its unfinished attempts
+    instead (not failures; the next attempt resumes from the checkpoint)."""
+    live = [j for j in jobs if not j.state.is_terminal and not j.deleting]
+    if pool.kueue:
+        return [DeleteJob(j.name, "Suspended") for j in live] if pool.spec.suspend else []
+    return [SetSuspend(j.name, pool.spec.suspend) for j in live if j.suspend != pool.spec.suspend]

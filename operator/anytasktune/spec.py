@@ -351,6 +351,7 @@ class EvalScores(Loose):
 class SubtaskStatus(Loose):
     name: str
     phase: SubtaskPhase = SubtaskPhase.Pending
+    reason: str = Field("", description="CamelCase: Launched, Starting, Queued, Training, Stalled, RetryBackoff, Succeeded, …")
     runId: str = ""
     attempts: int = 0
     rayJob: str = ""

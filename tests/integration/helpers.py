@@ -162,6 +162,22 @@ class Kubectl:
         """Write RayJob.status the way KubeRay's controller does."""
         self.run("patch", "rayjob", name, "-n", namespace, "--subresource=status", "--type=merge", "-p", json.dumps({"status": status}))
 
+    def create_raycluster_for(self, namespace: str, rayjob: dict[str, Any]) -> str:
+        """The RayCluster KubeRay v1.4 creates for a RayJob: the RayJob's labels plus
+        ray.io/originated-from-*, owned by the RayJob, named <rayjob>-<suffix>."""
+        meta = rayjob["metadata"]
+        name = f"{meta['name']}-x7k2p"
+        labels = {**meta["labels"], "ray.io/originated-from-cr-name": meta["name"], "ray.io/originated-from-crd": "RayJob"}
+        owner = {"apiVersion": "ray.io/v1", "kind": "RayJob", "name": meta["name"], "uid": meta["uid"], "controller": True}
+        cluster = {"apiVersion": "ray.io/v1", "kind": "RayCluster",
+                   "metadata": {"name": name, "labels": labels, "ownerReferences": [owner]},
+                   "spec": rayjob["spec"]["rayClusterSpec"]}
+        self.apply(cluster, namespace)
+        return name
+
+    def rayclusters(self, namespace: str) -> list[str]:
+        return [o["metadata"]["name"] for o in self.json("get", "rayclusters", "-n", namespace)["items"]]
+
     def namespace(self, name: str) -> str:
         self.run("create", "namespace", name)
         return name

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from anytasktune import install
-from tests.integration.helpers import SUCCEEDED, Kubectl, OperatorProcess, free_port, helm_command, serving, taskfinetune, wait_for
+from tests.integration.helpers import SUCCEEDED, Kubectl, OperatorProcess, failed, free_port, helm_command, serving, taskfinetune, wait_for
 from tests.kube.controlplane import ControlPlane
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -229,14 +229,21 @@ def test_helm_install_namespaced_runs_a_full_lifecycle_on_minimal_rbac(
         k.apply(changed, team)
         wait_for("beta superseded", lambda: sorted(k.rayjobs(team)) == ["pool-alpha-1", "pool-beta-2"])
 
-        for job in ("pool-alpha-1", "pool-beta-2"):
+        # alpha fails with a retryable class while its Ray cluster is up: the operator
+        # deletes the cluster (list, watch, delete rayclusters) and launches the retry.
+        cluster = k.create_raycluster_for(team, k.rayjobs(team)["pool-alpha-1"])
+        k.set_rayjob_status(team, "pool-alpha-1", **failed("torch.OutOfMemoryError: CUDA out of memory"))
+        wait_for("failed attempt's cluster released", lambda: cluster not in k.rayclusters(team))
+        wait_for("retry launched", lambda: "pool-alpha-2" in k.rayjobs(team), timeout=60)
+
+        for job in ("pool-alpha-2", "pool-beta-2"):
             k.set_rayjob_status(team, job, **SUCCEEDED)
         wait_for("Succeeded", lambda: phase(k, team, "pool") == "Succeeded")
         reasons = wait_for("events", lambda: (r := [e["reason"] for e in k.events(team, "pool")]) and "Completed" in r and r)
-        assert {"Launched", "Suspended", "Resumed", "Superseded", "Completed"} <= set(reasons)
+        assert {"Launched", "Suspended", "Resumed", "Superseded", "Retrying", "Completed"} <= set(reasons)
         assert "pool-alpha-1" in {c["metadata"]["name"] for c in k.json("get", "configmaps", "-n", team)["items"]}
         assert op.get(op.liveness_port, "/healthz")  # kopf's liveness endpoint answers
-        assert "anytasktune_rayjobs_created_total 3.0" in op.get(op.metrics_port, "/metrics")
+        assert "anytasktune_rayjobs_created_total 4.0" in op.get(op.metrics_port, "/metrics")
     finally:
         op.stop()
         print(op.logs())

@@ -28,10 +28,16 @@ VERSION = importlib.metadata.version("anytasktune")
 SCRIPTS = {e.name: e.value for e in importlib.metadata.entry_points(group="console_scripts") if e.name == "anytasktune"}
 
 
-def extra(name: str) -> list[str]:
-    """Requirements of an extra, e.g. ['kopf==1.45.2', ...]."""
+def extra(name: str, dist: str = "anytasktune") -> list[str]:
+    """Requirements of an extra, e.g. ['kopf==1.45.2', ...]; "" = the unconditional ones."""
     marker = re.compile(rf"""extra\s*==\s*["']{name}["']""")
-    return [r.split(";")[0].strip() for r in importlib.metadata.requires("anytasktune") or [] if marker.search(r)]
+    reqs = importlib.metadata.requires(dist) or []
+    if not name:
+        return [r for r in reqs if "extra" not in r]
+    return [r.split(";")[0].strip() for r in reqs if marker.search(r)]
+
+
+HEAVY = re.compile(r"\b(torch|ray|deepspeed|transformers|peft|anytasktune-trainjob)\b")
 
 
 # --- one source of truth ---------------------------------------------------------------
@@ -194,8 +200,11 @@ def test_base_images_are_pinned(name: str) -> None:
 def test_operator_image_installs_only_the_operator_extra_and_runs_the_cli() -> None:
     steps = dockerfile("operator.Dockerfile")
     runs = " ".join(a for i, a in steps if i == "RUN")
-    assert '".[operator]"' in runs and "anytasktune[operator]" in runs
-    assert extra("operator") and not re.search(r"\b(torch|ray|deepspeed|transformers)\b", " ".join(extra("operator")))
+    copies = " ".join(a for i, a in steps if i == "COPY")
+    assert '"./operator[operator]"' in runs and "./contract" in runs and "anytasktune[operator]" in runs
+    assert "trainjob" not in copies and "trainjob" not in runs  # no training code in the operator image
+    installed = extra("") + extra("operator") + extra("", "anytasktune-contract")
+    assert extra("operator") and not HEAVY.search(" ".join(installed)), installed
     entrypoint = json.loads(next(a for i, a in steps if i == "ENTRYPOINT"))
     cmd = json.loads(next(a for i, a in steps if i == "CMD"))
     assert entrypoint == ["anytasktune"] and cmd == ["operator"]
@@ -211,9 +220,11 @@ def test_operator_image_installs_only_the_operator_extra_and_runs_the_cli() -> N
 
 def test_trainjob_image_runs_as_the_uid_the_renderer_sets() -> None:
     steps = dockerfile("trainjob.Dockerfile")
-    assert next(a for i, a in steps if i == "USER").split(":")[0] == str(RAY_UID)
-    assert "[train]" in " ".join(a for i, a in steps if i == "RUN")
-    ray_version = next(d for d in extra("train") if d.startswith("ray[")).split("==")[1]
+    assert [a for i, a in steps if i == "USER"][-1].split(":")[0] == str(RAY_UID)  # the user it runs as
+    runs = " ".join(a for i, a in steps if i == "RUN")
+    copies = " ".join(a for i, a in steps if i == "COPY")
+    assert "/tmp/anytasktune/contract /tmp/anytasktune/trainjob" in runs and "operator" not in copies
+    ray_version = next(d for d in extra("", "anytasktune-trainjob") if d.startswith("ray[")).split("==")[1].split(";")[0].strip()
     assert build_args(steps)["RAY_IMAGE"].split(":")[1].startswith(ray_version + "-")
     module = OperatorConfig().trainjob_module
     assert importlib.util.find_spec(f"{module}.__main__") is not None

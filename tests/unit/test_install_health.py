@@ -12,7 +12,8 @@ import pytest
 from lupa import lua51
 
 from anytasktune.config import OperatorConfig
-from anytasktune.plan import Launch, ObservedJob, plan
+from anytasktune.attempt import ObservedJob
+from anytasktune.plan import Launch, plan
 from anytasktune.spec import TaskFineTuneStatus
 from anytasktune_contract.failures import FailureClass, failure_line
 

@@ -8,17 +8,9 @@ from typing import Any
 
 import pytest
 
+from anytasktune.attempt import ObservedJob, failure_class, format_time
 from anytasktune.config import OperatorConfig
-from anytasktune.plan import (
-    DeleteJob,
-    Launch,
-    ObservedJob,
-    SetSuspend,
-    classify_failure,
-    format_time,
-    plan,
-    retry_delay,
-)
+from anytasktune.plan import DeleteJob, Launch, ManifestRead, ReadManifest, ReleaseCluster, SetSuspend, plan
 from anytasktune.resolve import resolve_subtask
 from anytasktune.spec import TaskFineTune
 from anytasktune_contract.failures import FailureClass, failure_line
@@ -53,6 +45,7 @@ def job(obj: dict[str, Any], subtask: str, attempt: int, state: str, **kw: Any) 
     """state: active | running | succeeded | failed"""
     status = {
         "active": ("Initializing", ""),
+        "finishing": ("Running", "FAILED"),
         "running": ("Running", "RUNNING"),
         "succeeded": ("Complete", "SUCCEEDED"),
         "failed": ("Failed", "FAILED"),
@@ -69,6 +62,14 @@ def job(obj: dict[str, Any], subtask: str, attempt: int, state: str, **kw: Any) 
     )
     fields.update(kw)
     return ObservedJob(**fields)
+
+
+def evaluated(obj: dict[str, Any], subtask: str, evaluation: dict[str, Any]) -> dict[str, ManifestRead]:
+    """What the executor recorded after reading the run's manifest.json."""
+    model = TaskFineTune.model_validate(obj)
+    sub = next(s for s in model.spec.subtasks if s.name == subtask)
+    uri = resolve_subtask("legal", "ns", model.spec, sub).run_prefix() + "manifest.json"
+    return {uri: ManifestRead(manifest={"evaluation": evaluation})}
 
 
 def launches(p: Any) -> list[str]:
@@ -125,7 +126,7 @@ def test_restart_recomputes_the_same_plan_without_duplicates() -> None:
 )
 def test_failure_classification(message: str, reason: str, deployment: str, expected: FailureClass) -> None:
     j = ObservedJob(name="j", subtask="s", run_id="r", attempt=1, deployment_status=deployment, job_status="FAILED", reason=reason, message=message)
-    assert classify_failure(j) == expected
+    assert failure_class(j) == expected
 
 
 def test_retryable_failure_waits_for_backoff_then_relaunches() -> None:
@@ -180,7 +181,7 @@ def test_data_contract_failure_is_never_retried() -> None:
 def test_all_succeeded_completes_with_conditions_and_metrics() -> None:
     obj = tft(subtasks=2)
     observed = [job(obj, "task0", 1, "succeeded"), job(obj, "task1", 2, "succeeded")]
-    manifests = {"task0": {"evaluation": {"base": {"f1": 0.2}, "adapter": {"f1": 0.8}, "lift": {"f1": 0.6}}}}
+    manifests = evaluated(obj, "task0", {"base": {"f1": 0.2}, "adapter": {"f1": 0.8}, "lift": {"f1": 0.6}})
     p = plan(obj, observed, manifests, NOW, CONFIG)
     assert p.status.phase.value == "Succeeded"
     assert p.status.progress == "2/2"
@@ -188,8 +189,8 @@ def test_all_succeeded_completes_with_conditions_and_metrics() -> None:
     assert p.status.subtasks[0].metrics is not None and p.status.subtasks[0].metrics.lift == {"f1": 0.6}
     assert "0.200 -> 0.800 (+0.600)" in p.status.subtasks[0].message
 
-    with_loss = {"task0": {"evaluation": {"base": {"f1": 0.2, "eval_loss": 2.0}, "adapter": {"f1": 0.8, "eval_loss": 0.5},
-                                          "lift": {"f1": 0.6, "eval_loss": -1.5}}}}
+    with_loss = evaluated(obj, "task0", {"base": {"f1": 0.2, "eval_loss": 2.0}, "adapter": {"f1": 0.8, "eval_loss": 0.5},
+                                         "lift": {"f1": 0.6, "eval_loss": -1.5}})
     message = plan(obj, observed, with_loss, NOW, CONFIG).status.subtasks[0].message
     assert message.startswith("f1 0.200 -> 0.800 (+0.600); eval_loss")  # the task metric first
     conditions = {c.type: (c.status, c.reason) for c in p.status.conditions}
@@ -274,14 +275,14 @@ def test_unchanged_world_gives_the_same_status_and_no_events() -> None:
 
 @pytest.mark.parametrize(("failures", "delay"), [(1, 10), (2, 20), (3, 40), (10, 300)])
 def test_retry_delay_doubles_and_is_capped(failures: int, delay: float) -> None:
-    assert retry_delay(failures, CONFIG) == delay
+    assert CONFIG.retry_backoff.delay(failures) == delay
 
 
 def test_a_suspended_rayjob_is_paused_not_failed() -> None:
-    """KubeRay reports a suspended job as jobDeploymentStatus Suspended + jobStatus STOPPED."""
+    """KubeRay v1.4 suspends by resetting jobStatus to "" (never STOPPED) and deploymentStatus Suspended."""
     obj = tft(subtasks=1)
-    paused = job(obj, "task0", 1, "active", suspend=True, deployment_status="Suspended", job_status="STOPPED")
-    assert paused.active and not paused.failed
+    paused = job(obj, "task0", 1, "active", suspend=True, deployment_status="Suspended", job_status="")
+    assert paused.state.value == "Paused" and not paused.state.is_terminal
     p = plan(obj, [paused], {}, NOW, CONFIG)
     assert SetSuspend("legal-task0-1", False) in p.actions
     assert launches(p) == [] and phases(p) == {"task0": "Pending"}
@@ -292,8 +293,9 @@ def test_retry_time_is_stable_when_the_failed_job_has_no_end_time() -> None:
     obj = tft(subtasks=1)
     failed = job(obj, "task0", 1, "failed", end_time=None, start_time=None, created=format_time(NOW - timedelta(seconds=2)))
     first = plan(obj, [failed], {}, NOW, CONFIG)
+    obj["status"] = first.status.model_dump(mode="json", exclude_none=True)
     second = plan(obj, [failed], {}, NOW + timedelta(seconds=1), CONFIG)
-    assert first.status.subtasks[0].nextRetryTime == second.status.subtasks[0].nextRetryTime == format_time(NOW + timedelta(seconds=8))
+    assert first.status.subtasks[0].nextRetryTime == second.status.subtasks[0].nextRetryTime == format_time(NOW + timedelta(seconds=10))
 
 
 def test_invalid_spec_messages_are_worded_as_validate_words_them() -> None:

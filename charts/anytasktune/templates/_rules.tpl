@@ -40,6 +40,18 @@
   - create
   - patch
   - delete
+# the Ray cluster KubeRay creates for each attempt (it carries the RayJob's labels): a finished
+# attempt's cluster still holds nodes until ttlSecondsAfterFinished, so it counts against
+# maxParallelSubtasks (list, watch) and is deleted before a retry or when a waiting sub-task needs
+# its slot (delete). Never created or modified.
+- apiGroups:
+  - ray.io
+  resources:
+  - rayclusters
+  verbs:
+  - list
+  - watch
+  - delete
 # the resolved training spec of each attempt, mounted by the RayJob's pods. Created once (a 409
 # counts as done), never read, updated or deleted (the garbage collector does that).
 - apiGroups:

@@ -10,13 +10,17 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from anytasktune.local.supervisor import LocalExecutor
+from anytasktune.summary import Event
+from anytasktune_contract.trainspec import TrainJobSpec, metrics_for
+
 console = Console(stderr=True)
 
 
 class Progress:
     """Live view of the sub-tasks while they train (plain lines when disabled)."""
 
-    def __init__(self, run: Any, enabled: bool = True):
+    def __init__(self, run: LocalExecutor, enabled: bool = True):
         self.run = run
         self.enabled = enabled and console.is_terminal
         self.live: Live | None = None
@@ -32,9 +36,9 @@ class Progress:
         if self.live is not None:
             self.live.__exit__(None, None, None)
 
-    def event(self, type_: str, reason: str, message: str) -> None:
-        style = "yellow" if type_ == "Warning" else "cyan"
-        console.print(f"[{style}]{reason}[/{style}] {message}", highlight=False)
+    def event(self, event: Event) -> None:
+        style = "yellow" if event.type == "Warning" else "cyan"
+        console.print(f"[{style}]{event.reason}[/{style}] {event.message}", highlight=False)
 
     def _rows(self) -> list[tuple[str, str, str]]:
         rows = []
@@ -42,7 +46,7 @@ class Progress:
             job = self.run.jobs.get(st.get("rayJob", ""))
             phase = st.get("phase", "")
             detail = st.get("message", "")
-            if job is not None and phase in ("Pending", "Running") and job.proc.poll() is None:
+            if job is not None and phase in ("Pending", "Running") and job.alive:
                 p = job.progress
                 if p:
                     filled = int(20 * p["step"] / max(p["total"], 1))
@@ -71,6 +75,49 @@ class Progress:
             if self._last_plain.get(name) != line and phase == "Running":
                 console.print(f"{name}: {line}", highlight=False)
             self._last_plain[name] = line
+
+
+def summary_rows(status: dict[str, Any], manifests: dict[str, dict[str, Any]], copies: dict[str, Path]) -> list[dict[str, Any]]:
+    rows = []
+    for st in status.get("subtasks", []):
+        manifest = manifests.get(st["name"], {})
+        ev = manifest.get("evaluation", {})
+        metric = task_metric(manifest)
+        base, adapter = ev.get("base", {}).get(metric), ev.get("adapter", {}).get(metric)
+        lift = ev.get("lift", {}).get(metric)
+        loss = (ev.get("base", {}).get("eval_loss"), ev.get("adapter", {}).get("eval_loss"))
+        train_s = (manifest.get("timings") or {}).get("totalSeconds")
+        rows.append({
+            "subtask": st["name"], "phase": st.get("phase"), "attempts": st.get("attempts", 0), "metric": metric,
+            "base": base, "adapter_score": adapter, "lift": lift,
+            "verdict": _verdict(st, lift), "train_seconds": train_s, "eval_loss": loss,
+            "adapter": str(copies.get(st["name"], st.get("adapter") or "")),
+            "message": st.get("message", "") if st.get("phase") != "Succeeded" else "",
+        })
+    return rows
+
+
+CLEAR_LIFT = 0.05
+
+
+def task_metric(manifest: dict[str, Any]) -> str:
+    """The metric that says whether the adapter is better at its task (not the loss)."""
+    if "spec" not in manifest:
+        return ""
+    spec = TrainJobSpec.model_validate(manifest["spec"])
+    return metrics_for(spec.evaluation, spec.taskType)[0].value
+
+
+def _verdict(st: dict[str, Any], lift: float | None) -> str:
+    if st.get("phase") != "Succeeded":
+        return "FAILED"
+    if lift is None:
+        return "no score"
+    if lift >= CLEAR_LIFT:
+        return "adapter wins"
+    if lift > 0:
+        return "small lift"
+    return "NO LIFT"
 
 
 def _score(v: float | None, signed: bool = False) -> str:
@@ -103,4 +150,4 @@ def print_summary(rows: list[dict[str, Any]], phase: str, wall_seconds: float) -
             out.print(f"[red]{r['subtask']}[/red]: {r['message']}", highlight=False)
     wins = sum(1 for r in rows if r["verdict"] == "adapter wins")
     honest = "" if wins == len(rows) else f" — {len(rows) - wins} did not; see the verdict column"
-    out.print(f"{wins}/{len(rows)} sub-task adapters beat the base model by at least {0.05} on their task metric{honest}.")
+    out.print(f"{wins}/{len(rows)} sub-task adapters beat the base model by at least {CLEAR_LIFT} on their task metric{honest}.")

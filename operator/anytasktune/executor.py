@@ -1,0 +1,114 @@
+"""How a plan is carried out: one small interface and one `reconcile` both the
+operator (Kubernetes, `kube.py`) and local mode (`localrun.py`) use, so the two behave
+the same by construction: same planner, same order of effects, same status rule,
+same manifest reads with the same backoff.
+
+A pass is: observe -> plan (pure, once) -> apply. Reading a run's manifest.json is an
+action like any other: the executor starts it and records the outcome in
+`ManifestReads`, which the next pass reads as planner input.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from anytasktune.attempt import ObservedJob
+from anytasktune.config import OperatorConfig
+from anytasktune.plan import DeleteJob, Launch, ManifestRead, Plan, ReadManifest, ReleaseCluster, SetSuspend, plan
+from anytasktune.spec import TaskFineTuneStatus
+from anytasktune.summary import Event
+from anytasktune_contract.backoff import Backoff
+
+
+class Executor(Protocol):
+    """The effects a plan can ask for. Each call is idempotent: a create that finds
+    its object (409) or a delete that finds nothing (404) has succeeded."""
+
+    def create(self, launch: Launch) -> None: ...
+    def delete_job(self, name: str) -> None: ...
+    def release_cluster(self, job: str) -> None: ...
+    def set_suspend(self, name: str, suspend: bool) -> None: ...
+    def read_manifest(self, uri: str) -> None: ...  # starts a read; the outcome goes to ManifestReads
+    def post_event(self, event: Event) -> None: ...
+    def write_status(self, status: dict[str, Any]) -> None: ...
+
+
+def status_body(status: TaskFineTuneStatus) -> dict[str, Any]:
+    """A merge-patch body: absent optional fields are sent as null so they are removed."""
+    body = status.model_dump(mode="json", exclude_none=True)
+    for key in TaskFineTuneStatus.model_fields:
+        body.setdefault(key, None)
+    return body
+
+
+def apply(result: Plan, old_status: Mapping[str, Any] | None, executor: Executor) -> bool:
+    """Carry out a plan; True when the status changed (and was written)."""
+    for action in result.actions:
+        match action:
+            case Launch():
+                executor.create(action)
+            case DeleteJob():
+                executor.delete_job(action.name)
+            case ReleaseCluster():
+                executor.release_cluster(action.job)
+            case SetSuspend():
+                executor.set_suspend(action.name, action.suspend)
+            case ReadManifest():
+                executor.read_manifest(action.uri)
+    new_status = status_body(result.status)
+    changed = new_status != status_body(TaskFineTuneStatus.model_validate(old_status or {}))
+    if changed:  # write only on change: no churn, no self-triggered passes
+        executor.write_status(new_status)
+    for event in result.events:
+        executor.post_event(event)
+    return changed
+
+
+def reconcile(obj: Mapping[str, Any], jobs: list[ObservedJob], reads: ManifestReads, now: datetime,
+              config: OperatorConfig, executor: Executor) -> Plan:
+    """One pass: plan once from what was observed, then apply."""
+    result = plan(obj, jobs, reads.snapshot(), now, config)
+    apply(result, obj.get("status"), executor)
+    return result
+
+
+class ManifestReads:
+    """The latest read of each run's manifest.json, for one TaskFineTune.
+
+    Only the evaluation is kept (the planner needs nothing else), so memory stays
+    small with many pools. Thread-safe: reads finish on other threads."""
+
+    def __init__(self, backoff: Backoff) -> None:
+        self.backoff = backoff
+        self._reads: dict[str, ManifestRead] = {}
+        self._lock = threading.Lock()
+
+    def snapshot(self) -> dict[str, ManifestRead]:
+        with self._lock:
+            return dict(self._reads)
+
+    def begin(self, uri: str) -> bool:
+        """Mark a read as under way; False when one already is."""
+        with self._lock:
+            read = self._reads.get(uri, ManifestRead())
+            if read.in_flight:
+                return False
+            self._reads[uri] = replace(read, in_flight=True)
+            return True
+
+    def succeeded(self, uri: str, body: bytes) -> None:
+        manifest = json.loads(body)
+        with self._lock:
+            self._reads[uri] = ManifestRead(manifest={"evaluation": manifest.get("evaluation", {})})
+
+    def failed(self, uri: str, error: str, now: datetime) -> ManifestRead:
+        with self._lock:
+            failures = self._reads.get(uri, ManifestRead()).failures + 1
+            read = ManifestRead(error=error[:300], failures=failures, next_try=now + timedelta(seconds=self.backoff.delay(failures)))
+            self._reads[uri] = read
+            return read

@@ -1,0 +1,147 @@
+"""The Kubernetes side of a pass: observe a TaskFineTune's children, and the executor
+that applies a plan through the API server (blocking calls; run in worker threads)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import kubernetes
+from kubernetes.client.rest import ApiException
+
+from anytasktune import metrics
+from anytasktune.attempt import ObservedJob
+from anytasktune.plan import Launch
+from anytasktune.render import LABEL_MANAGED_BY, LABEL_TFT, MANAGER
+from anytasktune.spec import GROUP, KIND, PLURAL, VERSION
+from anytasktune.summary import Event
+
+log = logging.getLogger("anytasktune")
+RAY = ("ray.io", "v1")
+# KubeRay labels the RayCluster it creates for a RayJob with the RayJob's name.
+ORIGINATED_FROM = "ray.io/originated-from-cr-name"
+
+
+def _ok(err: ApiException, *statuses: int) -> None:
+    if err.status not in statuses:
+        raise err
+
+
+class KubeClient:
+    """The API calls a pass needs."""
+
+    def __init__(self) -> None:
+        try:
+            kubernetes.config.load_incluster_config()
+        except kubernetes.config.ConfigException:
+            kubernetes.config.load_kube_config()
+        self.custom = kubernetes.client.CustomObjectsApi()
+        self.core = kubernetes.client.CoreV1Api()
+
+    def get_tft(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            obj: dict[str, Any] = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)  # type: ignore[assignment]
+            return obj
+        except ApiException as err:
+            _ok(err, 404)
+            return None
+
+    def list_tfts(self, namespaces: tuple[str, ...]) -> list[tuple[str, str]]:
+        """Every TaskFineTune we watch; per namespace when namespaced (a Role cannot list cluster-wide)."""
+        if namespaces:
+            responses = [self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL) for ns in namespaces]
+        else:
+            responses = [self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)]
+        return [(o["metadata"]["namespace"], o["metadata"]["name"]) for r in responses for o in r.get("items", [])]  # type: ignore[attr-defined]
+
+    def _children(self, plural: str, namespace: str, tft: str) -> list[dict[str, Any]]:
+        selector = f"{LABEL_MANAGED_BY}={MANAGER},{LABEL_TFT}={tft}"
+        resp: dict[str, Any] = self.custom.list_namespaced_custom_object(*RAY, namespace, plural, label_selector=selector)  # type: ignore[assignment]
+        return list(resp.get("items", []))
+
+    def observe(self, namespace: str, tft: str) -> tuple[list[ObservedJob], dict[str, str]]:
+        """The TaskFineTune's RayJobs, and RayJob name -> its live RayCluster's name."""
+        clusters = {
+            c["metadata"]["labels"].get(ORIGINATED_FROM, ""): c["metadata"]["name"]
+            for c in self._children("rayclusters", namespace, tft)
+        }
+        live = frozenset(clusters)
+        jobs = [ObservedJob.from_object(o, live) for o in self._children("rayjobs", namespace, tft)]
+        return jobs, clusters
+
+    def post_event(self, tft: dict[str, Any], event: Event) -> None:
+        meta = tft["metadata"]
+        now = datetime.now(timezone.utc)
+        body = kubernetes.client.CoreV1Event(
+            metadata=kubernetes.client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
+            involved_object=kubernetes.client.V1ObjectReference(
+                api_version=f"{GROUP}/{VERSION}", kind=KIND, name=meta["name"], namespace=meta["namespace"],
+                uid=meta.get("uid"), resource_version=meta.get("resourceVersion"),
+            ),
+            type=event.type, reason=event.reason, message=event.message[:1024],
+            first_timestamp=now, last_timestamp=now, count=1,
+            source=kubernetes.client.V1EventSource(component="anytasktune-operator"),
+            reporting_component="anytasktune.io/operator", reporting_instance="anytasktune-operator",
+        )
+        try:
+            self.core.create_namespaced_event(meta["namespace"], body)
+        except ApiException as err:  # an Event is best effort: never fail a pass for it
+            log.warning("could not post event %s: %s", event.reason, err.reason)
+
+
+class KubeExecutor:
+    """Applies one pass's plan for one TaskFineTune through the API server."""
+
+    def __init__(self, client: KubeClient, tft: dict[str, Any], clusters: dict[str, str],
+                 start_read: Callable[[str], None]) -> None:
+        self.client = client
+        self.tft = tft
+        self.namespace: str = tft["metadata"]["namespace"]
+        self.name: str = tft["metadata"]["name"]
+        self.clusters = clusters  # RayJob name -> RayCluster name
+        self.start_read = start_read
+
+    def create(self, launch: Launch) -> None:
+        # ConfigMap first: the RayJob's pods mount it. A 409 means an earlier pass
+        # (or an operator before a restart) already created it: success.
+        try:
+            self.client.core.create_namespaced_config_map(self.namespace, launch.configmap)  # type: ignore[arg-type]
+        except ApiException as err:
+            _ok(err, 409)
+        try:
+            self.client.custom.create_namespaced_custom_object(*RAY, self.namespace, "rayjobs", launch.rayjob)
+        except ApiException as err:
+            _ok(err, 409)
+            return
+        metrics.RAYJOBS_CREATED.inc()
+        if launch.retry_of:
+            metrics.RETRIES.labels(failure_class=launch.retry_of).inc()
+
+    def delete_job(self, name: str) -> None:
+        try:
+            self.client.custom.delete_namespaced_custom_object(*RAY, self.namespace, "rayjobs", name, propagation_policy="Background")
+        except ApiException as err:
+            _ok(err, 404)
+
+    def release_cluster(self, job: str) -> None:
+        cluster = self.clusters.get(job)
+        if cluster is None:
+            return
+        try:
+            self.client.custom.delete_namespaced_custom_object(*RAY, self.namespace, "rayclusters", cluster, propagation_policy="Background")
+        except ApiException as err:
+            _ok(err, 404)
+
+    def set_suspend(self, name: str, suspend: bool) -> None:
+        self.client.custom.patch_namespaced_custom_object(*RAY, self.namespace, "rayjobs", name, {"spec": {"suspend": suspend}})
+
+    def read_manifest(self, uri: str) -> None:
+        self.start_read(uri)
+
+    def post_event(self, event: Event) -> None:
+        self.client.post_event(self.tft, event)
+
+    def write_status(self, status: dict[str, Any]) -> None:
+        self.client.custom.patch_namespaced_custom_object_status(GROUP, VERSION, self.namespace, PLURAL, self.name, {"status": status})

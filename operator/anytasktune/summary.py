@@ -1,0 +1,131 @@
+"""From sub-task statuses to the TaskFineTune's status: phase, progress, standard
+conditions (with observedGeneration, stable lastTransitionTime) and the Events that
+announce transitions. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from anytasktune.attempt import format_time, parse_time
+from anytasktune.spec import Condition, EvalScores, Phase, SubtaskPhase, SubtaskStatus, TaskFineTuneStatus
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+def lift_message(metrics: EvalScores | None) -> str:
+    if metrics is None or not metrics.lift:
+        return "adapter published"
+    ordered = sorted(metrics.lift.items(), key=lambda kv: (kv[0] == "eval_loss", kv[0]))  # the task metric first
+    parts = [f"{k} {metrics.base.get(k, 0):.3f} -> {metrics.adapter.get(k, 0):.3f} ({v:+.3f})" for k, v in ordered]
+    return "; ".join(parts)
+
+
+def _condition(old: TaskFineTuneStatus, type_: str, status: str, reason: str, message: str, generation: int, now: datetime) -> Condition:
+    prev = next((c for c in old.conditions if c.type == type_), None)
+    since = prev.lastTransitionTime if prev is not None and prev.status == status else format_time(now)
+    return Condition(type=type_, status=status, reason=reason, message=message, lastTransitionTime=since, observedGeneration=generation)  # type: ignore[arg-type]
+
+
+def invalid_status(old: TaskFineTuneStatus, generation: int, message: str, now: datetime) -> tuple[TaskFineTuneStatus, list[Event]]:
+    status = old.model_copy(deep=True)
+    status.observedGeneration, status.phase = generation, Phase.Invalid
+    status.conditions = [
+        _condition(old, "Progressing", "False", "InvalidSpec", message, generation, now),
+        _condition(old, "Succeeded", "False", "InvalidSpec", message, generation, now),
+        _condition(old, "Degraded", "True", "InvalidSpec", message, generation, now),
+        _condition(old, "Suspended", "False", "NotSuspended", "", generation, now),
+    ]
+    events = [] if old.phase == Phase.Invalid else [Event("Warning", "InvalidSpec", message)]
+    return status, events
+
+
+def _completion_time(old: TaskFineTuneStatus, subtasks: list[SubtaskStatus], now: datetime) -> str:
+    """Never before a sub-task's own completion (KubeRay's clock may run ahead of ours)."""
+    if old.completionTime:
+        return old.completionTime
+    ends = [t for s in subtasks if (t := parse_time(s.completionTime)) is not None]
+    return format_time(max([now, *ends]))
+
+
+def summarize(old: TaskFineTuneStatus, subtasks: list[SubtaskStatus], suspend: bool, generation: int, now: datetime) -> TaskFineTuneStatus:
+    count = {p: sum(1 for s in subtasks if s.phase == p) for p in SubtaskPhase}
+    total = len(subtasks)
+    succeeded, failed = count[SubtaskPhase.Succeeded], count[SubtaskPhase.Failed]
+    finished = succeeded + failed == total
+    launched = any(s.attempts > 0 for s in subtasks)
+
+    if finished:
+        phase = Phase.Succeeded if failed == 0 else Phase.Failed
+    elif suspend:
+        phase = Phase.Suspended
+    else:
+        phase = Phase.Running if launched else Phase.Pending
+
+    failed_names = ", ".join(s.name for s in subtasks if s.phase == SubtaskPhase.Failed)
+    stalled = [s for s in subtasks if s.reason == "Stalled"]
+    if finished:
+        progressing = ("False", "Completed", f"{succeeded}/{total} sub-tasks succeeded")
+        done = ("True", "AllSubtasksSucceeded", progressing[2]) if failed == 0 else ("False", "SubtasksFailed", f"failed: {failed_names}")
+    else:
+        summary = f"{succeeded}/{total} sub-tasks succeeded, {count[SubtaskPhase.Running]} running"
+        progressing = ("False", "Suspended", "spec.suspend is true") if suspend else ("True", "Training", summary)
+        done = ("Unknown", "InProgress", progressing[2])
+    if failed:
+        degraded = ("True", "SubtaskFailed", f"failed: {failed_names}")
+    elif stalled:
+        degraded = ("True", "SubtaskStalled", "; ".join(f"{s.name}: {s.message}" for s in stalled)[:1000])
+    else:
+        degraded = ("False", "AsExpected", "")
+    suspended = ("True", "Suspended", "spec.suspend is true") if suspend and not finished else ("False", "NotSuspended", "")
+
+    return TaskFineTuneStatus(
+        observedGeneration=generation,
+        phase=phase,
+        progress=f"{succeeded}/{total}",
+        succeeded=succeeded,
+        failed=failed,
+        running=count[SubtaskPhase.Running],
+        total=total,
+        startTime=old.startTime or (format_time(now) if launched else None),
+        completionTime=_completion_time(old, subtasks, now) if finished else None,
+        conditions=[
+            _condition(old, t, *v, generation, now)
+            for t, v in (("Progressing", progressing), ("Succeeded", done), ("Degraded", degraded), ("Suspended", suspended))
+        ],
+        subtasks=subtasks,
+    )
+
+
+def transition_events(old: TaskFineTuneStatus, new: TaskFineTuneStatus) -> list[Event]:
+    events: list[Event] = []
+    before = {s.name: s for s in old.subtasks}
+    for s in new.subtasks:
+        prev = before.get(s.name)
+        same_run = prev is not None and prev.runId == s.runId
+        for reason, event in (("Stalled", "Stalled"), ("EvaluationUnreadable", "StorageUnavailable")):
+            if s.reason == reason and not (same_run and prev is not None and prev.reason == reason):
+                events.append(Event("Warning", event, f"sub-task {s.name}: {s.message}"))
+        if s.metrics is not None and s.metrics.lift and not (same_run and prev is not None and prev.metrics is not None):
+            events.append(Event("Normal", "Evaluated", f"sub-task {s.name}: {lift_message(s.metrics)}"))
+        if same_run and prev is not None and prev.phase == s.phase:
+            continue
+        if s.phase == SubtaskPhase.Succeeded:
+            events.append(Event("Normal", "SubtaskSucceeded", f"sub-task {s.name}: {s.message}"))
+        elif s.phase == SubtaskPhase.Failed:
+            events.append(Event("Warning", "SubtaskFailed", f"sub-task {s.name}: {s.failureClass}: {s.message}"))
+    if new.phase != old.phase:
+        if new.phase == Phase.Succeeded:
+            events.append(Event("Normal", "Completed", f"all {new.total} sub-tasks succeeded"))
+        elif new.phase == Phase.Failed:
+            events.append(Event("Warning", "CompletedWithFailures", f"{new.succeeded}/{new.total} sub-tasks succeeded, {new.failed} failed"))
+        elif new.phase == Phase.Suspended:
+            events.append(Event("Normal", "Suspended", "spec.suspend is true: running RayJobs suspended, nothing new launched"))
+        elif old.phase == Phase.Suspended:
+            events.append(Event("Normal", "Resumed", "spec.suspend is false: resuming"))
+    return events
