@@ -29,8 +29,16 @@ $(STAMP): $(PYPROJECTS)
 setup: $(STAMP) ## Create the virtualenv and install every Python dependency
 
 .PHONY: controlplane
-controlplane: ## Build kube-apiserver, kube-controller-manager, etcd and helm from pinned Go modules (cached)
+controlplane: ## Build kube-apiserver, -controller-manager, -scheduler, kubelet, kube-proxy, etcd, helm from pinned Go modules (cached)
 	bash hack/build-controlplane.sh
+
+.PHONY: cluster
+cluster: ## Start a real single-node Kubernetes + KubeRay on this host (root; builds what it needs; idempotent)
+	bash hack/cluster/up.sh
+
+.PHONY: cluster-down
+cluster-down: ## Stop it and remove all it left on the host (processes, mounts, netns, iptables, bridge, cgroups)
+	bash hack/cluster/down.sh
 
 .PHONY: manifests
 manifests: setup ## Regenerate the CRD (and everything derived from it) from the typed models
@@ -76,11 +84,20 @@ demo: setup $(VENV)/.smollm2 ## Train the legal demo pool on this machine (local
 	$(PY) -m anytasktune.demo_data examples/legal-demo/data
 	$(PY) -m anytasktune.cli run $(DEMO)
 
-VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' operator/pyproject.toml)
 .PHONY: images
-images: ## Build the operator and training images (needs a Docker/BuildKit engine)
-	docker build -f docker/operator.Dockerfile -t ghcr.io/anytasktune/operator:$(VERSION) .
-	docker build -f docker/trainjob.Dockerfile -t ghcr.io/anytasktune/trainjob:$(VERSION) .
+images: ## Build the operator and training images: docker if an engine answers, else buildah offline (into `make cluster` if up)
+	@if docker info >/dev/null 2>&1; then \
+	  docker build -f docker/operator.Dockerfile -t ghcr.io/anytasktune/operator:$(VERSION) . && \
+	  docker build -f docker/trainjob.Dockerfile -t ghcr.io/anytasktune/trainjob:$(VERSION) . ; \
+	else \
+	  echo "no Docker engine: building with buildah (hack/images/build.sh)"; \
+	  bash hack/images/build.sh --import operator trainjob; \
+	fi
+
+.PHONY: test-cluster
+test-cluster: setup ## Cluster tier: helm install + kubectl apply on `make cluster`, the real KubeRay (root)
+	$(PYTEST) tests/cluster -q
 
 .PHONY: clean
 clean: ## Remove the virtualenv and local outputs (keeps $(ANYTASKTUNE_CACHE))

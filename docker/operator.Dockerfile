@@ -3,9 +3,15 @@
 # client, prometheus-client); no trainjob, no torch, no ray. Build from the repository root:
 #   docker build -f docker/operator.Dockerfile -t ghcr.io/anytasktune/operator:0.1.0 .
 # Pin the base by digest at release time: --build-arg PYTHON_IMAGE=python:3.11.11-slim-bookworm@sha256:...
+# Without a registry (make images here): hack/images/build.sh builds it with buildah from a
+# Debian base of its own and a local wheelhouse.
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
+# Empty by default (wheels from PyPI). Offline builds pass a local wheelhouse, e.g.
+# --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/wheelhouse (hack/images/build.sh).
+ARG PIP_NO_INDEX
+ARG PIP_FIND_LINKS
 WORKDIR /src
 COPY contract ./contract
 COPY operator ./operator

@@ -5,17 +5,31 @@
 # repository root:
 #   docker build -f docker/trainjob.Dockerfile -t ghcr.io/anytasktune/trainjob:0.1.0 .
 # CPU-only pools: --build-arg RAY_IMAGE=rayproject/ray:2.60.0-py311
-# The Ray version must match ray[train] in pyproject.toml and spec.cluster.rayVersion.
+# The Ray version must match ray[train] in trainjob/pyproject.toml and spec.cluster.rayVersion.
+# Without a registry (make images here): hack/images/build.sh builds it with buildah on a
+# Debian stand-in for Ray's CPU image that already holds the dependencies, offline.
 ARG RAY_IMAGE=rayproject/ray:2.60.0-py311-gpu
 FROM ${RAY_IMAGE}
-# Ray's images run as user "ray", uid 1000 (group users, 100), owner of the Python
-# environment; the operator renders pods with runAsUser 1000 (render.RAY_UID).
+# Empty by default (dependencies from PyPI). Offline builds pass a local wheelhouse, e.g.
+# PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheelhouse, and PIP_NO_DEPS=1 on a base with the
+# dependencies installed (hack/images/build.sh).
+ARG PIP_NO_INDEX
+ARG PIP_FIND_LINKS
+ARG PIP_NO_DEPS
+# The operator renders pods with runAsUser 1000 (render.RAY_UID), as Ray's images run
+# (user "ray", uid 1000, group users 100, owner of the Python environment). HOME and the
+# working directory must be writable by that uid: Ray's dashboard writes there and dies
+# with PermissionError otherwise.
+USER root
+RUN install -d -o 1000 -g 100 /home/ray
 USER 1000:100
 WORKDIR /home/ray
-ENV PYTHONUNBUFFERED=1 \
+ENV HOME=/home/ray \
+    PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY --chown=1000:100 contract /tmp/anytasktune/contract
 COPY --chown=1000:100 trainjob /tmp/anytasktune/trainjob
 RUN pip install --no-cache-dir /tmp/anytasktune/contract /tmp/anytasktune/trainjob \
  && rm -rf /tmp/anytasktune \
- && python -c "import anytasktune_trainjob.__main__"
+ && python -c "import anytasktune_trainjob.__main__" \
+ && wget --version >/dev/null  # KubeRay's head and worker probes run wget

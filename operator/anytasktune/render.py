@@ -22,6 +22,10 @@ LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 MANAGER = "anytasktune"
 SPEC_FILE = "spec.json"
 RAY_UID = 1000  # the training image's non-root user
+SUBMITTER_CONTAINER = "ray-job-submitter"
+# The submitter runs two Ray CLI calls (`ray job submit --no-wait`, `ray job logs --follow`):
+# one Python process of ~150 MiB. No CPU limit: a throttled `import ray` takes tens of seconds.
+SUBMITTER_RESOURCES: dict[str, Any] = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
 
 
 def child_name(tft: str, subtask: str, n: int) -> str:
@@ -85,6 +89,52 @@ def _security(restricted: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     }
     container = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
     return pod, container
+
+
+def _head_resources(spec: TaskFineTuneSpec) -> dict[str, Any]:
+    """Requests as given; a memory limit but no CPU limit. The head trains nothing
+    (num-cpus 0), yet starting Ray (GCS, raylet, dashboard, agents: a dozen Python
+    processes importing at once) needs CPU in a burst: capped at a small request it takes
+    minutes, during which KubeRay's exec probes (bash + wget, 5 s timeout) time out."""
+    head = spec.cluster.head
+    return {"requests": {"cpu": head.cpu, "memory": head.memory}, "limits": {"memory": head.memory}}
+
+
+def _worker_resources(spec: TaskFineTuneSpec) -> dict[str, Any]:
+    """Limits equal to requests (Guaranteed QoS): KubeRay gives Ray the CPU limit as
+    num-cpus, and the trainer is sized by exactly these CPUs and GPUs."""
+    cluster = spec.cluster
+    resources: dict[str, Any] = {
+        "requests": {"cpu": cluster.cpusPerWorker, "memory": cluster.memoryPerWorker},
+        "limits": {"cpu": cluster.cpusPerWorker, "memory": cluster.memoryPerWorker},
+    }
+    if cluster.gpusPerWorker > 0:
+        resources["limits"]["nvidia.com/gpu"] = cluster.gpusPerWorker
+        resources["requests"]["nvidia.com/gpu"] = cluster.gpusPerWorker
+    return resources
+
+
+def _submitter_template(image: str, spec: TaskFineTuneSpec, config: OperatorConfig, labels: dict[str, str]) -> dict[str, Any]:
+    """KubeRay's submitter pod (a Job that runs `ray job submit` against the head), with
+    the training image and pull policy of the spec and the same security contexts as the
+    head and workers. KubeRay's default submitter sets no security context, so Pod
+    Security "restricted" refuses it and the RayJob never starts. KubeRay fills in the
+    command and the RAY_DASHBOARD_ADDRESS / RAY_JOB_SUBMISSION_ID variables."""
+    pod_security, container_security = _security(config.restricted_pods)
+    container: dict[str, Any] = {"name": SUBMITTER_CONTAINER, "image": image, "resources": SUBMITTER_RESOURCES}
+    if spec.cluster.imagePullPolicy:
+        container["imagePullPolicy"] = spec.cluster.imagePullPolicy
+    if container_security:
+        container["securityContext"] = container_security
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        # It only talks to the Ray dashboard: no Kubernetes API token.
+        "automountServiceAccountToken": False,
+        "containers": [container],
+    }
+    if pod_security:
+        pod["securityContext"] = pod_security
+    return {"metadata": {"labels": dict(labels)}, "spec": pod}
 
 
 def _pod_template(
@@ -162,29 +212,20 @@ def render_rayjob(
     if spec.queueName:
         metadata["labels"][LABEL_KUEUE_QUEUE] = spec.queueName
     image = cluster.image or config.training_image
-    worker_resources: dict[str, Any] = {
-        "requests": {"cpu": cluster.cpusPerWorker, "memory": cluster.memoryPerWorker},
-        "limits": {"cpu": cluster.cpusPerWorker, "memory": cluster.memoryPerWorker},
-    }
-    if cluster.gpusPerWorker > 0:
-        worker_resources["limits"]["nvidia.com/gpu"] = cluster.gpusPerWorker
-        worker_resources["requests"]["nvidia.com/gpu"] = cluster.gpusPerWorker
-    head_resources = {
-        "requests": {"cpu": cluster.head.cpu, "memory": cluster.head.memory},
-        "limits": {"cpu": cluster.head.cpu, "memory": cluster.head.memory},
-    }
     common: dict[str, Any] = {"image": image, "spec": spec, "config": config, "configmap": name, "labels": labels}
     rayjob_spec: dict[str, Any] = {
         "entrypoint": f"python -m {config.trainjob_module} --spec {config.spec_mount_path}/{SPEC_FILE}",
         "shutdownAfterJobFinishes": True,
         "ttlSecondsAfterFinished": cluster.ttlSecondsAfterFinished,
         "backoffLimit": 0,  # retries are ours: classified, resumed from checkpoints
+        "submissionMode": "K8sJobMode",  # KubeRay's default, explicit: docs/decisions.md
+        "submitterPodTemplate": _submitter_template(image, spec, config, labels),
         "rayClusterSpec": {
             "rayVersion": cluster.rayVersion,
             "headGroupSpec": {
                 # The head schedules but does not train: workers hold all the CPUs/GPUs.
                 "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
-                "template": _pod_template(container_name="ray-head", resources=head_resources, scheduling=False, **common),
+                "template": _pod_template(container_name="ray-head", resources=_head_resources(spec), scheduling=False, **common),
             },
             "workerGroupSpecs": [
                 {
@@ -193,7 +234,7 @@ def render_rayjob(
                     "minReplicas": cluster.workers,
                     "maxReplicas": cluster.workers,
                     "rayStartParams": {},
-                    "template": _pod_template(container_name="ray-worker", resources=worker_resources, scheduling=True, **common),
+                    "template": _pod_template(container_name="ray-worker", resources=_worker_resources(spec), scheduling=True, **common),
                 }
             ],
         },

@@ -160,3 +160,100 @@ def test_ray_train_gets_the_workers_cpus(quantity: str, cpus: float) -> None:
     example["spec"]["cluster"]["cpusPerWorker"] = quantity
     model = TaskFineTune.model_validate(example)
     assert resolve_subtask("x", "ns", model.spec, model.spec.subtasks[0]).scaling.cpusPerWorker == cpus
+
+
+# --- pods that run under Pod Security "restricted" (found on the real KubeRay, issue 8) ---
+
+ALLOWED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"}
+
+
+def restricted_violations(pod: dict[str, Any]) -> list[str]:
+    """The checks of Pod Security Standards "restricted" (v1.32) that a pod template can fail."""
+    out = []
+    pod_sc = pod.get("securityContext", {})
+    for volume in pod.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        if not kinds <= ALLOWED_VOLUMES:
+            out.append(f"volume {volume['name']}: {kinds}")
+    for c in pod.get("initContainers", []) + pod["containers"]:
+        sc = c.get("securityContext", {})
+        if sc.get("allowPrivilegeEscalation") is not False:
+            out.append(f"{c['name']}: allowPrivilegeEscalation != false")
+        caps = sc.get("capabilities", {})
+        if "ALL" not in caps.get("drop", []) or set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
+            out.append(f"{c['name']}: unrestricted capabilities")
+        if sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is not True:
+            out.append(f"{c['name']}: runAsNonRoot != true")
+        if sc.get("runAsUser", pod_sc.get("runAsUser")) == 0:
+            out.append(f"{c['name']}: runAsUser=0")
+        seccomp = sc.get("seccompProfile", pod_sc.get("seccompProfile", {})).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            out.append(f"{c['name']}: seccompProfile")
+        if sc.get("privileged"):
+            out.append(f"{c['name']}: privileged")
+    return out
+
+
+def pod_templates(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    spec = job["spec"]
+    return {
+        "head": spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"],
+        **{g["groupName"]: g["template"]["spec"] for g in spec["rayClusterSpec"]["workerGroupSpecs"]},
+        "submitter": spec["submitterPodTemplate"]["spec"],
+    }
+
+
+def test_every_pod_including_the_submitter_passes_restricted() -> None:
+    """KubeRay's default submitter has no security context: a restricted namespace refuses
+    its pod and the RayJob never starts. We render the submitter ourselves."""
+    _, job = render()
+    assert job["spec"]["submissionMode"] == "K8sJobMode"
+    for name, pod in pod_templates(job).items():
+        assert restricted_violations(pod) == [], name
+
+
+def test_submitter_uses_the_training_image_and_small_fixed_resources() -> None:
+    _, job = render()
+    template = job["spec"]["submitterPodTemplate"]
+    pod = template["spec"]
+    (container,) = pod["containers"]
+    assert container["name"] == "ray-job-submitter"
+    assert container["image"] == "registry.local/trainjob:1"  # same Ray version as the head
+    assert "command" not in container and "args" not in container  # KubeRay fills them in
+    assert container["resources"] == {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
+    assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
+    assert template["metadata"]["labels"]["anytasktune.io/subtask"] == "keyword-extraction"
+
+
+def test_submitter_has_no_security_context_when_restricted_pods_are_off() -> None:
+    _, job = render(config=OperatorConfig(restricted_pods=False))
+    pod = job["spec"]["submitterPodTemplate"]["spec"]
+    assert "securityContext" not in pod and "securityContext" not in pod["containers"][0]
+
+
+@pytest.mark.parametrize("policy", ["Never", "IfNotPresent", "Always", None])
+def test_image_pull_policy_on_every_container(policy: str | None) -> None:
+    example = json.loads(json.dumps(EXAMPLE))
+    if policy:
+        example["spec"]["cluster"]["imagePullPolicy"] = policy
+    else:
+        example["spec"]["cluster"].pop("imagePullPolicy", None)
+    _, job = render(example)
+    for name, pod in pod_templates(job).items():
+        for c in pod["containers"]:
+            assert c.get("imagePullPolicy") == policy, name
+
+
+def test_small_head_gets_no_cpu_limit_and_workers_are_guaranteed() -> None:
+    """Issue 8: with limits equal to a 300m request, the head never started Ray before
+    KubeRay's probes gave up. The head keeps its memory limit; workers keep limits =
+    requests (KubeRay sets Ray's num-cpus from the CPU limit)."""
+    example = json.loads(json.dumps(EXAMPLE))
+    example["spec"]["cluster"]["head"] = {"cpu": "300m", "memory": "2Gi"}
+    _, job = render(example)
+    pods = pod_templates(job)
+    head = pods["head"]["containers"][0]["resources"]
+    assert head == {"requests": {"cpu": "300m", "memory": "2Gi"}, "limits": {"memory": "2Gi"}}
+    worker = pods["workers"]["containers"][0]["resources"]
+    assert worker["limits"] == {**worker["requests"]}
+    assert worker["limits"]["cpu"] == "8" and worker["limits"]["nvidia.com/gpu"] == 1

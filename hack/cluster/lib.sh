@@ -1,0 +1,116 @@
+# Shared settings and helpers of hack/cluster/*.sh (sourced, not run).
+#
+# Everything the single-node cluster creates on the host is named here, so that up.sh,
+# down.sh and check-clean.sh agree on what is ours.
+
+cache="${ANYTASKTUNE_CACHE:-$HOME/.cache/anytasktune}"
+bin="$cache/bin"
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+
+# State: etcd, PKI, kubeconfigs, kubelet, logs (wiped by cluster-down) and containerd's
+# image store (kept across cluster-down as a cache unless PURGE=1).
+STATE="${ANYTASKTUNE_CLUSTER_STATE:-/var/lib/anytasktune-cluster}"
+# Sockets and PID files.
+RUN="/run/anytasktune-cluster"
+KUBECONFIG_FILE="$STATE/kubeconfig"
+HOST_BEFORE="$STATE/host-before.env"   # what up.sh found, for down.sh to put back
+LOGS="$STATE/logs"
+
+NODE_NAME="anytasktune-node"
+BRIDGE="anytasktune0"                  # our bridge; pods' veths attach to it
+BRIDGE_IP="10.217.0.1"                 # host side: apiserver, kubelet, CoreDNS, S3 bind here
+POD_CIDR="10.217.0.0/24"
+POD_RANGE_START="10.217.0.10"
+POD_RANGE_END="10.217.0.250"
+SERVICE_CIDR="10.217.128.0/24"
+KUBERNETES_SVC_IP="10.217.128.1"
+CLUSTER_DOMAIN="cluster.local"
+FW_CHAIN="ANYTASKTUNE-FORWARD"         # keeps pod traffic on the bridge
+
+# Ports below the ephemeral range (32768+), so the integration tier's free loopback ports
+# never collide with them.
+ETCD_CLIENT_PORT=16379
+ETCD_PEER_PORT=16380
+APISERVER_PORT=16443
+KCM_PORT=16257
+SCHEDULER_PORT=16259
+KUBELET_PORT=16250
+KUBELET_HEALTHZ_PORT=16248
+PROXY_HEALTHZ_PORT=16256
+PROXY_METRICS_PORT=16249
+COREDNS_READY_PORT=16181
+
+CONTAINERD_SOCK="$RUN/containerd/containerd.sock"
+CGROUP_ROOT="anytasktune"              # kubelet's cgroupRoot: /anytasktune/kubepods/...
+KUBERAY_NAMESPACE="kuberay-system"
+
+# The daemons, in start order (down.sh stops them in reverse).
+DAEMONS=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy coredns)
+
+log() { printf '[cluster] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+need_root() { [[ $(id -u) == 0 ]] || die "must run as root (network, cgroups, containerd)"; }
+
+pidfile() { echo "$RUN/$1.pid"; }
+
+# alive <daemon>: its PID file names a live process running our binary.
+alive() {
+  local f pid
+  f="$(pidfile "$1")"
+  [[ -f "$f" ]] || return 1
+  pid="$(cat "$f")"
+  [[ -n "$pid" && -d "/proc/$pid" ]] || return 1
+  [[ "$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" == *"$1"* ]]
+}
+
+kubectl_() { kubectl --kubeconfig "$KUBECONFIG_FILE" "$@"; }
+
+ctr_() { ctr --address "$CONTAINERD_SOCK" --namespace k8s.io "$@"; }
+
+cgroup_v2() { [[ -f /sys/fs/cgroup/cgroup.controllers ]]; }
+
+# The cgroup v1 hierarchies mounted on this host (one folder per mount).
+cgroup_v1_dirs() {
+  local d
+  for d in /sys/fs/cgroup/*; do
+    [[ -d "$d" && ! -L "$d" ]] && mountpoint -q "$d" && echo "$d"
+  done
+}
+
+# Every cgroup folder of ours: /sys/fs/cgroup[/<hierarchy>]/anytasktune.
+our_cgroups() {
+  if cgroup_v2; then
+    [[ -d "/sys/fs/cgroup/$CGROUP_ROOT" ]] && echo "/sys/fs/cgroup/$CGROUP_ROOT"
+  else
+    local d
+    while read -r d; do
+      [[ -d "$d/$CGROUP_ROOT" ]] && echo "$d/$CGROUP_ROOT"
+    done < <(cgroup_v1_dirs)
+  fi
+  return 0
+}
+
+# Mount points of ours: under our state/run folders, and the pod network namespaces that
+# our containerd created (not in the list up.sh recorded before it started).
+our_mounts() {
+  local m before=""
+  [[ -f "$HOST_BEFORE" ]] && before="$(sed -n 's/^NETNS_BEFORE=//p' "$HOST_BEFORE")"
+  while read -r m; do
+    m="$(printf '%b' "$m")"
+    case "$m" in
+      "$STATE"|"$STATE"/*|"$RUN"|"$RUN"/*|"$cache/images/storage"/*) echo "$m" ;;
+      /run/netns/cni-*) [[ " $before " == *" ${m##*/} "* ]] || echo "$m" ;;
+    esac
+  done < <(findmnt -rn -o TARGET)
+  return 0
+}
+
+# iptables chains that are ours (created by us, kube-proxy, the kubelet or the CNI plugins).
+our_chains() {  # our_chains <iptables|ip6tables>
+  local t
+  for t in filter nat mangle raw; do
+    "$1" -w -t "$t" -S 2>/dev/null | sed -n "s/^-N \(\(KUBE-\|CNI-\|ANYTASKTUNE-\)[^ ]*\)$/$t \1/p"
+  done
+  return 0
+}

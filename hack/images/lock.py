@@ -1,0 +1,146 @@
+"""Pin the exact wheels each image installs: hack/images/<image>.lock.
+
+    python3 hack/images/lock.py [--check] [operator|trainjob-cpu ...]
+
+A lock lists `name==version` for every distribution pip resolves for what an image
+installs of ours (contract/, operator/[operator] or trainjob/; for CPython 3.11 on linux
+x86_64, the images' Python), plus the build requirements of our distributions (the images
+build them offline). Its first line records a hash of exactly the pyproject tables it was
+resolved from, so hack/images/build.sh can
+tell a stale lock from a current one without the network; `--check` exits 1 when a lock
+is stale. Resolution runs `pip install --dry-run --report` (metadata only, no install).
+
+trainjob-cpu leaves out triton (0.7 GB; torch imports it only to compile kernels for GPUs).
+The CUDA runtime wheels (nvidia-*, 2.7 GB) stay: PyPI's torch is the CUDA build, and
+`import torch` loads libcudart, cuBLAS, cuDNN, NCCL, ... at start even on a CPU-only machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+
+# image -> (our distributions it installs as (folder, extra), names left out)
+LOCKS: dict[str, tuple[tuple[tuple[str, str], ...], str]] = {
+    "operator": ((("contract", ""), ("operator", "operator")), r"$^"),
+    "trainjob-cpu": ((("contract", ""), ("trainjob", "")), r"^triton$"),
+}
+# Requirements the release base image brings and the stand-in must bring too: Ray's image
+# has ray[default] (the dashboard's HTTP server and job API: without it the dashboard runs
+# "minimal", KubeRay's probes and job submission get connection refused).
+BASE_EXTRAS: dict[str, tuple[str, ...]] = {"trainjob-cpu": ("default",)}
+
+
+def _base_requirements(image: str) -> list[str]:
+    """ray[<extras>]==<the version trainjob/pyproject.toml pins>."""
+    out = []
+    for folder, _ in LOCKS[image][0]:
+        for req in _pyproject(folder)["project"].get("dependencies", []):
+            m = re.match(r"^ray(\[[^]]*\])?==(\S+)$", req.replace(" ", ""))
+            if m and BASE_EXTRAS.get(image):
+                out.append(f"ray[{','.join(BASE_EXTRAS[image])}]=={m.group(2)}")
+    return out
+
+
+def _pyproject(folder: str) -> dict:
+    return tomllib.loads((ROOT / folder / "pyproject.toml").read_text())
+
+
+def _requirement(folder: str, extra: str) -> str:
+    return f"{ROOT / folder}[{extra}]" if extra else str(ROOT / folder)
+
+
+def lock_path(image: str) -> Path:
+    return HERE / f"{image}.lock"
+
+
+def inputs_hash(image: str) -> str:
+    dists, exclude = LOCKS[image]
+    tables: dict[str, object] = {"exclude": exclude, "python": "3.11", "base": _base_requirements(image)}
+    for folder, extra in dists:
+        project = _pyproject(folder)
+        tables[folder] = {
+            "build-system": project["build-system"]["requires"],
+            "dependencies": project["project"].get("dependencies", []),
+            "extra": project["project"].get("optional-dependencies", {}).get(extra, []),
+        }
+    return hashlib.sha256(json.dumps(tables, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def header(image: str) -> str:
+    return f"# inputs {inputs_hash(image)}"
+
+
+def is_current(image: str) -> bool:
+    path = lock_path(image)
+    return path.exists() and path.read_text().splitlines()[0] == header(image)
+
+
+def resolve(python: str, *requirements: str) -> list[tuple[str, str, bool]]:
+    """(name, version, is_local) of everything pip would install, from scratch."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.json"
+        subprocess.run(
+            [python, "-m", "pip", "install", "--quiet", "--dry-run", "--ignore-installed",
+             "--report", str(report), *requirements],
+            check=True,
+        )
+        items = json.loads(report.read_text())["install"]
+    return [
+        (i["metadata"]["name"], i["metadata"]["version"], i["download_info"]["url"].startswith("file:"))
+        for i in items
+    ]
+
+
+def write_lock(image: str, python: str) -> Path:
+    dists, exclude = LOCKS[image]
+    build_requires = sorted({r for folder, _ in dists for r in _pyproject(folder)["build-system"]["requires"]})
+    pins: dict[str, str] = {}
+    resolved = resolve(python, *(_requirement(f, e) for f, e in dists), *_base_requirements(image))
+    resolved += resolve(python, *build_requires)
+    for name, version, local in resolved:
+        key = re.sub(r"[-_.]+", "-", name).lower()
+        if local or re.match(exclude, key):
+            continue
+        pins[key] = version
+    lines = [
+        header(image),
+        f"# {image}: the wheels of {' '.join([_requirement(f, e).replace(str(ROOT) + '/', '') for f, e in dists] + _base_requirements(image))}"
+        " (+ build requirements) for CPython 3.11 linux x86_64;",
+        "# generated by `python3 hack/images/lock.py`, installed with --no-deps. Do not edit.",
+        *(f"{name}=={version}" for name, version in sorted(pins.items())),
+    ]
+    path = lock_path(image)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("images", nargs="*", default=sorted(LOCKS))
+    parser.add_argument("--check", action="store_true", help="exit 1 if a lock is stale; change nothing")
+    parser.add_argument("--if-stale", action="store_true", help="regenerate only stale locks")
+    parser.add_argument("--python", default=str(ROOT / ".venv/bin/python"), help="a Python 3.11 with pip")
+    args = parser.parse_args()
+    stale = [i for i in args.images if not is_current(i)]
+    if args.check:
+        for image in stale:
+            print(f"stale: {lock_path(image)} (run python3 hack/images/lock.py {image})", file=sys.stderr)
+        return 1 if stale else 0
+    for image in stale if args.if_stale else args.images:
+        print(f"[images] locked {write_lock(image, args.python)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
