@@ -3,9 +3,10 @@ Every ANYTASKTUNE_* variable the operator reads is read here."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from anytasktune_contract.backoff import Backoff
 
@@ -15,6 +16,53 @@ DEFAULT_TRAINING_IMAGE = "ghcr.io/anytasktune/trainjob:0.1.0"
 def parse_namespaces(value: str) -> tuple[str, ...]:
     """`a,b , c` -> ("a", "b", "c"); empty = every namespace."""
     return tuple(n.strip() for n in value.split(",") if n.strip())
+
+
+def _endpoint(url: str) -> str:
+    return url.strip().rstrip("/").lower()
+
+
+@dataclass(frozen=True)
+class ReadRule:
+    """Namespaces whose TaskFineTunes may have results read from these endpoints and prefixes."""
+
+    namespaces: tuple[str, ...]  # "*" = every namespace
+    endpoints: tuple[str, ...] = ("",)  # "" = the operator's default endpoint (no spec.storage.endpoint); "*" = any
+    outputs: tuple[str, ...] = ()  # s3://bucket/prefix/ ; "{namespace}" is replaced by the TaskFineTune's namespace
+
+    def allows(self, namespace: str, endpoint: str, uri: str) -> bool:
+        return (
+            ("*" in self.namespaces or namespace in self.namespaces)
+            and ("*" in self.endpoints or _endpoint(endpoint) in {_endpoint(e) for e in self.endpoints})
+            and any(uri.startswith(prefix.replace("{namespace}", namespace)) for prefix in self.outputs)
+        )
+
+
+@dataclass(frozen=True)
+class StorageReadPolicy:
+    """Which run manifests the operator may read, with its own credentials, into a
+    TaskFineTune's status. The TaskFineTune's author chooses spec.storage; without this
+    policy one namespace could make the operator read another team's bucket into its
+    status, or send signed requests to a host of its choosing. Empty = read nothing."""
+
+    rules: tuple[ReadRule, ...] = field(default_factory=tuple)
+
+    def allows(self, namespace: str, endpoint: str | None, uri: str) -> bool:
+        return any(rule.allows(namespace, endpoint or "", uri) for rule in self.rules)
+
+    @classmethod
+    def parse(cls, text: str) -> StorageReadPolicy:
+        """JSON: [{"namespaces": [...], "endpoints": [...], "outputs": [...]}, ...]."""
+        if not text.strip():
+            return cls()
+        try:
+            items = json.loads(text)
+            return cls(tuple(
+                ReadRule(tuple(i["namespaces"]), tuple(i.get("endpoints", [""])), tuple(i["outputs"])) for i in items
+            ))
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"ANYTASKTUNE_STORAGE_READ_POLICY is not a list of "
+                             f'{{"namespaces": [...], "endpoints": [...], "outputs": [...]}}: {err}') from None
 
 
 @dataclass(frozen=True)
@@ -42,6 +90,7 @@ class OperatorConfig:
     metrics_port: int = 8080
     # Reconcile passes run at once (each in a thread: blocking API calls).
     workers: int = 4
+    storage_read_policy: StorageReadPolicy = field(default_factory=StorageReadPolicy)
 
     @property
     def retry_backoff(self) -> Backoff:
@@ -64,4 +113,5 @@ class OperatorConfig:
             watch_namespaces=parse_namespaces(e.get("ANYTASKTUNE_NAMESPACES", "")),
             metrics_port=int(e.get("ANYTASKTUNE_METRICS_PORT", "8080")),
             workers=int(e.get("ANYTASKTUNE_WORKERS", "4")),
+            storage_read_policy=StorageReadPolicy.parse(e.get("ANYTASKTUNE_STORAGE_READ_POLICY", "")),
         )

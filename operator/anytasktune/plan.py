@@ -228,6 +228,11 @@ def _succeeded(pool: Pool, d: Decision, done: ObservedJob, train: TrainJobSpec, 
     st.failureClass = None
     if st.metrics is None:
         uri = st.adapter + MANIFEST_NAME
+        if not pool.config.storage_read_policy.allows(pool.namespace, pool.spec.storage.endpoint, uri):
+            st.reason = "EvaluationNotAllowed"
+            st.message = (f"adapter published; evaluation not read: the operator's storage read policy does not allow "
+                          f"namespace {pool.namespace} to read {uri} from {pool.spec.storage.endpoint or 'the default endpoint'}")
+            return
         read = manifests.get(uri, ManifestRead())
         if read.manifest is not None:
             st.metrics = EvalScores.model_validate(read.manifest.get("evaluation", {}))

@@ -108,7 +108,8 @@ def transition_events(old: TaskFineTuneStatus, new: TaskFineTuneStatus) -> list[
     for s in new.subtasks:
         prev = before.get(s.name)
         same_run = prev is not None and prev.runId == s.runId
-        for reason, event in (("Stalled", "Stalled"), ("EvaluationUnreadable", "StorageUnavailable")):
+        for reason, event in (("Stalled", "Stalled"), ("EvaluationUnreadable", "StorageUnavailable"),
+                              ("EvaluationNotAllowed", "StorageReadPolicy")):
             if s.reason == reason and not (same_run and prev is not None and prev.reason == reason):
                 events.append(Event("Warning", event, f"sub-task {s.name}: {s.message}"))
         if s.metrics is not None and s.metrics.lift and not (same_run and prev is not None and prev.metrics is not None):

@@ -176,3 +176,19 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes_from_the_checkpoint(tmp_path: 
     manifest = json.loads((out / "reviews" / "adapters" / "good" / "manifest.json").read_text())
     assert manifest["training"]["resumedFromStep"] >= 5  # not step 0
     assert "resumed from checkpoint at step" in log.read_text(errors="replace")
+
+
+def test_a_suspended_pool_runs_nothing_and_ends(tmp_path: Path) -> None:
+    """Local mode honours spec.suspend as the operator does: nothing launches, the run
+    ends (it used to wait forever) and says how to resume."""
+    pool = write_pool(tmp_path)
+    body = yaml.safe_load(pool.read_text())
+    body["spec"]["suspend"] = True
+    pool.write_text(yaml.safe_dump(body, sort_keys=False))
+    proc = cli("run", str(pool), "--workdir", str(tmp_path / "out"), "--no-progress", cwd=tmp_path, timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "suspended: spec.suspend is true" in proc.stderr
+    status = json.loads((tmp_path / "out" / "reviews" / "status.json").read_text())
+    assert status["phase"] == "Suspended"
+    assert all(s["attempts"] == 0 for s in status["subtasks"])
+    assert not (tmp_path / "out" / "reviews" / "logs").exists()  # no trainjob process ever started

@@ -85,6 +85,9 @@ class OperatorProcess:
             "ANYTASKTUNE_RETRY_BACKOFF_MAX_SECONDS": "2",
             "ANYTASKTUNE_METRICS_PORT": str(free_port()),
             "ANYTASKTUNE_TRAINING_IMAGE": "registry.test/anytasktune/trainjob:test",
+            # The tests read every manifest they publish (tests/integration/test_security.py
+            # checks the policy itself).
+            "ANYTASKTUNE_STORAGE_READ_POLICY": '[{"namespaces": ["*"], "endpoints": ["*"], "outputs": ["s3://"]}]',
             # Manifests are read from an S3 that is not there: fail fast.
             "AWS_ACCESS_KEY_ID": "test",
             "AWS_SECRET_ACCESS_KEY": "test",

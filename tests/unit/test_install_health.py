@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from lupa import lua51
 
-from anytasktune.config import OperatorConfig
 from anytasktune.attempt import ObservedJob
+from anytasktune.config import OperatorConfig
 from anytasktune.plan import Launch, plan
 from anytasktune.spec import TaskFineTuneStatus
 from anytasktune_contract.failures import FailureClass, failure_line

@@ -9,14 +9,16 @@ from typing import Any
 import pytest
 
 from anytasktune.attempt import ObservedJob, failure_class, format_time
-from anytasktune.config import OperatorConfig
-from anytasktune.plan import DeleteJob, Launch, ManifestRead, ReadManifest, ReleaseCluster, SetSuspend, plan
+from anytasktune.config import OperatorConfig, ReadRule, StorageReadPolicy
+from anytasktune.plan import DeleteJob, Launch, ManifestRead, SetSuspend, plan
 from anytasktune.resolve import resolve_subtask
 from anytasktune.spec import TaskFineTune
 from anytasktune_contract.failures import FailureClass, failure_line
 
 NOW = datetime(2026, 11, 24, 12, 0, 0, tzinfo=timezone.utc)
-CONFIG = OperatorConfig(retry_backoff_seconds=10, retry_backoff_max_seconds=300)
+# The operator may read every run's manifest here (the storage read policy has its own tests).
+READ_ALL = StorageReadPolicy((ReadRule(("*",), ("*",), ("s3://",)),))
+CONFIG = OperatorConfig(retry_backoff_seconds=10, retry_backoff_max_seconds=300, storage_read_policy=READ_ALL)
 
 
 def tft(subtasks: int = 3, **spec: Any) -> dict[str, Any]:
