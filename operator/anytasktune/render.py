@@ -241,4 +241,8 @@ def render_rayjob(
     }
     if cluster.activeDeadlineSeconds:
         rayjob_spec["activeDeadlineSeconds"] = cluster.activeDeadlineSeconds
+    if spec.queueName:
+        # Kueue's contract for a RayJob: created suspended; Kueue lifts spec.suspend on
+        # admission, and the operator never writes it afterwards (plan.suspension).
+        rayjob_spec["suspend"] = True
     return {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": metadata, "spec": rayjob_spec}
