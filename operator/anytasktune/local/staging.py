@@ -85,8 +85,13 @@ def prepare(path: Path, base_model: str | None = None, resolve_models: bool = Tr
     elif model.get("id") and not model.get("cachePath") and resolve_models:
         from anytasktune.basemodels import hf_home, resolve_local_model
 
-        if resolve_local_model(model["id"]) is not None:
-            model["cachePath"] = str(hf_home())
+        try:
+            if resolve_local_model(model["id"]) is not None:
+                model["cachePath"] = str(hf_home())
+        except FileNotFoundError as err:  # even a data check needs the tokenizer
+            line = line_of(doc.node, ("spec", "baseModel", "id"))
+            raise LocalError(str(Problem(str(path), line, "spec.baseModel.id",
+                                         f"baseModel.id {model['id']} is not prepared on this machine: {err}"))) from None
     problems += validate_object(obj, str(path), doc.node)
     if problems:
         raise LocalError("\n".join(map(str, problems)), problems)
