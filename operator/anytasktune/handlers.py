@@ -18,6 +18,7 @@ import kopf
 from anytasktune import metrics
 from anytasktune.config import OperatorConfig
 from anytasktune.controller import Controller
+from anytasktune.redact import protect_credentials
 from anytasktune.render import LABEL_MANAGED_BY, LABEL_TFT, MANAGER
 from anytasktune.spec import GROUP, PLURAL, VERSION
 
@@ -27,6 +28,7 @@ OURS = {LABEL_MANAGED_BY: MANAGER}
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     config = OperatorConfig.from_env()
+    protect_credentials()
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.persistence.finalizer = f"{GROUP}/kopf-finalizer"  # never added: no change/delete handlers
