@@ -37,6 +37,7 @@ log = logging.getLogger("anytasktune")
 Key = tuple[str, str]  # (namespace, name)
 READS_PER_NAMESPACE = 2
 READ_THREADS = 8
+WRITE_THREADS = 8  # concurrent creates within passes (ConfigMap then RayJob, per launch)
 PASS_ERROR_BACKOFF = Backoff(1.0, 60.0)
 
 
@@ -150,6 +151,7 @@ class Controller:
         self.reads: dict[Key, ManifestReads] = {}
         self.read_pool = TenantReadPool(READ_THREADS, READS_PER_NAMESPACE)
         self._stores: dict[StorageSettings, ObjectStore] = {}
+        self.writers = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="create")
         self._errors: dict[Key, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._resync: asyncio.Task[None] | None = None
@@ -170,6 +172,7 @@ class Controller:
             self._resync.cancel()
         await self.queue.stop()
         self.read_pool.shutdown()
+        self.writers.shutdown(wait=False, cancel_futures=True)
 
     def enqueue(self, namespace: str, name: str, delay: float = 0.0) -> None:
         self.queue.add((namespace, name), delay)
@@ -204,7 +207,7 @@ class Controller:
             return None  # ownerReferences let the garbage collector remove the children
         jobs, clusters = self.client.observe(namespace, name)
         reads = self.reads.setdefault((namespace, name), ManifestReads(self.config.manifest_backoff))
-        executor = KubeExecutor(self.client, tft, clusters, lambda uri: self._start_read(tft, reads, uri))
+        executor = KubeExecutor(self.client, tft, clusters, lambda uri: self._start_read(tft, reads, uri), self.writers)
         result = reconcile(tft, jobs, reads, datetime.now(timezone.utc), self.config, executor)
         metrics.observe_status(namespace, name, result.status)
         return result

@@ -11,6 +11,7 @@ action like any other: the executor starts it and records the outcome in
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Mapping
 from dataclasses import replace
@@ -30,6 +31,7 @@ class Executor(Protocol):
     its object (409) or a delete that finds nothing (404) has succeeded."""
 
     def create(self, launch: Launch) -> None: ...
+    def create_all(self, launches: list[Launch]) -> None: ...  # several at once where the backend can
     def delete_job(self, name: str) -> None: ...
     def release_cluster(self, job: str) -> None: ...
     def set_suspend(self, name: str, suspend: bool) -> None: ...
@@ -48,10 +50,11 @@ def status_body(status: TaskFineTuneStatus) -> dict[str, Any]:
 
 def apply(result: Plan, old_status: Mapping[str, Any] | None, executor: Executor) -> bool:
     """Carry out a plan; True when the status changed (and was written)."""
+    launches = [a for a in result.actions if isinstance(a, Launch)]
+    if launches:
+        executor.create_all(launches)
     for action in result.actions:
         match action:
-            case Launch():
-                executor.create(action)
             case DeleteJob():
                 executor.delete_job(action.name)
             case ReleaseCluster():
@@ -108,7 +111,16 @@ class ManifestReads:
 
     def failed(self, uri: str, error: str, now: datetime) -> ManifestRead:
         with self._lock:
-            failures = self._reads.get(uri, ManifestRead()).failures + 1
-            read = ManifestRead(error=error[:300], failures=failures, next_try=now + timedelta(seconds=self.backoff.delay(failures)))
+            previous = self._reads.get(uri, ManifestRead())
+            failures = previous.failures + 1
+            error = error[:300]
+            if previous.error and _same_error(previous.error, error):
+                error = previous.error  # the status shows it: only a new error may change it
+            read = ManifestRead(error=error, failures=failures, next_try=now + timedelta(seconds=self.backoff.delay(failures)))
             self._reads[uri] = read
             return read
+
+
+def _same_error(a: str, b: str) -> bool:
+    """The same failure, up to the numbers in it (timings, attempt counts, ports)."""
+    return re.sub(r"\d+(\.\d+)?", "#", a) == re.sub(r"\d+(\.\d+)?", "#", b)

@@ -29,6 +29,10 @@ OURS = {LABEL_MANAGED_BY: MANAGER}
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     config = OperatorConfig.from_env()
     protect_credentials()
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        # kopf logs "Handler ... succeeded." at INFO for every watch event: at scale that is
+        # most of the operator's CPU and all of its log volume. Debug level keeps it.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.persistence.finalizer = f"{GROUP}/kopf-finalizer"  # never added: no change/delete handlers
@@ -46,12 +50,20 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def on_taskfinetune(*, type: str, name: str, namespace: str | None, memo: Any, **_: Any) -> None:
+async def on_taskfinetune(*, type: str, name: str, namespace: str | None, body: Mapping[str, Any], memo: Any, **_: Any) -> None:
     assert namespace is not None  # namespaced resource
     if type == "DELETED":
         memo.controller.forget(namespace, name)
-    else:
+    elif not own_status_write(type, body):
         memo.controller.enqueue(namespace, name)
+
+
+def own_status_write(type: str | None, body: Mapping[str, Any]) -> bool:
+    """A MODIFIED event that changed nothing but what a pass wrote (the status, for a
+    generation already observed): a pass would find nothing to do. RayJob and RayCluster
+    events, timed requeues and the resync bring every other change."""
+    meta, status = body.get("metadata", {}), body.get("status") or {}
+    return type == "MODIFIED" and not meta.get("deletionTimestamp") and meta.get("generation") == status.get("observedGeneration")
 
 
 @kopf.on.event("ray.io", "v1", "rayjobs", labels=OURS)

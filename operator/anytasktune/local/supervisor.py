@@ -142,6 +142,10 @@ class LocalExecutor:
         if not job.suspended:
             job.start(self.env)
 
+    def create_all(self, launches: list[Launch]) -> None:
+        for launch in launches:
+            self.create(launch)
+
     def delete_job(self, name: str) -> None:
         job = self.jobs.pop(name, None)
         if job is not None:
