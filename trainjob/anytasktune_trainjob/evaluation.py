@@ -12,16 +12,24 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from anytasktune_contract.trainspec import EvaluationConfig, TrainJobSpec
+from anytasktune_contract.trainspec import EvaluationConfig, Metric, TrainJobSpec, metrics_for
 
 from . import encoding
-from .metrics import score
+from .metrics import learn_labels, per_record
 
 if TYPE_CHECKING:
     from .worker import WorkerContext
 
 PASSES = ("base", "adapter")  # the order of the rows each rank produces
 EXAMPLES = 5
+
+
+def class_labels(spec: TrainJobSpec, train_answers: list[str]) -> list[str]:
+    """The label set accuracy reads answers with: learned from the training answers
+    (empty when the sub-task is not scored by accuracy or its answers are not labels)."""
+    if Metric.accuracy not in metrics_for(spec.evaluation, spec.taskType):
+        return []
+    return learn_labels(train_answers)
 
 
 def shard(count: int, rank: int, world: int) -> list[int]:
@@ -105,11 +113,14 @@ def evaluate(spec: TrainJobSpec, ctx: WorkerContext, model_dir: str, adapter_dir
     return gathered
 
 
-def merge_scores(gathered: list[list[dict[str, Any]]], references: list[str],
-                 metric_names: list[str]) -> tuple[dict[str, dict[str, float]], dict[str, list[str]]]:
-    """The rows of every rank → ({pass: {eval_loss, metric...}}, {pass: predictions in record order})."""
+def merge_scores(gathered: list[list[dict[str, Any]]], references: list[str], metric_names: list[str],
+                 class_labels: list[str] | None = None) -> tuple[dict[str, dict[str, float]], dict[str, list[str]],
+                                                            dict[str, dict[str, list[float]]]]:
+    """The rows of every rank → ({pass: {eval_loss, metric...}}, {pass: predictions in record order},
+    {metric: {pass: per-record scores}}). Both passes are scored by the same functions."""
     results: dict[str, dict[str, float]] = {}
     predictions: dict[str, list[str]] = {}
+    records: dict[str, dict[str, list[float]]] = {m: {} for m in metric_names}
     for which, label in enumerate(PASSES):
         loss_sum = sum(rows[which]["loss_sum"] for rows in gathered)
         loss_tokens = sum(rows[which]["loss_tokens"] for rows in gathered)
@@ -120,9 +131,11 @@ def merge_scores(gathered: list[list[dict[str, Any]]], references: list[str],
         predictions[label] = preds
         res = {"eval_loss": loss_sum / loss_tokens if loss_tokens else math.nan}
         for m in metric_names:
-            res[m] = score(m, preds, references)
+            values = per_record(m, preds, references, class_labels or ())
+            records[m][label] = values
+            res[m] = sum(values) / len(values) if values else 0.0
         results[label] = res
-    return results, predictions
+    return results, predictions, records
 
 
 def examples(held: dict[str, Any], predictions: dict[str, list[str]], n: int = EXAMPLES) -> list[dict[str, str]]:

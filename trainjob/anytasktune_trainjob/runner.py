@@ -24,6 +24,7 @@ from . import data as D
 from . import encoding
 from .checkpointfs import pyarrow_filesystem
 from .encoding import TokenTable
+from .evaluation import class_labels
 from .models import resolve_base_model
 from .worker import train_loop_per_worker
 
@@ -134,9 +135,10 @@ def prepare_data(spec: TrainJobSpec, storage: ObjectStore, log: Callable[[str], 
     contract.raise_if_violated(spec.dataset.uri)
 
     held_pairs = _evaluated(spec, list(zip(held, enc_held, strict=True)))
+    holdout = _holdout_payload(spec, tokenizer, held_pairs)
+    holdout["classLabels"] = class_labels(spec, [ex.answer for ex, _ in kept])  # accuracy reads answers with them
     payload = {"train_ids": TokenTable([e.input_ids for _, e in kept]),
-               "train_labels": TokenTable([e.labels for _, e in kept]),
-               "holdout": _holdout_payload(spec, tokenizer, held_pairs)}
+               "train_labels": TokenTable([e.labels for _, e in kept]), "holdout": holdout}
     dataset = {
         "uri": spec.dataset.uri, "format": spec.dataset.format.value, "etag": etag,
         "sha256": hashlib.sha256(blob).hexdigest(), "sizeBytes": len(blob),

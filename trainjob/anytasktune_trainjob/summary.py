@@ -16,6 +16,7 @@ from .training import TrainOutcome, TrainState
 from .zero import StepPlan
 
 LOSS_HISTORY = 200
+ANSWERS_KEPT = 256  # held-out answers kept in the manifest, for audits and re-scoring
 
 
 @dataclass
@@ -65,10 +66,14 @@ def training_summary(spec: TrainJobSpec, facts: RunFacts, state: TrainState, out
 
 def evaluation_summary(spec: TrainJobSpec, gathered: list[list[dict[str, Any]]], held: dict[str, Any]) -> dict[str, Any]:
     metric_names = [m.value for m in metrics_for(spec.evaluation, spec.taskType)]
-    results, predictions = merge_scores(gathered, held["references"], metric_names)
+    labels = list(held.get("classLabels") or [])
+    results, predictions, records = merge_scores(gathered, held["references"], metric_names, labels)
     return {
         "samples": len(held["references"]), "metrics": metric_names, "base": results["base"],
         "adapter": results["adapter"], "lift": lift(results["base"], results["adapter"]),
+        "classLabels": labels, "perRecord": records,
+        "answers": {"reference": held["references"][:ANSWERS_KEPT],
+                    **{k: v[:ANSWERS_KEPT] for k, v in predictions.items()}},
         "maxNewTokens": spec.evaluation.maxNewTokens, "examples": examples(held, predictions),
     }
 

@@ -75,3 +75,103 @@ def test_score_and_lift() -> None:
 def test_every_default_metric_has_a_function(task: TaskType, metric: Metric) -> None:
     (chosen,) = metrics_for(EvaluationConfig(), task)
     assert chosen == metric and chosen in M.METRIC_FUNCTIONS
+
+
+# --- normalisation bias: the same answer written differently scores the same ---------
+
+@pytest.mark.parametrize(
+    ("variant", "canonical"),
+    [
+        ("HIGH", "high"),                                   # case
+        ("high.", "high"),                                  # trailing punctuation
+        ("“high”", "high"),                                 # curly quotes
+        ("ｈｉｇｈ", "high"),                                # full-width letters
+        ("high\u200b", "high"),                             # zero-width space
+        ("\ufeffhigh", "high"),                             # byte-order mark
+        ("high\u3000risk", "high risk"),                    # ideographic space
+        ("甲方，乙方；丙方。", "甲方,乙方;丙方"),                # Chinese vs English separators
+        ("甲方、乙方", "甲方 乙方"),                            # enumeration comma vs space
+        ("甲方 乙方", "甲方乙方"),                              # a space between CJK words
+        ("金额 100 万元", "金额100万元"),                       # spaces around numbers in Chinese
+        ("1,000,000 yuan", "1000000 yuan"),                 # thousands separators
+        ("１２３", "123"),                                   # full-width digits
+        ("**Medium**", "medium"),                           # markdown emphasis
+        ("follow-up", "follow up"),                         # hyphen
+    ],
+)
+def test_normalisation_removes_writing_differences(variant: str, canonical: str) -> None:
+    assert M.normalize(variant) == M.normalize(canonical)
+    assert M.exact_match(variant, canonical) == 1.0
+    assert M.f1(variant, canonical) == 1.0 and M.rouge_l(variant, canonical) == 1.0
+
+
+@pytest.mark.parametrize(("a", "b"), [("high", "higher"), ("1,0000", "10000"), ("甲方", "乙方"), ("low", "below")])
+def test_normalisation_keeps_real_differences(a: str, b: str) -> None:
+    assert M.exact_match(a, b) == 0.0
+
+
+# --- classification: the label of a free-form answer ------------------------------------
+
+RISK_LABELS = M.learn_labels(["low", "medium", "high", "低", "中", "高"] * 3 + ["high", "高"])
+
+
+def test_learn_labels_from_training_answers() -> None:
+    assert set(RISK_LABELS) == {"low", "medium", "high", "低", "中", "高"}
+    assert RISK_LABELS[:2] == ["high", "高"]  # most frequent first
+    assert M.learn_labels(["High", "high.", "LOW", "low"]) == ["high", "low"]  # normalised
+    assert M.learn_labels([f"answer {i}" for i in range(40)]) == []  # free text: no label set
+    assert M.learn_labels(["only"] * 10) == []  # one label is no classification
+
+
+@pytest.mark.parametrize(
+    ("answer", "label"),
+    [
+        ("high", "high"),
+        ("The risk is HIGH.", "high"),
+        ("Risk level: medium", "medium"),
+        ("I would rate it low to medium.", "low"),               # first label mentioned
+        ("highly unusual clause, but low risk", "low"),          # whole words: "highly" is not "high"
+        ("The clause is below market; risk: medium", "medium"),  # "below" is not "low"
+        ("ＨＩＧＨ", "high"),                                     # full-width
+        ("**Medium** risk", "medium"),
+        ("高风险", "高"),                                          # Chinese has no word boundaries
+        ("风险等级：中。", "中"),
+        ("这个条款的风险是低的", "低"),
+        ("No rating given.", None),
+        ("", None),
+    ],
+)
+def test_extract_label(answer: str, label: str | None) -> None:
+    assert M.extract_label(answer, RISK_LABELS) == label
+
+
+def test_extract_label_prefers_the_longest_label_at_the_same_place() -> None:
+    assert M.extract_label("very low risk", ["low", "very low"]) == "very low"
+
+
+@pytest.mark.parametrize(
+    ("pred", "ref", "acc"),
+    [
+        ("The risk is high.", "high", 1.0),
+        ("high", "high", 1.0),
+        ("Rating: LOW", "low", 1.0),
+        ("风险：高。", "高", 1.0),
+        ("This clause carries medium risk", "high", 0.0),
+        ("I cannot tell.", "low", 0.0),
+        ("low\nbecause the notice period is long", "low", 1.0),
+    ],
+)
+def test_accuracy_reads_the_label_of_free_form_answers(pred: str, ref: str, acc: float) -> None:
+    assert M.accuracy(pred, ref, RISK_LABELS) == acc
+
+
+def test_base_and_adapter_are_scored_the_same_way() -> None:
+    """The old first-line rule gave a sentence answer 0 even when it named the right
+    label: the base model looked worse than chance on a three-label task."""
+    refs = ["high", "low", "中"]
+    base = ["The risk of this clause is high.", "Low risk.", "风险为中等"]
+    adapter = ["high", "low", "中"]
+    assert M.score("accuracy", base, refs) == 0.0  # without the label set (the old behaviour)
+    assert M.score("accuracy", base, refs, RISK_LABELS) == 1.0
+    assert M.score("accuracy", adapter, refs, RISK_LABELS) == 1.0
+    assert M.per_record("accuracy", base, refs, RISK_LABELS) == [1.0, 1.0, 1.0]

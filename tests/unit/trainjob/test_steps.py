@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from anytasktune_contract.trainspec import TrainingConfig, TrainJobSpec
-from anytasktune_trainjob.evaluation import examples, merge_scores, shard
+from anytasktune_trainjob.evaluation import class_labels, examples, merge_scores, shard
 from anytasktune_trainjob.summary import Clock, RunFacts, summarise, timings
 from anytasktune_trainjob.training import (
     TrainOutcome,
@@ -88,15 +88,30 @@ def test_merge_scores_puts_every_rank_back_in_record_order() -> None:
               (6.0, 3.0), 3),
         _rows({1: "negative", 3: "positive"}, {1: "negative", 3: "negative"}, (4.0, 1.0), 2),
     ]
-    results, predictions = merge_scores(gathered, refs, ["accuracy", "exact_match"])
+    results, predictions, records = merge_scores(gathered, refs, ["accuracy", "exact_match"])
+    assert records["accuracy"]["base"] == [0.0, 1.0, 0.0, 0.0, 0.0]
     assert predictions["adapter"] == ["positive", "negative", "positive", "negative", "Positive."]
     assert predictions["base"] == ["negative", "negative", "negative", "positive", "negative"]
     assert results["base"] == {"eval_loss": 2.0, "accuracy": 0.2, "exact_match": 0.2}
     assert results["adapter"] == {"eval_loss": 0.8, "accuracy": 1.0, "exact_match": 1.0}
 
 
+def test_merge_scores_reads_labels_from_free_form_answers_of_both_passes() -> None:
+    refs = ["high", "low"]
+    gathered = [_rows({0: "The risk is high.", 1: "Risk: medium"}, {0: "high", 1: "low"}, (2.0, 1.0), 2)]
+    results, _, records = merge_scores(gathered, refs, ["accuracy"], ["high", "medium", "low"])
+    assert records["accuracy"] == {"base": [1.0, 0.0], "adapter": [1.0, 1.0]}
+    assert results["base"]["accuracy"] == 0.5 and results["adapter"]["accuracy"] == 1.0
+
+
+def test_class_labels_come_from_training_answers_of_accuracy_scored_subtasks() -> None:
+    answers = ["high", "Low", "medium", "high.", "低", "高", "中", "low"] * 2
+    assert set(class_labels(_spec(taskType="classification"), answers)) == {"high", "low", "medium", "低", "高", "中"}
+    assert class_labels(_spec(taskType="generation"), answers) == []
+
+
 def test_merge_scores_without_answer_tokens_has_nan_loss() -> None:
-    results, _ = merge_scores([_rows({0: "a"}, {0: "a"}, (0.0, 0.0), 0)], ["a"], ["exact_match"])
+    results, _, _ = merge_scores([_rows({0: "a"}, {0: "a"}, (0.0, 0.0), 0)], ["a"], ["exact_match"])
     assert math.isnan(results["base"]["eval_loss"]) and results["adapter"]["exact_match"] == 1.0
 
 
