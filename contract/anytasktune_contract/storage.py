@@ -1,9 +1,14 @@
 """S3 access for the operator, local mode and the trainjob: boto3 with the standard credential chain, plus the
 custom endpoint / region / addressing style from `spec.storage`.
 
+* credentials come from boto3's chain on every request: temporary ones (web
+  identity / IRSA, assumed roles, instance and container roles) are refreshed
+  by botocore before they expire; nothing copies them as fixed values;
 * transient errors are retried twice over: botocore's own retry mode for each
   request, and `_retry` around whole-file operations (a download that breaks
-  half way starts again);
+  half way starts again), waiting `Backoff` between attempts, until `attempts`
+  are used or the next wait would end past `retry_budget_s` (a time budget:
+  an outage shorter than it is survived);
 * a missing object or AccessDenied raises `InvalidSpecError` naming bucket and
   key (never credentials): retrying cannot help;
 * a storage outage that outlives the retries raises `StorageUnavailableError`.
@@ -14,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -89,40 +95,55 @@ def _error_code(exc: BaseException) -> str:
 class ObjectStore:
     """Small S3 facade: whole-object operations with retries and error mapping."""
 
-    def __init__(self, settings: StorageSettings, *, attempts: int = 5, backoff_s: float = 0.5,
-                 botocore_attempts: int = 8, connect_timeout: float = 10, read_timeout: float = 120) -> None:
-        """Training tolerates a slow store (long timeouts, many retries); the operator's
-        reconcile pass must not wait on one (it passes small values)."""
+    def __init__(self, settings: StorageSettings, *, attempts: int | None = 5, backoff_s: float = 0.5,
+                 botocore_attempts: int = 8, connect_timeout: float = 10, read_timeout: float = 120,
+                 retry_budget_s: float | None = None, max_backoff_s: float = 60.0) -> None:
+        """Training tolerates a slow store (long timeouts, many retries, a time budget); the
+        operator's reconcile pass must not wait on one (it passes small values)."""
+        if attempts is None and retry_budget_s is None:
+            raise ValueError("ObjectStore needs attempts or retry_budget_s to bound its retries")
         self.settings = settings
         self.attempts = attempts
-        self.backoff = Backoff(backoff_s, 60.0)
+        self.retry_budget_s = retry_budget_s
+        self.backoff = Backoff(backoff_s, max_backoff_s)
         self.botocore_attempts = botocore_attempts
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self._client: Any = None
+        self._client_lock = threading.Lock()
 
     # --- clients ------------------------------------------------------------
     @property
     def client(self) -> Any:
-        if self._client is None:
-            import boto3
-            from botocore.config import Config
+        """One boto3 client per store (thread-safe), created on first use."""
+        with self._client_lock:
+            if self._client is None:
+                import boto3
+                from botocore.config import Config
 
-            s3_options: Any = {"addressing_style": self.settings.addressing_style}
-            cfg = Config(
-                region_name=self.settings.region,
-                retries={"max_attempts": self.botocore_attempts, "mode": "standard"},
-                s3=s3_options,
-                connect_timeout=self.connect_timeout,
-                read_timeout=self.read_timeout,
-            )
-            self._client = boto3.session.Session().client("s3", endpoint_url=self.settings.endpoint or None, config=cfg)
-        return self._client
+                s3_options: Any = {"addressing_style": self.settings.addressing_style}
+                cfg = Config(
+                    region_name=self.settings.region,
+                    retries={"max_attempts": self.botocore_attempts, "mode": "standard"},
+                    s3=s3_options,
+                    connect_timeout=self.connect_timeout,
+                    read_timeout=self.read_timeout,
+                )
+                self._client = boto3.session.Session().client("s3", endpoint_url=self.settings.endpoint or None,
+                                                              config=cfg)
+            return self._client
 
     # --- retry and error mapping -------------------------------------------------
+    def _may_retry(self, attempt: int, elapsed_after_wait: float) -> bool:
+        if self.attempts is not None and attempt >= self.attempts:
+            return False
+        return self.retry_budget_s is None or elapsed_after_wait <= self.retry_budget_s
+
     def _retry(self, what: str, uri: S3Uri, fn: Callable[[], T]) -> T:
-        last: BaseException | None = None
-        for attempt in range(1, self.attempts + 1):
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 return fn()
             except Exception as exc:  # noqa: BLE001 - mapped below
@@ -138,16 +159,16 @@ class ObjectStore:
                     ) from None
                 if isinstance(exc, (InvalidSpecError, StorageUnavailableError)):
                     raise
-                last = exc
-                if attempt < self.attempts:
-                    delay = self.backoff.delay(attempt)
-                    log.warning("%s %s failed (%s: %s), retry %d/%d in %.1fs", what, uri, type(exc).__name__,
-                                code or exc, attempt, self.attempts - 1, delay)
-                    time.sleep(delay)
-        raise StorageUnavailableError(
-            f"{what}: storage unavailable after {self.attempts} attempts: bucket={uri.bucket!r} key={uri.key!r}: "
-            f"{type(last).__name__}: {last}"
-        )
+                delay = self.backoff.delay(attempt)
+                if not self._may_retry(attempt, time.monotonic() - started + delay):
+                    raise StorageUnavailableError(
+                        f"{what}: storage unavailable after {attempt} attempts: bucket={uri.bucket!r} "
+                        f"key={uri.key!r}: {type(exc).__name__}: {exc} "
+                        f"(gave up after {time.monotonic() - started:.1f}s)"
+                    ) from None
+                log.warning("%s %s failed (%s: %s), retry %d in %.1fs", what, uri, type(exc).__name__,
+                            code or exc, attempt, delay)
+                time.sleep(delay)
 
     # --- objects ----------------------------------------------------------------
     def head(self, uri: str | S3Uri) -> dict[str, Any]:
@@ -155,14 +176,41 @@ class ObjectStore:
         resp = self._retry("head", u, lambda: self.client.head_object(Bucket=u.bucket, Key=u.key))
         return {"etag": str(resp.get("ETag", "")).strip('"'), "size": int(resp.get("ContentLength", 0))}
 
-    def exists(self, uri: str | S3Uri) -> bool:
+    def stat(self, uri: str | S3Uri) -> dict[str, Any] | None:
+        """{etag, size} of an object, or None when there is none."""
         try:
-            self.head(uri)
-            return True
+            return self.head(uri)
         except InvalidSpecError as exc:
             if "not found" in exc.message:
-                return False
+                return None
             raise
+
+    def exists(self, uri: str | S3Uri) -> bool:
+        return self.stat(uri) is not None
+
+    def delete(self, uri: str | S3Uri) -> None:
+        """Delete one object (no error when it is already gone)."""
+        u = uri if isinstance(uri, S3Uri) else S3Uri.parse(uri)
+        self._retry("delete", u, lambda: self.client.delete_object(Bucket=u.bucket, Key=u.key))
+
+    def delete_prefix(self, uri: str | S3Uri) -> int:
+        """Delete every object under a prefix; returns how many."""
+        u = uri if isinstance(uri, S3Uri) else S3Uri.parse(uri)
+        keys = [o["key"] for o in self.list_objects(u)]
+        for i in range(0, len(keys), 1000):
+            batch: dict[str, Any] = {"Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True}
+
+            def delete_batch(batch: dict[str, Any] = batch) -> Any:
+                return self.client.delete_objects(Bucket=u.bucket, Delete=batch)
+
+            self._retry("delete", u, delete_batch)
+        return len(keys)
+
+    def copy(self, source: str | S3Uri, target: str | S3Uri) -> None:
+        src = source if isinstance(source, S3Uri) else S3Uri.parse(source)
+        dst = target if isinstance(target, S3Uri) else S3Uri.parse(target)
+        self._retry("copy", dst, lambda: self.client.copy_object(
+            Bucket=dst.bucket, Key=dst.key, CopySource={"Bucket": src.bucket, "Key": src.key}))
 
     def get_bytes(self, uri: str | S3Uri) -> tuple[bytes, str]:
         """The object's bytes and its ETag."""

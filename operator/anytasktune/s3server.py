@@ -9,6 +9,12 @@ wheel's RECORD, then next to the interpreter, then on PATH.
         s3.credentials     # {"access_key": ..., "secret_key": ..., "region": ...}
         s3.env()           # AWS_* variables for child processes (boto3, pyarrow)
         s3.client()        # a ready boto3 S3 client
+
+    s3.stop(keep_data=True); s3.start()   # an outage: the same ports and objects after the restart
+
+`iam_config` (SeaweedFS's advanced IAM document: `sts`, `providers`, `roles`,
+`policies`) turns on its STS (AssumeRoleWithWebIdentity at the S3 endpoint) for
+tests of expiring credentials; the static identity keeps working beside it.
 """
 
 from __future__ import annotations
@@ -85,6 +91,7 @@ class EmbeddedS3:
         buckets: list[str] | tuple[str, ...] = (),
         host: str = "127.0.0.1",
         binary: str | None = None,
+        iam_config: dict[str, Any] | None = None,
     ) -> None:
         self.host = host
         self.region = region
@@ -94,7 +101,9 @@ class EmbeddedS3:
         self._binary = binary
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="anytasktune-s3-"))
+        self.iam_config = iam_config
         self.port = 0
+        self._ports: dict[str, tuple[int, int]] = {}  # chosen at the first start, kept for restarts
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: Any = None
         self.stop_timeout_s = 5.0
@@ -159,34 +168,20 @@ class EmbeddedS3:
                 time.sleep(0.3)
 
     def start(self, timeout_s: float = 60.0) -> EmbeddedS3:
+        """Start the server; after `stop(keep_data=True)` it comes back on the same
+        ports with the same objects."""
         if self.running:
             return self
         binary = self._binary or find_weed_binary()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "data").mkdir(exist_ok=True)
-        config = self.data_dir / "s3.json"
-        config.write_text(json.dumps({"identities": [{
-            "name": "anytasktune",
-            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-        }]}))
-        os.chmod(config, 0o600)
-        chosen = iter(free_ports(2 * len(_GRPC_OFFSET_FLAGS), self.host))
-        ports = {name: (next(chosen), next(chosen)) for name in _GRPC_OFFSET_FLAGS}
-        self.port = ports["s3"][0]
-        args = [
-            binary, "server",
-            f"-dir={self.data_dir / 'data'}",
-            f"-ip={self.host}", f"-ip.bind={self.host}",
-            "-s3", f"-s3.config={config}",
-            "-s3.port.iceberg=0", "-s3.port.lance=0",
-            "-master.volumeSizeLimitMB=64", "-volume.max=0", "-volume.preStopSeconds=0",
-        ]
-        for name, (http, grpc) in ports.items():
-            args += [f"-{name}.port={http}", f"-{name}.port.grpc={grpc}"]
+        if not self._ports:
+            chosen = iter(free_ports(2 * len(_GRPC_OFFSET_FLAGS), self.host))
+            self._ports = {name: (next(chosen), next(chosen)) for name in _GRPC_OFFSET_FLAGS}
+        self.port = self._ports["s3"][0]
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self._proc = subprocess.Popen(
-            args, stdout=self._log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            self._args(binary), stdout=self._log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             cwd=self.data_dir, start_new_session=True,
         )
         atexit.register(self.stop)
@@ -199,7 +194,9 @@ class EmbeddedS3:
             raise
         return self
 
-    def stop(self) -> None:
+    def stop(self, *, keep_data: bool = False) -> None:
+        """Stop the server (SIGINT, then SIGKILL after `stop_timeout_s`). Its own
+        temporary data folder is removed unless `keep_data` (for a restart)."""
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             try:
@@ -217,7 +214,7 @@ class EmbeddedS3:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
-        if self._own_dir:
+        if self._own_dir and not keep_data:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
     def __enter__(self) -> EmbeddedS3:
@@ -227,6 +224,32 @@ class EmbeddedS3:
         self.stop()
 
     # --- internals --------------------------------------------------------------
+    def _write_config(self, name: str, doc: dict[str, Any]) -> Path:
+        path = self.data_dir / name
+        path.write_text(json.dumps(doc))
+        os.chmod(path, 0o600)
+        return path
+
+    def _args(self, binary: str) -> list[str]:
+        config = self._write_config("s3.json", {"identities": [{
+            "name": "anytasktune",
+            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }]})
+        args = [
+            binary, "server",
+            f"-dir={self.data_dir / 'data'}",
+            f"-ip={self.host}", f"-ip.bind={self.host}",
+            "-s3", f"-s3.config={config}",
+            "-s3.port.iceberg=0", "-s3.port.lance=0",
+            "-master.volumeSizeLimitMB=64", "-volume.max=0", "-volume.preStopSeconds=0",
+        ]
+        if self.iam_config is not None:
+            args.append(f"-s3.iam.config={self._write_config('iam.json', self.iam_config)}")
+        for name, (http, grpc) in self._ports.items():
+            args += [f"-{name}.port={http}", f"-{name}.port.grpc={grpc}"]
+        return args
+
     def _wait_ready(self, timeout_s: float) -> None:
         import urllib.error
         import urllib.request

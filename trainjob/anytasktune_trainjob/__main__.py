@@ -24,11 +24,14 @@ def load_spec(ref: str | None) -> TrainJobSpec:
 
     if ref:
         if ref.startswith("s3://"):
-            from anytasktune_contract.storage import ObjectStore, StorageSettings
+            from anytasktune_contract.storage import StorageSettings
+
+            from .store import open_store, retry_budget_from_env
 
             endpoint = os.environ.get("ANYTASKTUNE_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
             region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-            text = ObjectStore(StorageSettings(endpoint, region, "auto")).get_bytes(ref)[0].decode("utf-8")
+            store = open_store(StorageSettings(endpoint, region, "auto"), retry_budget_from_env())
+            text = store.get_bytes(ref)[0].decode("utf-8")
         else:
             path = Path(ref)
             if not path.is_file():
@@ -63,11 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[anytasktune] spec {spec.taskFineTune}/{spec.subtask} run {spec.run_id()} -> {spec.run_prefix()}",
               flush=True)
         if args.check_data:
-            from anytasktune_contract.storage import ObjectStore, StorageSettings
+            from anytasktune_contract.storage import StorageSettings
 
             from .runner import prepare_data
+            from .store import open_store, retry_budget_from_env
 
-            prepared = prepare_data(spec, ObjectStore(StorageSettings.from_spec(spec.storage)))
+            prepared = prepare_data(spec, open_store(StorageSettings.from_spec(spec.storage), retry_budget_from_env()))
             print(json.dumps({"dataset": prepared.dataset, "dataContract": prepared.contract.as_dict()},
                              ensure_ascii=False, indent=2))
             return 0

@@ -26,6 +26,7 @@ from .checkpointfs import pyarrow_filesystem
 from .encoding import TokenTable
 from .evaluation import class_labels
 from .models import resolve_base_model
+from .store import open_store, retry_budget_from_env
 from .worker import train_loop_per_worker
 
 MANIFEST_KIND = "TrainJobManifest"
@@ -221,7 +222,7 @@ class CheckpointPlace:
         return cls(f"{uri.bucket}/{uri.key.rstrip('/')}", f"{spec.subtask}-{spec.run_id()}")
 
 
-def build_trainer(spec: TrainJobSpec, prepared: PreparedData, storage: ObjectStore, place: CheckpointPlace,
+def build_trainer(spec: TrainJobSpec, prepared: PreparedData, place: CheckpointPlace, *, retry_budget_s: float,
                   max_failures: int, fault_after_step: int | None) -> Any:
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -238,13 +239,14 @@ def build_trainer(spec: TrainJobSpec, prepared: PreparedData, storage: ObjectSto
             "spec": spec.to_json(), "data_ref": ray.put(prepared.payload), "pad_id": prepared.pad_id,
             "stop_ids": prepared.stop_ids, "run_prefix": spec.run_prefix(),
             "base_model_identity": spec.baseModel.identity(), "fault_after_step": fault_after_step,
+            "retry_budget_s": retry_budget_s,
         },
         scaling_config=ScalingConfig(num_workers=scaling.numWorkers, use_gpu=scaling.useGpu,
                                      resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if scaling.useGpu else "gloo"),
         run_config=RunConfig(
             name=place.name, storage_path=place.storage_path,
-            storage_filesystem=pyarrow_filesystem(storage.settings),
+            storage_filesystem=pyarrow_filesystem(StorageSettings.from_spec(spec.storage), retry_budget_s),
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
@@ -278,15 +280,19 @@ def run(
     ray_address: str | None = None,
     max_failures: int | None = None,
     fault_after_step: int | None = None,
+    retry_budget_s: float | None = None,
     log: Callable[[str], None] = print,
 ) -> Result:
     """Train, evaluate and publish one sub-task's adapter; returns the manifest.
 
     Uses the running Ray session when there is one, else connects to
-    `ray_address` / $RAY_ADDRESS, else starts a local one. Raises TrainJobError
-    (with its FailureClass) or the underlying exception."""
+    `ray_address` / $RAY_ADDRESS, else starts a local one. S3 transfers retry for
+    `retry_budget_s` (default $ANYTASKTUNE_S3_RETRY_SECONDS, else 300 s). Raises
+    TrainJobError (with its FailureClass) or the underlying exception."""
     t0 = time.time()
-    storage = ObjectStore(StorageSettings.from_spec(spec.storage))
+    if retry_budget_s is None:
+        retry_budget_s = retry_budget_from_env()
+    storage = open_store(StorageSettings.from_spec(spec.storage), retry_budget_s)
     check_spec(spec)
     if max_failures is None:
         max_failures = int(os.environ.get("ANYTASKTUNE_MAX_FAILURES", "2"))
@@ -297,7 +303,8 @@ def run(
     t_data = time.time()
     place = CheckpointPlace.of(spec)
     with ray_session(ray_address):
-        trainer = build_trainer(spec, prepared, storage, place, max_failures, fault_after_step)
+        trainer = build_trainer(spec, prepared, place, retry_budget_s=retry_budget_s, max_failures=max_failures,
+                                fault_after_step=fault_after_step)
         log(f"[anytasktune] run {spec.run_id()}: checkpoints under s3://{place.storage_path}/{place.name}/")
         summary, latest = fit(trainer)
     t_train = time.time()

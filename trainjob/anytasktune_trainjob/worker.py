@@ -23,10 +23,11 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from anytasktune_contract.storage import ObjectStore, StorageSettings
+from anytasktune_contract.storage import StorageSettings
 from anytasktune_contract.trainspec import TrainJobSpec
 
 from .cache import cache_root
+from .store import open_store
 from .zero import resolve_precision
 
 
@@ -84,7 +85,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     rc = ray.train.get_context()
     ctx = worker_context(spec, rc.get_world_rank(), rc.get_world_size(), rc.get_local_rank())
     data = ray.get(config["data_ref"])
-    storage = ObjectStore(StorageSettings.from_spec(spec.storage))
+    storage = open_store(StorageSettings.from_spec(spec.storage), float(config["retry_budget_s"]))
     model_dir = resolve_base_model(spec.baseModel, storage).path
     clock.mark("loaded")
 
