@@ -1,0 +1,244 @@
+"""Operator scale on the real API server: N TaskFineTunes x 10 sub-tasks, the operator of
+this tree beside a baseline operator (another commit, from a git worktree), in
+interleaved rounds on one control plane.
+
+A stand-in for KubeRay writes each RayJob's status through the status subresource in the
+order KubeRay v1.4 does (Initializing -> Running/RUNNING -> Running/SUCCEEDED ->
+Complete/SUCCEEDED with endTime), from a thread pool, and a watch on the TaskFineTunes
+records when each sub-task's status reflects the change. Printed per variant and N:
+
+- all RayJobs exist: seconds from the first apply until every RayJob was created;
+- Running / Succeeded p50, p95, p99: from the RayJob status write to the parent's status;
+- peak RSS of the operator process (VmHWM);
+- API requests per reconciled change: the operator's requests (audit log, by user agent)
+  divided by the number of RayJob status changes it had to reflect.
+
+    .venv/bin/python bench/bench_operator_scale.py --sizes 10,100 [--baseline ef68e83] [--rounds 1]
+
+Read ratios between the two variants measured in the same run, not absolute seconds:
+the machine is shared. Nothing here is a timed assertion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.integration.helpers import OperatorProcess  # noqa: E402
+from tests.kube.controlplane import ControlPlane  # noqa: E402
+
+SUBTASKS = 10
+DRIVER_AGENT = "anytasktune-bench-driver"
+AUDIT_POLICY = {"apiVersion": "audit.k8s.io/v1", "kind": "Policy", "rules": [{"level": "Metadata"}]}
+
+
+def taskfinetune(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "anytasktune.io/v1alpha1", "kind": "TaskFineTune", "metadata": {"name": name},
+        "spec": {
+            "domain": "bench", "baseModel": {"uri": "s3://models/base/"},
+            "storage": {"output": "s3://adapters/", "endpoint": "http://127.0.0.1:1"},
+            "subtasks": [{"name": f"s{i}", "dataset": {"uri": f"s3://data/s{i}.jsonl"}, "instruction": "Do it."} for i in range(SUBTASKS)],
+            "cluster": {"workers": 1, "gpusPerWorker": 0}, "maxParallelSubtasks": SUBTASKS,
+        },
+    }
+
+
+def kube_clients(kubeconfig: Path) -> tuple[Any, Any]:
+    import kubernetes
+
+    config = kubernetes.client.Configuration()
+    kubernetes.config.load_kube_config(str(kubeconfig), client_configuration=config)
+    config.connection_pool_maxsize = 32
+    api = kubernetes.client.ApiClient(config)
+    api.user_agent = DRIVER_AGENT
+    return kubernetes.client.CustomObjectsApi(api), kubernetes.client.CoreV1Api(api)
+
+
+class Recorder:
+    """When each (namespace, tft, sub-task) first showed a phase in the TaskFineTune's status."""
+
+    def __init__(self, custom: Any, namespace: str) -> None:
+        self.seen: dict[tuple[str, str, str], float] = {}
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        threading.Thread(target=self._watch, args=(custom, namespace), daemon=True).start()
+
+    def _watch(self, custom: Any, namespace: str) -> None:
+        import kubernetes
+
+        while not self.stop.is_set():
+            w = kubernetes.watch.Watch()
+            try:
+                for event in w.stream(custom.list_namespaced_custom_object, "anytasktune.io", "v1alpha1", namespace,
+                                      "taskfinetunes", timeout_seconds=30):
+                    now = time.monotonic()
+                    obj = event["object"]
+                    for st in (obj.get("status") or {}).get("subtasks", []):
+                        key = (obj["metadata"]["name"], st["name"], st.get("phase", ""))
+                        with self.lock:
+                            self.seen.setdefault(key, now)
+                    if self.stop.is_set():
+                        break
+            except Exception:  # noqa: BLE001 - a dropped watch is restarted
+                time.sleep(0.2)
+
+    def wait(self, keys: list[tuple[str, str, str]], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if all(k in self.seen for k in keys):
+                    return
+            time.sleep(0.2)
+        missing = [k for k in keys if k not in self.seen]
+        raise TimeoutError(f"{len(missing)} of {len(keys)} never shown, e.g. {missing[:3]}")
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
+
+
+def drive(pool: ThreadPoolExecutor, fn: Callable[[str], None], names: list[str]) -> dict[str, float]:
+    """Apply fn to every name from the pool; the monotonic time each write finished."""
+    written: dict[str, float] = {}
+
+    def one(name: str) -> None:
+        fn(name)
+        written[name] = time.monotonic()
+
+    list(pool.map(one, names))
+    return written
+
+
+def run_variant(cp: ControlPlane, label: str, pythonpath: str | None, n: int, workdir: Path) -> dict[str, Any]:
+    custom, core = kube_clients(cp.kubeconfig)
+    namespace = f"bench-{label}-{n}-{int(time.time()) % 100000}"
+    core.create_namespace({"metadata": {"name": namespace}})
+    env = {**cp.env(), "ANYTASKTUNE_RESYNC_SECONDS": "30", "PYTHONPATH": pythonpath or ""}
+    op = OperatorProcess(env, workdir / f"{namespace}.log", extra_env={"ANYTASKTUNE_RETRY_BACKOFF_SECONDS": "10"})
+    _, audit_offset = cp.audit_events()
+    op.start()
+    time.sleep(4)  # kopf's start-up; its watches open before the first apply
+    recorder = Recorder(custom, namespace)
+    names = [f"p{i}" for i in range(n)]
+    jobs = [f"{t}-s{i}-1" for t in names for i in range(SUBTASKS)]
+    pool = ThreadPoolExecutor(8)
+    try:
+        t0 = time.monotonic()
+        list(pool.map(lambda t: custom.create_namespaced_custom_object("anytasktune.io", "v1alpha1", namespace, "taskfinetunes", taskfinetune(t)), names))
+        deadline = time.monotonic() + 60 + n * 2
+        while True:
+            count = len(custom.list_namespaced_custom_object("ray.io", "v1", namespace, "rayjobs")["items"])
+            if count >= len(jobs) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        created = time.monotonic() - t0
+        recorder.wait([(t, f"s{i}", "Pending") for t in names for i in range(SUBTASKS)], 120 + n)
+
+        def status(**fields: Any) -> Callable[[str], None]:
+            return lambda job: custom.patch_namespaced_custom_object_status("ray.io", "v1", namespace, "rayjobs", job, {"status": fields})
+
+        drive(pool, status(jobDeploymentStatus="Initializing"), jobs)
+        running_at = drive(pool, status(jobDeploymentStatus="Running", jobStatus="RUNNING", startTime="2026-11-25T10:00:00Z"), jobs)
+        recorder.wait([(t, f"s{i}", "Running") for t in names for i in range(SUBTASKS)], 120 + n)
+        drive(pool, status(jobStatus="SUCCEEDED"), jobs)  # KubeRay: jobStatus first, seconds before the rest
+        done_at = drive(pool, status(jobDeploymentStatus="Complete", endTime="2026-11-25T10:30:00Z"), jobs)
+        recorder.wait([(t, f"s{i}", "Succeeded") for t in names for i in range(SUBTASKS)], 120 + n)
+        time.sleep(2)
+        rss = peak_rss_mib(op.proc.pid) if op.proc else float("nan")
+    finally:
+        recorder.stop.set()
+        op.stop()
+        pool.shutdown()
+    events, _ = cp.audit_events(audit_offset)
+    operator_requests = sum(1 for e in events if e.get("stage") == "ResponseComplete" and e.get("userAgent", "") != DRIVER_AGENT
+                            and e.get("objectRef", {}).get("namespace") == namespace and e.get("verb") != "watch")
+
+    def latency(phase: str, written: dict[str, float]) -> list[float]:
+        return [recorder.seen[(job.split("-s")[0], "s" + job.split("-s")[1].split("-")[0], phase)] - written[job] for job in jobs]
+
+    running, succeeded = latency("Running", running_at), latency("Succeeded", done_at)
+    core.delete_namespace(namespace)
+    changes = 4 * len(jobs)  # the four status writes of each RayJob
+    return {
+        "variant": label, "n": n, "rayjobs": len(jobs), "created_s": created,
+        "running": [percentile(running, q) for q in (0.5, 0.95, 0.99)],
+        "succeeded": [percentile(succeeded, q) for q in (0.5, 0.95, 0.99)],
+        "rss_mib": rss, "requests_per_change": operator_requests / changes,
+    }
+
+
+def baseline_tree(commit: str) -> Path:
+    tree = Path(tempfile.mkdtemp(prefix="anytasktune-baseline-"))
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), commit], check=True, capture_output=True)
+    return tree
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="10,100")
+    parser.add_argument("--baseline", default="ef68e83", help="git commit of the baseline operator ('' = none)")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--json", help="also write the rows to this file")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    variants: list[tuple[str, str | None]] = [("this-tree", None)]
+    tree = None
+    if args.baseline:
+        tree = baseline_tree(args.baseline)
+        variants.insert(0, (f"baseline-{args.baseline}", f"{tree}/operator:{tree}/trainjob"))
+    rows: list[dict[str, Any]] = []
+    workdir = Path(tempfile.mkdtemp(prefix="anytasktune-bench-"))
+    try:
+        with ControlPlane(audit_policy=AUDIT_POLICY) as cp:
+            cp.install_kuberay_crds()
+            cp.kubectl("apply", "--server-side", "-f", str(ROOT / "manifests" / "crd"))
+            time.sleep(2)
+            for _ in range(args.rounds):
+                for n in sizes:
+                    for label, pythonpath in variants:  # interleaved: same N, both variants, back to back
+                        row = run_variant(cp, label, pythonpath, n, workdir)
+                        rows.append(row)
+                        print(json.dumps(row), flush=True)
+    finally:
+        if tree is not None:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], capture_output=True)
+    print()
+    print(f"{'variant':<20} {'TFTs x 10':>9} {'all RayJobs exist':>17} {'Running p50/p95/p99 s':>22} "
+          f"{'Succeeded p50/p95/p99 s':>24} {'peak RSS MiB':>12} {'API req/change':>14}")
+    for n in sizes:
+        for label, _ in variants:
+            mine = [r for r in rows if r["n"] == n and r["variant"] == label]
+            med = {k: statistics.median(r[k] for r in mine) for k in ("created_s", "rss_mib", "requests_per_change")}
+            run = "/".join(f"{statistics.median(r['running'][i] for r in mine):.2f}" for i in range(3))
+            suc = "/".join(f"{statistics.median(r['succeeded'][i] for r in mine):.2f}" for i in range(3))
+            print(f"{label:<20} {n:>9} {med['created_s']:>16.1f}s {run:>22} {suc:>24} {med['rss_mib']:>12.0f} {med['requests_per_change']:>14.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
