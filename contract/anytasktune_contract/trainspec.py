@@ -138,6 +138,15 @@ class EvaluationConfig(Strict):
     maxNewTokens: int = Field(128, ge=1, le=8192)
     batchSize: int = Field(8, ge=1, le=512)
     maxSamples: int = Field(0, ge=0, le=1_000_000, description="Evaluate at most this many held-out records; 0 = all.")
+    minLift: float | None = Field(
+        None, ge=-1.0, le=1.0,
+        description="Promotion gate: the adapter becomes active only when the 95% lower bound of its task-metric lift "
+        "is above this; unset = every adapter is promoted (the verdict then uses 0).",
+    )
+
+    def verdict_threshold(self) -> float:
+        """What the lift's lower bound must be above for the verdict "adapter wins"."""
+        return self.minLift if self.minLift is not None else 0.0
 
 
 class DataContractConfig(Strict):

@@ -131,14 +131,19 @@ def _status_rows(obj: dict[str, Any]) -> list[dict[str, Any]]:
             "base": m.get("base", {}),
             "adapter_score": m.get("adapter", {}),
             "lift": m.get("lift", {}),
+            "intervals": {k: v.get("lift") for k, v in (m.get("intervals") or {}).items() if v.get("lift")},
+            "verdict": m.get("verdict", ""),
             "adapter": s.get("adapter") or "",
             "message": s.get("message", ""),
         })
     return rows
 
 
-def _fmt_scores(scores: dict[str, float], signed: bool = False) -> str:
-    return " ".join(f"{k}={v:+.3f}" if signed else f"{k}={v:.3f}" for k, v in sorted(scores.items())) or "-"
+def _fmt_scores(scores: dict[str, float], signed: bool = False, intervals: dict[str, list[float]] | None = None) -> str:
+    def one(k: str, v: float) -> str:
+        ci = (intervals or {}).get(k)
+        return (f"{k}={v:+.3f}" if signed else f"{k}={v:.3f}") + (f"[{ci[0]:+.2f},{ci[1]:+.2f}]" if ci else "")
+    return " ".join(one(k, v) for k, v in sorted(scores.items())) or "-"
 
 
 def print_table(rows: list[dict[str, str]], columns: Sequence[str]) -> None:
@@ -173,8 +178,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no sub-task status yet in namespace {namespace}", file=sys.stderr)
         return 0
-    table = [{**r, "base": _fmt_scores(r["base"]), "adapter_score": _fmt_scores(r["adapter_score"]), "lift": _fmt_scores(r["lift"], True)} for r in rows]
-    print_table(table, ["taskfinetune", "subtask", "phase", "attempts", "base", "adapter_score", "lift", "adapter"])
+    table = [{**r, "base": _fmt_scores(r["base"]), "adapter_score": _fmt_scores(r["adapter_score"]),
+              "lift": _fmt_scores(r["lift"], True, r["intervals"]), "verdict": r["verdict"] or "-"} for r in rows]
+    print_table(table, ["taskfinetune", "subtask", "phase", "attempts", "base", "adapter_score", "lift", "verdict", "adapter"])
     return 0
 
 

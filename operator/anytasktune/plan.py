@@ -25,8 +25,8 @@ from anytasktune.attempt import AttemptState, ObservedJob, failure_class, format
 from anytasktune.config import OperatorConfig
 from anytasktune.render import child_name, render_configmap, render_rayjob
 from anytasktune.resolve import ResolveError, resolve_subtask
-from anytasktune.spec import EvalScores, SubtaskPhase, SubtaskStatus, TaskFineTune, TaskFineTuneSpec, TaskFineTuneStatus
-from anytasktune.summary import Event, invalid_status, lift_message, summarize, transition_events
+from anytasktune.spec import SubtaskPhase, SubtaskStatus, TaskFineTune, TaskFineTuneSpec, TaskFineTuneStatus
+from anytasktune.summary import Event, eval_scores, invalid_status, lift_message, summarize, transition_events
 from anytasktune.validation import describe
 from anytasktune_contract.failures import FailureClass, explanation
 from anytasktune_contract.trainspec import TrainJobSpec
@@ -235,7 +235,7 @@ def _succeeded(pool: Pool, d: Decision, done: ObservedJob, train: TrainJobSpec, 
             return
         read = manifests.get(uri, ManifestRead())
         if read.manifest is not None:
-            st.metrics = EvalScores.model_validate(read.manifest.get("evaluation", {}))
+            st.metrics = eval_scores(read.manifest.get("evaluation", {}))
         elif not read.in_flight and (read.next_try is None or pool.now >= read.next_try):
             d.actions.append(ReadManifest(st.name, uri))
         elif read.next_try is not None:

@@ -343,9 +343,17 @@ class Phase(str, Enum):
 
 
 class EvalScores(Loose):
+    """Held-out scores of the base model and the adapter (same records, same metric)."""
+
     base: dict[str, float] = Field(default_factory=dict)
     adapter: dict[str, float] = Field(default_factory=dict)
     lift: dict[str, float] = Field(default_factory=dict)
+    intervals: dict[str, dict[str, list[float]]] = Field(
+        default_factory=dict,
+        description="95% paired bootstrap intervals, {metric: {base|adapter|lift: [low, high]}}.",
+    )
+    verdict: str = Field("", description="adapter wins (the lift's lower bound is above threshold) | inconclusive | adapter worse")
+    threshold: float | None = Field(None, description="What the task metric's lift lower bound must be above to win.")
 
 
 class SubtaskStatus(Loose):

@@ -4,8 +4,10 @@ announce transitions. Pure."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from anytasktune.attempt import format_time, parse_time
 from anytasktune.spec import Condition, EvalScores, Phase, SubtaskPhase, SubtaskStatus, TaskFineTuneStatus
@@ -18,12 +20,27 @@ class Event:
     message: str
 
 
+def eval_scores(evaluation: Mapping[str, Any]) -> EvalScores:
+    """The status's view of a manifest's `evaluation` (scores, intervals, verdict)."""
+    scores = EvalScores.model_validate(evaluation)
+    rule = evaluation.get("verdictRule") or {}
+    if scores.threshold is None and isinstance(rule.get("threshold"), (int, float)):
+        scores.threshold = float(rule["threshold"])
+    return scores
+
+
+def _interval(lo_hi: list[float] | None) -> str:
+    return f", 95% CI {lo_hi[0]:+.3f}..{lo_hi[1]:+.3f}" if lo_hi and len(lo_hi) == 2 else ""
+
+
 def lift_message(metrics: EvalScores | None) -> str:
     if metrics is None or not metrics.lift:
         return "adapter published"
     ordered = sorted(metrics.lift.items(), key=lambda kv: (kv[0] == "eval_loss", kv[0]))  # the task metric first
-    parts = [f"{k} {metrics.base.get(k, 0):.3f} -> {metrics.adapter.get(k, 0):.3f} ({v:+.3f})" for k, v in ordered]
-    return "; ".join(parts)
+    parts = [f"{k} {metrics.base.get(k, 0):.3f} -> {metrics.adapter.get(k, 0):.3f} ({v:+.3f}"
+             f"{_interval(metrics.intervals.get(k, {}).get('lift'))})" for k, v in ordered]
+    verdict = f": {metrics.verdict}" if metrics.verdict else ""
+    return "; ".join(parts[:1]) + verdict + "".join(f"; {p}" for p in parts[1:])
 
 
 def _condition(old: TaskFineTuneStatus, type_: str, status: str, reason: str, message: str, generation: int, now: datetime) -> Condition:

@@ -11,6 +11,7 @@ from typing import Any
 from anytasktune_contract.trainspec import TrainJobSpec, metrics_for
 
 from .evaluation import examples, merge_scores
+from .intervals import CONFIDENCE, RESAMPLES, SEED, metric_intervals, verdict
 from .metrics import lift
 from .training import TrainOutcome, TrainState
 from .zero import StepPlan
@@ -64,18 +65,34 @@ def training_summary(spec: TrainJobSpec, facts: RunFacts, state: TrainState, out
     }
 
 
+def judged(spec: TrainJobSpec, evaluation: dict[str, Any]) -> dict[str, Any]:
+    """`evaluation` with 95% paired bootstrap intervals of every metric and lift
+    (from its per-record scores) and the verdict on the task metric."""
+    intervals = metric_intervals(evaluation.get("perRecord", {}))
+    metric = evaluation["metrics"][0]
+    threshold = spec.evaluation.verdict_threshold()
+    lift_interval = intervals.get(metric, {}).get("lift")
+    return {
+        **evaluation, "intervals": intervals,
+        "bootstrap": {"confidence": CONFIDENCE, "resamples": RESAMPLES, "seed": SEED, "paired": True},
+        "verdict": verdict(lift_interval, threshold),
+        "verdictRule": {"metric": metric, "threshold": threshold,
+                        "rule": f"adapter wins when the 95% lower bound of the {metric} lift is above {threshold:g}"},
+    }
+
+
 def evaluation_summary(spec: TrainJobSpec, gathered: list[list[dict[str, Any]]], held: dict[str, Any]) -> dict[str, Any]:
     metric_names = [m.value for m in metrics_for(spec.evaluation, spec.taskType)]
     labels = list(held.get("classLabels") or [])
     results, predictions, records = merge_scores(gathered, held["references"], metric_names, labels)
-    return {
+    return judged(spec, {
         "samples": len(held["references"]), "metrics": metric_names, "base": results["base"],
         "adapter": results["adapter"], "lift": lift(results["base"], results["adapter"]),
         "classLabels": labels, "perRecord": records,
         "answers": {"reference": held["references"][:ANSWERS_KEPT],
                     **{k: v[:ANSWERS_KEPT] for k, v in predictions.items()}},
         "maxNewTokens": spec.evaluation.maxNewTokens, "examples": examples(held, predictions),
-    }
+    })
 
 
 def timings(clock: Clock, outcome: TrainOutcome) -> dict[str, float]:

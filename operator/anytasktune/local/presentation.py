@@ -77,6 +77,11 @@ class Progress:
             self._last_plain[name] = line
 
 
+def _interval(ev: dict[str, Any], metric: str, which: str) -> list[float] | None:
+    value = (ev.get("intervals") or {}).get(metric, {}).get(which)
+    return list(value) if isinstance(value, list) and len(value) == 2 else None
+
+
 def summary_rows(status: dict[str, Any], manifests: dict[str, dict[str, Any]], copies: dict[str, Path]) -> list[dict[str, Any]]:
     rows = []
     for st in status.get("subtasks", []):
@@ -90,14 +95,13 @@ def summary_rows(status: dict[str, Any], manifests: dict[str, dict[str, Any]], c
         rows.append({
             "subtask": st["name"], "phase": st.get("phase"), "attempts": st.get("attempts", 0), "metric": metric,
             "base": base, "adapter_score": adapter, "lift": lift,
-            "verdict": _verdict(st, lift), "train_seconds": train_s, "eval_loss": loss,
+            "intervals": {k: _interval(ev, metric, k) for k in ("base", "adapter", "lift")},
+            "samples": ev.get("samples"), "threshold": (ev.get("verdictRule") or {}).get("threshold"),
+            "verdict": _verdict(st, ev), "train_seconds": train_s, "eval_loss": loss,
             "adapter": str(copies.get(st["name"], st.get("adapter") or "")),
             "message": st.get("message", "") if st.get("phase") != "Succeeded" else "",
         })
     return rows
-
-
-CLEAR_LIFT = 0.05
 
 
 def task_metric(manifest: dict[str, Any]) -> str:
@@ -108,46 +112,61 @@ def task_metric(manifest: dict[str, Any]) -> str:
     return metrics_for(spec.evaluation, spec.taskType)[0].value
 
 
-def _verdict(st: dict[str, Any], lift: float | None) -> str:
+def _verdict(st: dict[str, Any], ev: dict[str, Any]) -> str:
+    """The trainjob's verdict on the lift's 95% interval ("adapter wins" only when its
+    lower bound is above the threshold)."""
     if st.get("phase") != "Succeeded":
         return "FAILED"
-    if lift is None:
-        return "no score"
-    if lift >= CLEAR_LIFT:
-        return "adapter wins"
-    if lift > 0:
-        return "small lift"
-    return "NO LIFT"
+    return str(ev.get("verdict") or "no score")
 
 
-def _score(v: float | None, signed: bool = False) -> str:
+def _score(v: float | None, signed: bool = False, interval: list[float] | None = None) -> str:
     if v is None:
         return "-"
-    return f"{v:+.3f}" if signed else f"{v:.3f}"
+    text = f"{v:+.3f}" if signed else f"{v:.3f}"
+    if interval:
+        lo, hi = interval
+        text += f" [{lo:+.2f}, {hi:+.2f}]" if signed else f" [{lo:.2f}, {hi:.2f}]"
+    return text
+
+
+VERDICT_STYLE = {"adapter wins": "green", "FAILED": "red", "adapter worse": "red"}
 
 
 def print_summary(rows: list[dict[str, Any]], phase: str, wall_seconds: float) -> None:
-    out = Console(width=None if Console().is_terminal else 160)
-    table = Table(title=f"AnyTaskTune: {phase} in {wall_seconds / 60:.1f} min (held-out split, base model vs adapter)",
-                  title_justify="left")
+    out = Console(width=None if Console().is_terminal else 200)
+    table = Table(title=f"AnyTaskTune: {phase} in {wall_seconds / 60:.1f} min (held-out split, base model vs adapter, "
+                  "scores with 95% intervals)", title_justify="left")
     for col in ("sub-task", "phase", "metric", "base", "adapter", "lift", "verdict", "eval loss", "time"):
         table.add_column(col, justify="right" if col in ("base", "adapter", "lift", "time") else "left", overflow="fold")
     for r in rows:
-        verdict_style = "green" if r["verdict"] == "adapter wins" else "red" if r["verdict"] in ("FAILED", "NO LIFT") else "yellow"
+        style = VERDICT_STYLE.get(r["verdict"], "yellow")
         secs = r["train_seconds"]
         base_loss, adapter_loss = r["eval_loss"]
         loss = f"{base_loss:.2f} → {adapter_loss:.2f}" if base_loss is not None and adapter_loss is not None else "-"
+        ci = r["intervals"]
         table.add_row(
-            r["subtask"], r["phase"], r["metric"] or "-", _score(r["base"]), _score(r["adapter_score"]), _score(r["lift"], True),
-            f"[{verdict_style}]{r['verdict']}[/{verdict_style}]", loss, f"{secs / 60:.1f} min" if secs else "-",
+            r["subtask"], r["phase"], r["metric"] or "-", _score(r["base"], interval=ci["base"]),
+            _score(r["adapter_score"], interval=ci["adapter"]), _score(r["lift"], True, ci["lift"]),
+            f"[{style}]{r['verdict']}[/{style}]", loss, f"{secs / 60:.1f} min" if secs else "-",
         )
     out.print(table)
+    _print_footer(out, rows)
+
+
+def _print_footer(out: Console, rows: list[dict[str, Any]]) -> None:
     folders = {str(Path(r["adapter"]).parent) for r in rows if r["phase"] == "Succeeded" and r["adapter"] and not r["adapter"].startswith("s3://")}
     for folder in sorted(folders):
         out.print(f"Adapters (PEFT) and their manifest.json: {folder}/<sub-task>/", highlight=False)
     for r in rows:
         if r["phase"] != "Succeeded":
             out.print(f"[red]{r['subtask']}[/red]: {r['message']}", highlight=False)
-    wins = sum(1 for r in rows if r["verdict"] == "adapter wins")
-    honest = "" if wins == len(rows) else f" — {len(rows) - wins} did not; see the verdict column"
-    out.print(f"{wins}/{len(rows)} sub-task adapters beat the base model by at least {CLEAR_LIFT} on their task metric{honest}.")
+    thresholds = sorted({r["threshold"] for r in rows if r["threshold"] is not None})
+    bar = " / ".join(f"{t:g}" for t in thresholds) or "0"
+    out.print(f"Verdict: \"adapter wins\" only when the lift's 95% lower bound (paired bootstrap over the same held-out "
+              f"records) is above {bar}; \"inconclusive\" when the held-out set cannot tell; \"adapter worse\" when the "
+              "upper bound is below 0.", highlight=False)
+    wins = [r for r in rows if r["verdict"] == "adapter wins"]
+    others = ", ".join(f"{r['subtask']}: {r['verdict']}" for r in rows if r["verdict"] != "adapter wins")
+    out.print(f"{len(wins)}/{len(rows)} sub-task adapters beat the base model with 95% confidence"
+              + (f" — not shown for {others}." if others else "."), highlight=False)

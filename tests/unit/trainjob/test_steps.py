@@ -143,8 +143,27 @@ def test_summarise_a_resumed_attempt() -> None:
     assert ev["base"] == {"eval_loss": 2.0, "accuracy": 0.0} and ev["adapter"] == {"eval_loss": 0.5, "accuracy": 1.0}
     assert ev["lift"] == {"eval_loss": -1.5, "accuracy": 1.0}
     assert len(ev["examples"]) == 5 and len(ev["examples"][0]["prompt"]) == 400
+    # 6 records, each 0 -> 1: the paired lift is certain, the verdict says so
+    assert ev["intervals"]["accuracy"] == {"base": [0.0, 0.0], "adapter": [1.0, 1.0], "lift": [1.0, 1.0]}
+    assert ev["verdict"] == "adapter wins" and ev["verdictRule"]["threshold"] == 0.0
+    assert ev["bootstrap"]["paired"] is True and ev["perRecord"]["accuracy"]["base"] == [0.0] * 6
     assert summary["timings"] == {"modelDownloadSeconds": 1.0, "setupSeconds": 2.0, "trainSeconds": 4.0,
                                   "saveSeconds": 0.5, "evalSeconds": 1.5}
+
+
+def test_a_small_mixed_lift_is_inconclusive_and_min_lift_raises_the_bar() -> None:
+    spec = _spec()
+    base = {i: ("positive" if i < 3 else "negative") for i in range(8)}  # right on 0, 1, 2
+    adapter = {i: ("positive" if 2 <= i < 6 else "negative") for i in range(8)}  # right on 2, 3, 4, 5
+    gathered = [_rows(base, adapter, (8.0, 8.0), 8)]
+    held = {"references": ["positive"] * 8, "prompt_text": ["p"] * 8}
+    ev = summarise(spec, _facts(spec), TrainState(step=1), TrainOutcome(), gathered, held,
+                   Clock({k: 0.0 for k in ("start", "loaded", "ready", "trained", "saved", "evaluated")}))["evaluation"]
+    assert ev["lift"]["accuracy"] == pytest.approx(0.125)  # a lift of +0.125 on 8 records …
+    lo, hi = ev["intervals"]["accuracy"]["lift"]
+    assert lo < 0.0 < 0.125 < hi and ev["verdict"] == "inconclusive"  # … that the held-out set cannot confirm
+    strict = _spec(evaluation={"minLift": 0.3})
+    assert strict.evaluation.verdict_threshold() == 0.3
 
 
 def test_summarise_an_attempt_that_had_nothing_left_to_train() -> None:
