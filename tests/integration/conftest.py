@@ -18,7 +18,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from tests.integration.helpers import serving  # noqa: E402
+from tests.integration.helpers import Kubectl, serving  # noqa: E402
 from tests.kube.controlplane import ControlPlane  # noqa: E402
 
 PROJECT_CRD_DIR = REPO_ROOT / "manifests" / "crd"
@@ -53,3 +53,9 @@ def control_plane() -> Iterator[ControlPlane]:
 def kube_env(control_plane: ControlPlane) -> dict[str, str]:
     """Environment (os.environ + KUBECONFIG=admin kubeconfig) for subprocesses."""
     return control_plane.env()
+
+
+@pytest.fixture(scope="module")
+def k(kube_env: dict[str, str]) -> Kubectl:
+    """kubectl against the shared control plane (modules with a plane of their own override it)."""
+    return Kubectl(kube_env)

@@ -205,3 +205,27 @@ def taskfinetune(name: str, subtasks: list[str], **spec: Any) -> dict[str, Any]:
     }
     body.update(spec)
     return {"apiVersion": "anytasktune.io/v1alpha1", "kind": "TaskFineTune", "metadata": {"name": name}, "spec": body}
+
+
+@contextmanager
+def s3_serving(tmp: Path, buckets: list[str], **kwargs: Any) -> Iterator[Any]:
+    """A real S3 server (SeaweedFS, `anytasktune.s3server.EmbeddedS3`) for the duration."""
+    from anytasktune.s3server import EmbeddedS3
+
+    server = EmbeddedS3(tmp, buckets=buckets, **kwargs).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextmanager
+def operator_serving(kube_env: dict[str, str], log_dir: Path, s3: Any = None, **env: str) -> Iterator[OperatorProcess]:
+    """The real operator with the S3 server's keys (if any) and `env`; its log printed at the end."""
+    creds = {k: v for k, v in s3.env().items() if k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")} if s3 is not None else {}
+    op = OperatorProcess(kube_env, log_dir / "operator.log", extra_env={**creds, **env}).start()
+    try:
+        yield op
+    finally:
+        op.stop()
+        print(op.logs())

@@ -16,35 +16,20 @@ from typing import Any
 import pytest
 
 from anytasktune_contract.failures import FailureClass, failure_line
-from tests.integration.helpers import RUNNING, SUCCEEDED, Kubectl, OperatorProcess, failed, taskfinetune, wait_for
-
-
-@pytest.fixture(scope="module")
-def k(kube_env: dict[str, str]) -> Kubectl:
-    return Kubectl(kube_env)
+from tests.integration.helpers import RUNNING, SUCCEEDED, Kubectl, OperatorProcess, failed, operator_serving, s3_serving, taskfinetune, wait_for
 
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A real S3 server (SeaweedFS) holding adapter manifests."""
-    from anytasktune.s3server import EmbeddedS3
-
-    server = EmbeddedS3(tmp_path_factory.mktemp("s3"), buckets=["adapters"]).start()
-    try:
+    with s3_serving(tmp_path_factory.mktemp("s3"), ["adapters"]) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
 def operator(kube_env: dict[str, str], s3: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    creds = {k: v for k, v in s3.env().items() if k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
-    op = OperatorProcess(kube_env, tmp_path_factory.mktemp("operator") / "operator.log", extra_env=creds).start()
-    try:
+    with operator_serving(kube_env, tmp_path_factory.mktemp("operator"), s3) as op:
         yield op
-    finally:
-        op.stop()
-        print(op.logs())
 
 
 def subtask_status(tft: dict[str, Any], name: str) -> dict[str, Any]:

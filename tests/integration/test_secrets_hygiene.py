@@ -11,37 +11,24 @@ from typing import Any
 
 import pytest
 
-from tests.integration.helpers import SUCCEEDED, Kubectl, OperatorProcess, failed, taskfinetune, wait_for
+from tests.integration.helpers import SUCCEEDED, Kubectl, OperatorProcess, failed, operator_serving, s3_serving, taskfinetune, wait_for
 
 ACCESS = "AKIAMARKERACCESS7Q3Z"
 SECRET = "marker-secret-key-4b9e1f77c2d04a6e"
 MARKERS = (ACCESS, SECRET)
 
 
-@pytest.fixture(scope="module")
-def k(kube_env: dict[str, str]) -> Kubectl:
-    return Kubectl(kube_env)
-
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from anytasktune.s3server import EmbeddedS3
-
-    server = EmbeddedS3(tmp_path_factory.mktemp("s3"), access_key=ACCESS, secret_key=SECRET, buckets=["adapters"]).start()
-    try:
+    with s3_serving(tmp_path_factory.mktemp("s3"), ["adapters"], access_key=ACCESS, secret_key=SECRET) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
 def operator(kube_env: dict[str, str], s3: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    env = {"AWS_ACCESS_KEY_ID": ACCESS, "AWS_SECRET_ACCESS_KEY": SECRET, "KOPF_RUN_VERBOSE": "true"}
-    op = OperatorProcess(kube_env, tmp_path_factory.mktemp("operator") / "operator.log", extra_env=env).start()
-    try:
+    with operator_serving(kube_env, tmp_path_factory.mktemp("operator"), s3, KOPF_RUN_VERBOSE="true") as op:
         yield op
-    finally:
-        op.stop()
 
 
 def test_no_marker_anywhere_after_a_lifecycle(k: Kubectl, operator: OperatorProcess, s3: Any) -> None:

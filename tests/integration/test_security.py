@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.helpers import RUNNING, SUCCEEDED, Kubectl, OperatorProcess, taskfinetune, wait_for
+from tests.integration.helpers import RUNNING, SUCCEEDED, Kubectl, OperatorProcess, operator_serving, s3_serving, taskfinetune, wait_for
 
 
 class Listener:
@@ -59,20 +59,11 @@ class Listener:
             conn.close()
 
 
-@pytest.fixture(scope="module")
-def k(kube_env: dict[str, str]) -> Kubectl:
-    return Kubectl(kube_env)
-
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from anytasktune.s3server import EmbeddedS3
-
-    server = EmbeddedS3(tmp_path_factory.mktemp("s3"), buckets=["team-a", "team-b", "healthy"]).start()
-    try:
+    with s3_serving(tmp_path_factory.mktemp("s3"), ["team-a", "team-b", "healthy"]) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -91,20 +82,15 @@ def black_hole() -> Iterator[Listener]:
 
 @pytest.fixture(scope="module")
 def operator(kube_env: dict[str, str], s3: Any, black_hole: Listener, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    creds = {k: v for k, v in s3.env().items() if k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
     policy = [
         {"namespaces": ["team-a"], "endpoints": [s3.endpoint], "outputs": ["s3://team-a/"]},
         {"namespaces": ["team-b"], "endpoints": [s3.endpoint], "outputs": ["s3://team-b/"]},
         {"namespaces": ["healthy"], "endpoints": [s3.endpoint], "outputs": ["s3://healthy/"]},
         {"namespaces": ["stuck"], "endpoints": [black_hole.endpoint], "outputs": ["s3://stuck/"]},
     ]
-    env = {**creds, "ANYTASKTUNE_STORAGE_READ_POLICY": json.dumps(policy), "ANYTASKTUNE_RESYNC_SECONDS": "30"}
-    op = OperatorProcess(kube_env, tmp_path_factory.mktemp("operator") / "operator.log", extra_env=env).start()
-    try:
+    env = {"ANYTASKTUNE_STORAGE_READ_POLICY": json.dumps(policy), "ANYTASKTUNE_RESYNC_SECONDS": "30"}
+    with operator_serving(kube_env, tmp_path_factory.mktemp("operator"), s3, **env) as op:
         yield op
-    finally:
-        op.stop()
-        print(op.logs())
 
 
 def pool(name: str, subtasks: list[str], output: str, endpoint: str) -> dict[str, Any]:
