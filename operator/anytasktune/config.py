@@ -88,8 +88,8 @@ class OperatorConfig:
     # Namespaces to watch; empty = all (cluster-wide RBAC needed).
     watch_namespaces: tuple[str, ...] = ()
     metrics_port: int = 8080
-    # Reconcile passes run at once (each in a thread: blocking API calls).
-    workers: int = 4
+    # Reconcile passes run at once (each in a thread, mostly waiting on the API server).
+    workers: int = 8
     storage_read_policy: StorageReadPolicy = field(default_factory=StorageReadPolicy)
 
     @property
@@ -112,6 +112,6 @@ class OperatorConfig:
             restricted_pods=e.get("ANYTASKTUNE_RESTRICTED_PODS", "true").lower() != "false",
             watch_namespaces=parse_namespaces(e.get("ANYTASKTUNE_NAMESPACES", "")),
             metrics_port=int(e.get("ANYTASKTUNE_METRICS_PORT", "8080")),
-            workers=int(e.get("ANYTASKTUNE_WORKERS", "4")),
+            workers=int(e.get("ANYTASKTUNE_WORKERS", "8")),
             storage_read_policy=StorageReadPolicy.parse(e.get("ANYTASKTUNE_STORAGE_READ_POLICY", "")),
         )

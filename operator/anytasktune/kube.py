@@ -67,14 +67,20 @@ class KubeClient:
         return list(resp.get("items", []))
 
     def observe(self, namespace: str, tft: str) -> tuple[list[ObservedJob], dict[str, str]]:
-        """The TaskFineTune's RayJobs, and RayJob name -> its live RayCluster's name."""
+        """The TaskFineTune's RayJobs, and RayJob name -> its live RayCluster's name.
+
+        Clusters matter only for finished (or vanishing) attempts, whose cluster may
+        outlive them: while every attempt is unfinished, the second LIST is skipped."""
+        rayjobs = self._children("rayjobs", namespace, tft)
+        jobs = [ObservedJob.from_object(o) for o in rayjobs]
+        if not any(j.state.is_terminal or j.deleting for j in jobs):
+            return jobs, {}
         clusters = {
             c["metadata"]["labels"].get(ORIGINATED_FROM, ""): c["metadata"]["name"]
             for c in self._children("rayclusters", namespace, tft)
         }
         live = frozenset(clusters)
-        jobs = [ObservedJob.from_object(o, live) for o in self._children("rayjobs", namespace, tft)]
-        return jobs, clusters
+        return [ObservedJob.from_object(o, live) for o in rayjobs], clusters
 
     def post_event(self, tft: dict[str, Any], event: Event) -> None:
         meta = tft["metadata"]
