@@ -128,6 +128,7 @@ class ControlPlane:
         *,
         kubectl_bin: str | None = None,
         keep_workdir: bool | None = None,
+        audit_policy: dict[str, Any] | None = None,
     ) -> None:
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.bin_dir = self.cache_dir / "bin"
@@ -142,6 +143,12 @@ class ControlPlane:
         self.kubeconfig = Path()
         self.ca_file = Path()
         self._procs: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = []
+        # name -> (argv, readiness URL, readiness headers): what restart() needs.
+        self._launch: dict[str, tuple[list[str], str, dict[str, str]]] = {}
+        #: An audit.k8s.io/v1 Policy: the API server then writes every request it
+        #: matches to ``audit_log`` (JSON lines; see :meth:`audit_events`).
+        self.audit_policy = audit_policy
+        self.audit_log: Path | None = None
 
     # ----------------------------------------------------------------- checks
     def binary(self, name: str) -> Path:
@@ -182,17 +189,24 @@ class ControlPlane:
         return self
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        self._launch[name] = (list(args), "", {})
+        proc, log = self._popen(name, args)
+        self._procs.append((name, proc, log))
+        return proc
+
+    def _popen(self, name: str, args: list[str]) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
         assert self.workdir
-        log = open(self.workdir / f"{name}.log", "wb")
+        log = open(self.workdir / f"{name}.log", "ab")  # appended to by a restart
         proc = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             cwd=self.workdir, preexec_fn=_die_with_parent,
         )
-        self._procs.append((name, proc, log))
-        return proc
+        return proc, log
 
     def _wait_for(self, name: str, url: str, timeout: float, **req: Any) -> None:
         """Poll url until it answers 200 "ok"-ish; fail early if the process died."""
+        if name in self._launch:  # remembered for restart()
+            self._launch[name] = (self._launch[name][0], url, dict(req.get("headers", {})))
         proc = next(p for n, p, _ in self._procs if n == name)
         ctx = ssl._create_unverified_context()  # only for the readiness probe
         deadline = time.monotonic() + timeout
@@ -239,6 +253,13 @@ class ControlPlane:
         tokens.write_text(f'{self.admin_token},admin,admin,"system:masters"\n')
         self.sa_key = self.workdir / "sa.key"
         _write_rsa_key(self.sa_key)
+        audit: list[str] = []
+        if self.audit_policy is not None:
+            policy = self.workdir / "audit-policy.json"
+            policy.write_text(json.dumps(self.audit_policy))
+            self.audit_log = self.workdir / "audit.log"
+            # Blocking mode (the default): an event is in the file before the response is sent.
+            audit = [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}", "--audit-log-format=json"]
         self._spawn("kube-apiserver", [
             str(self.binary("kube-apiserver")),
             f"--etcd-servers={self.etcd_url}",
@@ -262,6 +283,7 @@ class ControlPlane:
             "--allow-privileged=true",
             "--profiling=false",
             "--v=1",
+            *audit,
         ])
         headers = {"Authorization": f"Bearer {self.admin_token}"}
         self._wait_for("kube-apiserver", f"{self.server}/readyz", timeout, headers=headers)
@@ -294,6 +316,60 @@ class ControlPlane:
         # /healthz is always allowed anonymously on the controller-manager.
         self._wait_for("kube-controller-manager", f"https://127.0.0.1:{port}/healthz", timeout)
 
+    # ------------------------------------------------------------ fault tools
+    def components(self) -> list[str]:
+        return [name for name, _proc, _log in self._procs]
+
+    def pid(self, name: str) -> int:
+        return next(p.pid for n, p, _ in self._procs if n == name)
+
+    def stop_component(self, name: str, *, kill: bool = False) -> None:
+        """Stop one component (SIGTERM and wait, or SIGKILL): its port, data dir and
+        certificates stay, so :meth:`start_component` brings the same one back."""
+        index = next(i for i, (n, _p, _l) in enumerate(self._procs) if n == name)
+        _name, proc, log = self._procs[index]
+        if proc.poll() is None:
+            proc.kill() if kill else proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+    def start_component(self, name: str, timeout: float = 90.0) -> None:
+        """Start a stopped component again with the same arguments (same ports, same
+        data dir, same certificates) and wait until it is ready."""
+        index = next(i for i, (n, _p, _l) in enumerate(self._procs) if n == name)
+        if self._procs[index][1].poll() is None:
+            raise ControlPlaneError(f"{name} is still running")
+        args, url, headers = self._launch[name]
+        proc, log = self._popen(name, args)
+        self._procs[index] = (name, proc, log)
+        self._wait_for(name, url, timeout, headers=headers)
+
+    def restart(self, name: str, *, kill: bool = False, down_for: float = 0.0, timeout: float = 90.0) -> None:
+        """Stop one component (``kill``: SIGKILL, else SIGTERM), keep it down for
+        ``down_for`` seconds, start it again on the same ports and data."""
+        self.stop_component(name, kill=kill)
+        time.sleep(down_for)
+        self.start_component(name, timeout)
+
+    def audit_events(self, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+        """The audit events written since byte ``offset`` of the log (needs
+        ``audit_policy``; restarts append to the same log), and the offset to read on
+        from. Only whole lines: one the API server is writing now waits for the next read."""
+        if self.audit_log is None:
+            raise ControlPlaneError("no audit log: start the control plane with audit_policy=...")
+        if not self.audit_log.exists():
+            return [], offset
+        with open(self.audit_log, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+        whole = data[: data.rfind(b"\n") + 1]
+        events = [json.loads(line) for line in whole.splitlines() if line.strip()]
+        return events, offset + len(whole)
+
     # --------------------------------------------------------------- shutdown
     def stop(self, keep_workdir: bool | None = None) -> None:
         """Terminate (then kill) in reverse start order; remove the workdir
@@ -323,7 +399,8 @@ class ControlPlane:
         """Last lines of each component's log, for error messages."""
         out = []
         for name, _proc, log in self._procs:
-            log.flush()
+            if not log.closed:  # a component stopped by stop_component
+                log.flush()
             lines = Path(log.name).read_text(errors="replace").splitlines()[-tail:]
             out.append(f"----- {name} ({log.name}) -----\n" + "\n".join(lines))
         return "\n".join(out)
@@ -367,5 +444,28 @@ class ControlPlane:
         applied = self.kubectl(
             "apply", "--server-side", "--output=name", *(f"--filename={f}" for f in files)
         ).stdout.split()
-        self.kubectl("wait", "--for=condition=Established", f"--timeout={int(timeout)}s",
-                     *applied)
+        self.wait_established(applied, timeout)
+
+    def wait_established(self, crds: list[str], timeout: float = 60) -> None:
+        """Wait until every CRD (``customresourcedefinition.…/name`` or a bare name) is
+        Established. Not `kubectl wait --for=condition=Established`: a CRD created a
+        moment ago may have `status.conditions: null`, and kubectl wait then fails at
+        once (".status.conditions accessor error: <nil> is of the type <nil>"), which
+        made the control plane's start flaky on a loaded machine."""
+        names = {c.split("/")[-1] for c in crds if c.split("/")[0].startswith("customresourcedefinition")
+                 or "/" not in c}
+        deadline = time.monotonic() + timeout
+        pending = names
+        while True:
+            items = json.loads(self.kubectl("get", "customresourcedefinitions", "--output=json").stdout)["items"]
+            established = {
+                i["metadata"]["name"] for i in items
+                if any(c.get("type") == "Established" and c.get("status") == "True"
+                       for c in ((i.get("status") or {}).get("conditions") or []))
+            }
+            pending = names - established
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(f"CRDs not Established after {timeout}s: {sorted(pending)}")
+            time.sleep(0.2)
