@@ -15,8 +15,8 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from anytasktune.config import OperatorConfig
 from anytasktune.attempt import ObservedJob, format_time
+from anytasktune.config import OperatorConfig
 from anytasktune.plan import plan
 from anytasktune.resolve import resolve_subtask
 from anytasktune.spec import TaskFineTune
@@ -39,7 +39,7 @@ def pool(n: int) -> tuple[dict[str, Any], list[ObservedJob]]:
     model = TaskFineTune.model_validate(obj)
     jobs = []
     for sub in model.spec.subtasks:  # two failed attempts and a running third one each
-        run_id = resolve_subtask("bench", "ns", model.spec, sub).run_id()
+        run_id = resolve_subtask("bench", "ns", model.spec, sub).spec_id()
         for attempt, status in ((1, "FAILED"), (2, "FAILED"), (3, "RUNNING")):
             jobs.append(ObservedJob(name=f"bench-{sub.name}-{attempt}", subtask=sub.name, run_id=run_id, attempt=attempt,
                                     deployment_status="Failed" if status == "FAILED" else "Running", job_status=status,

@@ -160,6 +160,11 @@ class DataContractConfig(Strict):
 class DatasetRef(Strict):
     uri: str = Field(..., min_length=6, max_length=1024, description="s3://bucket/key of a JSON Lines or JSON array file.")
     format: DatasetFormat = DatasetFormat.taskfinetune
+    revision: str = Field(
+        "", max_length=256,
+        description="Any text; change it after replacing the object in place: the sub-task re-reads the object's ETag "
+        "and retrains only if the content changed.",
+    )
 
 
 class BaseModelRef(Strict):
@@ -189,6 +194,21 @@ class StorageTarget(Strict):
     addressingStyle: Literal["auto", "path", "virtual"] = "auto"
 
 
+class RunInputs(Strict):
+    """What a run's result depends on besides its spec, settled by the trainjob when it
+    starts (with the tenant's own credentials: the operator never reads datasets)."""
+
+    dataset: str = Field(..., description="the dataset's content: S3 ETag, or sha256 of a local file")
+    baseModel: str = Field(..., description="the base model's identity and version (file ETags, snapshot commit)")
+    trainjob: str = Field(..., description="the trainjob's version")
+
+
+# Fields that decide what the trainjob does but not what it trains: changing one launches
+# an attempt (new spec id) that reuses the published run (same run id).
+NOT_IN_RUN_ID: dict[str, Any] = {"storage": True, "pin": True, "dataset": {"revision"},
+                 "evaluation": {"minLift", "compareWith"}}
+
+
 class TrainJobSpec(Strict):
     """Everything one trainjob run needs, fully resolved (no defaults left to apply)."""
 
@@ -208,21 +228,42 @@ class TrainJobSpec(Strict):
     evaluation: EvaluationConfig
     dataContract: DataContractConfig
     storage: StorageTarget
-    outputPrefix: str = Field(..., description="s3://… prefix; the run writes <outputPrefix>/<runId>/.")
+    outputPrefix: str = Field(..., description="s3://… prefix; runs go to <outputPrefix>/runs/<runId>/.")
     scaling: Scaling
+    pin: str = Field("", description="A published run id to make active instead of training (a rollback).")
+    inputs: RunInputs | None = Field(None, description="Settled by the trainjob when it starts (`run_id` needs them).")
+
+    def spec_id(self) -> str:
+        """Hash of the resolved spec: what the operator knows, so what it launches under
+        (a new spec id, a new attempt). Where storage is reached (endpoint, region) changes
+        nothing, so it is not hashed: a local rerun with a new embedded-S3 port is the same."""
+        return spec_hash(self.model_dump(mode="json", exclude={"storage", "inputs"}))
 
     def run_id(self) -> str:
-        """Content hash of what determines the result: same spec, same run id, same
-        checkpoint folder, so a retry resumes instead of starting over. Where storage is
-        reached (endpoint, region) does not change the result, so it is not hashed: a
-        local rerun with a new embedded-S3 port resumes too."""
-        return spec_hash(self.model_dump(mode="json", exclude={"storage"}))
+        """The run identity: the spec as far as it shapes the adapter, plus the dataset's
+        content, the base model's identity and the trainjob's version (`inputs`). Same run
+        id, same adapter: the run is reused, never trained twice; a retry resumes from the
+        same checkpoint folder; a replaced dataset object gives a new run id."""
+        if self.inputs is None:
+            raise ValueError(f"the run identity of {self.taskFineTune}/{self.subtask} is not settled yet: "
+                             "the trainjob settles `inputs` when it starts (spec_id() identifies the spec)")
+        return spec_hash(self.model_dump(mode="json", exclude=NOT_IN_RUN_ID))
 
-    def run_prefix(self) -> str:
-        return f"{self.outputPrefix.rstrip('/')}/{self.run_id()}/"
+    def spec_prefix(self) -> str:
+        """Where the trainjob records what it did for this spec (trained, reused, pinned):
+        the one place the operator reads, knowing only the spec."""
+        return f"{self.outputPrefix.rstrip('/')}/{self.spec_id()}/"
+
+    def run_prefix(self, run_id: str | None = None) -> str:
+        """Where a run's adapter and manifest live: content-addressed, never overwritten."""
+        return f"{self.outputPrefix.rstrip('/')}/runs/{run_id or self.run_id()}/"
 
     def checkpoint_prefix(self) -> str:
         return f"{self.outputPrefix.rstrip('/')}/checkpoints/{self.run_id()}/"
+
+    def registry_uri(self) -> str:
+        """The TaskFineTune's adapter registry: <output>/<name>/index.json."""
+        return f"{self.outputPrefix.rstrip('/').rsplit('/', 1)[0]}/index.json"
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True, ensure_ascii=False)

@@ -184,6 +184,69 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registry_from_cluster(args: argparse.Namespace) -> tuple[dict[str, Any], str | None]:
+    """The TaskFineTune's registry, found through its spec.storage, read with the caller's S3 credentials."""
+    from anytasktune_contract.storage import ObjectStore, StorageSettings
+
+    api = _custom_objects_api(args.context)
+    namespace = args.namespace or "default"
+    try:
+        obj: dict[str, Any] = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, args.name)  # type: ignore[assignment]
+    except Exception as err:  # noqa: BLE001 - any API problem is the user's to fix
+        raise UserError(f"cannot read TaskFineTune {namespace}/{args.name}: {getattr(err, 'status', '')} {getattr(err, 'reason', err)}") from err
+    storage = TaskFineTune.model_validate({k: v for k, v in obj.items() if k != "status"}).spec.storage
+    uri = f"{storage.output.rstrip('/')}/{args.name}/index.json"
+    endpoint = args.s3_endpoint or storage.endpoint
+    try:
+        body = ObjectStore(StorageSettings(endpoint, storage.region, storage.addressingStyle), attempts=2).get_bytes(uri)[0]
+    except Exception as err:  # noqa: BLE001 - missing registry, no access: say which
+        raise UserError(f"cannot read the registry {uri}: {err}") from err
+    return json.loads(body), endpoint
+
+
+def _read_registry(args: argparse.Namespace) -> tuple[dict[str, Any], str | None]:
+    from pathlib import Path
+
+    if args.registry and args.registry.startswith("s3://"):
+        from anytasktune_contract.storage import ObjectStore, StorageSettings
+
+        store = ObjectStore(StorageSettings(args.s3_endpoint, os.environ.get("AWS_REGION", "us-east-1"), "path"), attempts=2)
+        return json.loads(store.get_bytes(args.registry)[0]), args.s3_endpoint
+    local = Path(args.registry) if args.registry else Path(args.workdir) / args.name / "index.json" if args.workdir else None
+    if local is None:
+        return _registry_from_cluster(args)
+    if not local.is_file():
+        raise UserError(f"no registry at {local}" + (" (has `anytasktune run` finished there?)" if args.workdir else ""))
+    return json.loads(local.read_text()), args.s3_endpoint
+
+
+def cmd_serve_config(args: argparse.Namespace) -> int:
+    from anytasktune.serving import ServingError, render_text, serve_config
+
+    registry, endpoint = _read_registry(args)
+    try:
+        config = serve_config(registry, base_model=args.base_model, endpoint=endpoint)
+    except ServingError as err:
+        raise UserError(str(err)) from err
+    if args.output == "json":
+        _emit(config, "json")
+    else:
+        print(render_text(config), end="")
+    return 0
+
+
+def _custom_objects_api(context: str | None) -> Any:
+    try:
+        import kubernetes
+    except ImportError as err:
+        raise UserError("this command needs the operator extra: pip install 'anytasktune[operator]'") from err
+    try:
+        kubernetes.config.load_kube_config(context=context)
+    except Exception as err:  # noqa: BLE001 - any kubeconfig problem is a user error here
+        raise UserError(f"cannot load kubeconfig: {err}") from err
+    return kubernetes.client.CustomObjectsApi()
+
+
 def cmd_operator(args: argparse.Namespace) -> int:
     argv = [sys.executable, "-m", "kopf", "run", "--standalone", "-m", "anytasktune.handlers"]
     namespaces = args.namespace or list(OperatorConfig.from_env().watch_namespaces)
@@ -243,6 +306,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", help="kubeconfig context")
     p.add_argument("-o", "--output", choices=["text", "json"], default="text")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("serve-config", help="vLLM multi-LoRA and LoRAX configuration for a TaskFineTune's active adapters")
+    p.add_argument("name", metavar="NAME", help="the TaskFineTune")
+    p.add_argument("-n", "--namespace")
+    p.add_argument("--context", help="kubeconfig context")
+    p.add_argument("--workdir", help="read local mode's copy: WORKDIR/NAME/index.json (e.g. out)")
+    p.add_argument("--registry", help="an index.json file or its s3:// uri, instead of the cluster")
+    p.add_argument("--s3-endpoint", default=None, help="S3 endpoint for the registry and the printed commands")
+    p.add_argument("--base-model", default=None, help="serve on this base model (path or id) instead of the recorded one")
+    p.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    p.set_defaults(func=cmd_serve_config)
 
     p = sub.add_parser("datasets", help="dataset tools")
     dsub = p.add_subparsers(dest="datasets_command", required=True, metavar="COMMAND")

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from anytasktune.attempt import ObservedJob
 from anytasktune.config import OperatorConfig
 from anytasktune.plan import DeleteJob, Launch, ManifestRead, Plan, ReadManifest, ReleaseCluster, SetSuspend, plan
+from anytasktune.records import record_fields
 from anytasktune.spec import TaskFineTuneStatus
 from anytasktune.summary import Event
 from anytasktune_contract.backoff import Backoff
@@ -83,7 +84,7 @@ def reconcile(obj: Mapping[str, Any], jobs: list[ObservedJob], reads: ManifestRe
 class ManifestReads:
     """The latest read of each run's manifest.json, for one TaskFineTune.
 
-    Only the evaluation is kept (the planner needs nothing else), so memory stays
+    Only what the planner reads is kept (`records.record_fields`), so memory stays
     small with many pools. Thread-safe: reads finish on other threads."""
 
     def __init__(self, backoff: Backoff) -> None:
@@ -107,7 +108,7 @@ class ManifestReads:
     def succeeded(self, uri: str, body: bytes) -> None:
         manifest = json.loads(body)
         with self._lock:
-            self._reads[uri] = ManifestRead(manifest={"evaluation": manifest.get("evaluation", {})})
+            self._reads[uri] = ManifestRead(manifest=record_fields(manifest))
 
     def failed(self, uri: str, error: str, now: datetime) -> ManifestRead:
         with self._lock:

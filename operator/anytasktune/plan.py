@@ -23,10 +23,11 @@ from pydantic import ValidationError
 
 from anytasktune.attempt import AttemptState, ObservedJob, failure_class, format_time, parse_time
 from anytasktune.config import OperatorConfig
+from anytasktune.records import apply_record
 from anytasktune.render import child_name, render_configmap, render_rayjob
 from anytasktune.resolve import ResolveError, resolve_subtask
 from anytasktune.spec import SubtaskPhase, SubtaskStatus, TaskFineTune, TaskFineTuneSpec, TaskFineTuneStatus
-from anytasktune.summary import Event, eval_scores, invalid_status, lift_message, summarize, transition_events
+from anytasktune.summary import Event, invalid_status, outcome_message, summarize, transition_events
 from anytasktune.validation import describe
 from anytasktune_contract.failures import FailureClass, explanation
 from anytasktune_contract.trainspec import TrainJobSpec
@@ -188,18 +189,20 @@ def decide(pool: Pool, subtask: str, jobs: list[ObservedJob], prev: SubtaskStatu
     except ResolveError as err:
         return Decision(SubtaskStatus(name=subtask, phase=SubtaskPhase.Failed, reason="InvalidSpec",
                                       failureClass=FailureClass.InvalidSpec.value, message=str(err)))
-    run_id = train.run_id()
-    d = Decision(SubtaskStatus(name=subtask, runId=run_id), train, next_attempt=max((j.attempt for j in jobs), default=0) + 1)
-    for stale in (j for j in jobs if j.run_id != run_id and not j.state.is_terminal and not j.deleting):
+    spec_id = train.spec_id()  # RayJobs carry it as the run-id label; the run id is settled by the trainjob
+    d = Decision(SubtaskStatus(name=subtask, specId=spec_id), train, next_attempt=max((j.attempt for j in jobs), default=0) + 1)
+    for stale in (j for j in jobs if j.run_id != spec_id and not j.state.is_terminal and not j.deleting):
         d.actions.append(DeleteJob(stale.name, "Superseded"))
         d.events.append(Event("Normal", "Superseded", f"sub-task {subtask}: spec changed, stopping RayJob {stale.name}"))
 
-    current = [j for j in jobs if j.run_id == run_id]
+    current = [j for j in jobs if j.run_id == spec_id]
     st = d.status
-    same_run = prev is not None and prev.runId == run_id
+    same_run = prev is not None and prev.specId == spec_id
     if same_run:
         assert prev is not None
         st.metrics, st.adapter, st.startTime = prev.metrics, prev.adapter, prev.startTime
+        st.runId, st.outcome, st.outcomeReason = prev.runId, prev.outcome, prev.outcomeReason
+        st.promoted, st.activeRunId, st.promotion = prev.promoted, prev.activeRunId, prev.promotion
     st.attempts = len(current)
     if current:
         st.rayJob = current[-1].name
@@ -224,18 +227,18 @@ def decide(pool: Pool, subtask: str, jobs: list[ObservedJob], prev: SubtaskStatu
 def _succeeded(pool: Pool, d: Decision, done: ObservedJob, train: TrainJobSpec, manifests: Mapping[str, ManifestRead]) -> None:
     st = d.status
     st.phase, st.reason, st.completionTime = SubtaskPhase.Succeeded, "Succeeded", done.end_time
-    st.adapter = train.run_prefix()
     st.failureClass = None
     if st.metrics is None:
-        uri = st.adapter + MANIFEST_NAME
+        uri = train.spec_prefix() + MANIFEST_NAME
         if not pool.config.storage_read_policy.allows(pool.namespace, pool.spec.storage.endpoint, uri):
             st.reason = "EvaluationNotAllowed"
-            st.message = (f"adapter published; evaluation not read: the operator's storage read policy does not allow "
+            st.message = (f"adapter published under {train.outputPrefix}/runs/; its record and evaluation not read: "
+                          f"the operator's storage read policy does not allow "
                           f"namespace {pool.namespace} to read {uri} from {pool.spec.storage.endpoint or 'the default endpoint'}")
             return
         read = manifests.get(uri, ManifestRead())
         if read.manifest is not None:
-            st.metrics = eval_scores(read.manifest.get("evaluation", {}))
+            apply_record(st, read.manifest, train)
         elif not read.in_flight and (read.next_try is None or pool.now >= read.next_try):
             d.actions.append(ReadManifest(st.name, uri))
         elif read.next_try is not None:
@@ -244,7 +247,9 @@ def _succeeded(pool: Pool, d: Decision, done: ObservedJob, train: TrainJobSpec, 
             st.reason = "EvaluationUnreadable"
             st.message = f"adapter published; evaluation not read yet (retrying): cannot read {uri}: {read.error}"
             return
-    st.message = lift_message(st.metrics)
+    st.message = outcome_message(st)
+    if st.promoted is False:  # kept in the registry, not the active adapter
+        st.reason = "NotPromoted"
 
 
 def _in_progress(pool: Pool, d: Decision, latest: ObservedJob, failures: list[ObservedJob]) -> None:

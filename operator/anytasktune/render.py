@@ -16,7 +16,7 @@ from anytasktune_contract.trainspec import TrainJobSpec
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_TFT = f"{GROUP}/taskfinetune"
 LABEL_SUBTASK = f"{GROUP}/subtask"
-LABEL_RUN_ID = f"{GROUP}/run-id"
+LABEL_RUN_ID = f"{GROUP}/run-id"  # the spec id (TrainJobSpec.spec_id); the key predates the name
 LABEL_ATTEMPT = f"{GROUP}/attempt"
 LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 MANAGER = "anytasktune"
@@ -187,7 +187,7 @@ def render_configmap(
     tft: str, namespace: str, uid: str, train: TrainJobSpec, n: int
 ) -> dict[str, Any]:
     name = child_name(tft, train.subtask, n)
-    labels = child_labels(tft, train.subtask, train.run_id(), n)
+    labels = child_labels(tft, train.subtask, train.spec_id(), n)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -207,7 +207,7 @@ def render_rayjob(
 ) -> dict[str, Any]:
     cluster = spec.cluster
     name = child_name(tft, train.subtask, n)
-    labels = child_labels(tft, train.subtask, train.run_id(), n)
+    labels = child_labels(tft, train.subtask, train.spec_id(), n)
     metadata = _metadata(name, namespace, labels, owner_reference(tft, uid))
     if spec.queueName:
         metadata["labels"][LABEL_KUEUE_QUEUE] = spec.queueName

@@ -62,6 +62,7 @@ def resolve_subtask(name: str, namespace: str, spec: TaskFineTuneSpec, subtask: 
             addressingStyle=spec.storage.addressingStyle,
         ),
         outputPrefix=f"{spec.storage.output.rstrip('/')}/{name}/{subtask.name}",
+        pin=subtask.pin or "",
         scaling=Scaling(
             numWorkers=cluster.workers,
             useGpu=gpus > 0,

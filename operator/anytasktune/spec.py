@@ -143,6 +143,11 @@ class Subtask(Strict):
     deepspeed: DeepSpeedOverride | None = None  # type: ignore[valid-type]
     evaluation: EvaluationOverride | None = None  # type: ignore[valid-type]
     dataContract: DataContractOverride | None = None  # type: ignore[valid-type]
+    pin: str | None = Field(
+        None, pattern=r"^[0-9a-f]{10}$",
+        description="Roll back: make this published run id the sub-task's active adapter instead of training "
+        "(see the registry, <output>/<name>/index.json).",
+    )
 
     model_config = {
         "json_schema_extra": cel_rules(
@@ -360,7 +365,13 @@ class SubtaskStatus(Loose):
     name: str
     phase: SubtaskPhase = SubtaskPhase.Pending
     reason: str = Field("", description="CamelCase: Launched, Starting, Queued, Training, Stalled, RetryBackoff, Succeeded, …")
-    runId: str = ""
+    specId: str = Field("", description="Hash of the resolved spec (the RayJobs' anytasktune.io/run-id label).")
+    runId: str = Field("", description="The run identity: spec, dataset content, base model, trainjob version (settled by the trainjob).")
+    outcome: str = Field("", description="What the last attempt did: Trained | Reused | Pinned.")
+    outcomeReason: str = Field("", description="Why it trained or reused, e.g. dataset content changed.")
+    promoted: bool | None = Field(None, description="Whether this run is the sub-task's active adapter in the registry.")
+    activeRunId: str = Field("", description="The sub-task's active run in the registry (<output>/<name>/index.json).")
+    promotion: str = Field("", description="The promotion decision in words, with the lift's interval and minLift.")
     attempts: int = 0
     rayJob: str = ""
     startTime: str | None = None

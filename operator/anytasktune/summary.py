@@ -43,6 +43,16 @@ def lift_message(metrics: EvalScores | None) -> str:
     return "; ".join(parts[:1]) + verdict + "".join(f"; {p}" for p in parts[1:])
 
 
+def outcome_message(st: SubtaskStatus) -> str:
+    """E.g. "reused run 3fa2c1d9e0 (already published: …): f1 0.210 -> 0.780 (+0.570): adapter wins"."""
+    scores = lift_message(st.metrics)
+    if not st.outcome:
+        return scores
+    why = f" ({st.outcomeReason})" if st.outcomeReason else ""
+    promotion = f"; {st.promotion}" if st.promotion else ""
+    return f"{st.outcome.lower()} run {st.runId}{why}: {scores}{promotion}"
+
+
 def _condition(old: TaskFineTuneStatus, type_: str, status: str, reason: str, message: str, generation: int, now: datetime) -> Condition:
     prev = next((c for c in old.conditions if c.type == type_), None)
     since = prev.lastTransitionTime if prev is not None and prev.status == status else format_time(now)
@@ -124,13 +134,18 @@ def transition_events(old: TaskFineTuneStatus, new: TaskFineTuneStatus) -> list[
     before = {s.name: s for s in old.subtasks}
     for s in new.subtasks:
         prev = before.get(s.name)
-        same_run = prev is not None and prev.runId == s.runId
+        same_run = prev is not None and prev.specId == s.specId
         for reason, event in (("Stalled", "Stalled"), ("EvaluationUnreadable", "StorageUnavailable"),
                               ("EvaluationNotAllowed", "StorageReadPolicy")):
             if s.reason == reason and not (same_run and prev is not None and prev.reason == reason):
                 events.append(Event("Warning", event, f"sub-task {s.name}: {s.message}"))
         if s.metrics is not None and s.metrics.lift and not (same_run and prev is not None and prev.metrics is not None):
-            events.append(Event("Normal", "Evaluated", f"sub-task {s.name}: {lift_message(s.metrics)}"))
+            events.append(Event("Normal", "Evaluated", f"sub-task {s.name}: {outcome_message(s)}"))
+            if s.outcome == "Reused":
+                events.append(Event("Normal", "Reused", f"sub-task {s.name}: nothing trained: {s.outcomeReason}"))
+            if s.promoted is not None and s.promotion:
+                events.append(Event("Normal", "Promoted", f"sub-task {s.name}: {s.promotion}") if s.promoted
+                              else Event("Warning", "NotPromoted", f"sub-task {s.name}: {s.promotion}"))
         if same_run and prev is not None and prev.phase == s.phase:
             continue
         if s.phase == SubtaskPhase.Succeeded:

@@ -21,6 +21,17 @@ pytestmark = pytest.mark.timeout(600)
 FAULT_STEP = 10
 
 
+def _settled(spec: TrainJobSpec, s3_server: Any) -> TrainJobSpec:
+    """The spec with its run identity looked up, as the trainjob does first."""
+    from anytasktune_contract.storage import ObjectStore, StorageSettings
+    from anytasktune_trainjob.identity import settle
+
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in s3_server.env().items():
+            mp.setenv(key, value)
+        return settle(spec, ObjectStore(StorageSettings(s3_server.endpoint, "us-east-1", "path")))
+
+
 def _keys(client: Any, uri: str) -> list[str]:
     bucket, _, prefix = uri.removeprefix("s3://").partition("/")
     out = []
@@ -38,7 +49,7 @@ def _get_json(client: Any, uri: str) -> Any:
 def resumed_run(ray_session: None, s3_server: Any, tiny_model_uri: str, dataset_uri: str) -> dict[str, Any]:
     from anytasktune_trainjob import run
 
-    spec = make_spec(model_uri=tiny_model_uri, dataset_uri=dataset_uri, endpoint=s3_server.endpoint)
+    spec = _settled(make_spec(model_uri=tiny_model_uri, dataset_uri=dataset_uri, endpoint=s3_server.endpoint), s3_server)
     with pytest.raises(Exception) as crashed:
         run(spec, max_failures=0, fault_after_step=FAULT_STEP)
     checkpoints_after_crash = _keys(s3_server.client(), spec.checkpoint_prefix())
@@ -133,7 +144,7 @@ def test_zero3_with_gradient_checkpointing_saves_gathered_adapter(ray_session: N
                      training={"maxSteps": 4, "checkpointEverySteps": 0, "gradientCheckpointing": True}, evaluation={"maxSamples": 4})
     result = run(spec, max_failures=0)
     assert result.manifest["training"]["zeroStage"] == 3
-    bucket, _, key = (spec.run_prefix() + "adapter_model.safetensors").removeprefix("s3://").partition("/")
+    bucket, _, key = (result.run_prefix + "adapter_model.safetensors").removeprefix("s3://").partition("/")
     tensors = load(s3_server.client().get_object(Bucket=bucket, Key=key)["Body"].read())
     assert tensors and all(t.numel() > 0 for t in tensors.values())  # gathered, not empty partitions
 
@@ -161,7 +172,7 @@ def test_broken_dataset_fails_with_data_contract_exit_code(s3_server: Any, tiny_
     assert last.startswith(f"{FAILURE_MARKER} class=DataContract: ")
     assert "broken.jsonl:3" in last and "missing field 'output'" in last
     assert "broken.jsonl:5" in last and "invalid JSON" in last
-    assert "manifest.json" not in _keys(s3_server.client(), spec.run_prefix())
+    assert "manifest.json" not in _keys(s3_server.client(), _settled(spec, s3_server).run_prefix())
 
 
 def test_missing_dataset_object_is_invalid_spec(s3_server: Any, tiny_model_uri: str, tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ def tft(subtasks: int = 3, **spec: Any) -> dict[str, Any]:
 def run_id(obj: dict[str, Any], subtask: str) -> str:
     model = TaskFineTune.model_validate(obj)
     sub = next(s for s in model.spec.subtasks if s.name == subtask)
-    return resolve_subtask("legal", "ns", model.spec, sub).run_id()
+    return resolve_subtask("legal", "ns", model.spec, sub).spec_id()
 
 
 def job(obj: dict[str, Any], subtask: str, attempt: int, state: str, **kw: Any) -> ObservedJob:
@@ -70,7 +70,7 @@ def evaluated(obj: dict[str, Any], subtask: str, evaluation: dict[str, Any]) -> 
     """What the executor recorded after reading the run's manifest.json."""
     model = TaskFineTune.model_validate(obj)
     sub = next(s for s in model.spec.subtasks if s.name == subtask)
-    uri = resolve_subtask("legal", "ns", model.spec, sub).run_prefix() + "manifest.json"
+    uri = resolve_subtask("legal", "ns", model.spec, sub).spec_prefix() + "manifest.json"
     return {uri: ManifestRead(manifest={"evaluation": evaluation})}
 
 
@@ -99,7 +99,13 @@ def test_a_finished_subtask_frees_a_slot_for_the_next() -> None:
     p = plan(obj, observed, {}, NOW, CONFIG)
     assert launches(p) == ["legal-task2-1"]
     assert phases(p) == {"task0": "Succeeded", "task1": "Running", "task2": "Pending"}
-    assert p.status.subtasks[0].adapter and p.status.subtasks[0].adapter.startswith("s3://adapters/out/legal/task0/")
+    assert p.status.subtasks[0].adapter is None  # where it is: in the trainjob's record, read next
+    record = {"runId": "3fa2c1d9e0", "runPrefix": "s3://adapters/out/legal/task0/runs/3fa2c1d9e0/", "outcome": "Trained",
+              "reason": "first run of this sub-task", "evaluation": {"base": {"f1": 0.1}, "adapter": {"f1": 0.6}, "lift": {"f1": 0.5}}}
+    read = plan(obj, observed, {next(iter(evaluated(obj, "task0", {}))): ManifestRead(manifest=record)}, NOW, CONFIG)
+    st = read.status.subtasks[0]
+    assert (st.adapter, st.runId, st.outcome) == (record["runPrefix"], "3fa2c1d9e0", "Trained")
+    assert st.message == "trained run 3fa2c1d9e0 (first run of this sub-task): f1 0.100 -> 0.600 (+0.500)"
     assert "SubtaskSucceeded" in [e.reason for e in p.events]
 
 
@@ -229,7 +235,7 @@ def test_spec_change_supersedes_running_job_and_relaunches_with_a_new_run_id() -
     p = plan(new, [running], {}, NOW, CONFIG)
     assert DeleteJob("legal-task0-1", "Superseded") in p.actions
     assert launches(p) == ["legal-task0-2"]  # next number: never reuses a name
-    assert p.status.subtasks[0].runId == run_id(new, "task0") != running.run_id
+    assert p.status.subtasks[0].specId == run_id(new, "task0") != running.run_id
     assert p.status.observedGeneration == 2
 
 

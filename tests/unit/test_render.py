@@ -150,7 +150,7 @@ def test_run_id_ignores_where_storage_is_reached() -> None:
     model = TaskFineTune.model_validate(EXAMPLE)
     train = resolve_subtask("legal-assistant", "ns", model.spec, model.spec.subtasks[0])
     moved = train.model_copy(update={"storage": train.storage.model_copy(update={"endpoint": "http://127.0.0.1:9999"})})
-    assert moved.run_id() == train.run_id()
+    assert moved.spec_id() == train.spec_id()
 
 
 @pytest.mark.parametrize(("quantity", "cpus"), [("8", 8.0), ("500m", 1.0), ("2500m", 2.5), ("16", 16.0)])

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         spec = load_spec(args.spec)
-        print(f"[anytasktune] spec {spec.taskFineTune}/{spec.subtask} run {spec.run_id()} -> {spec.run_prefix()}",
+        print(f"[anytasktune] spec {spec.taskFineTune}/{spec.subtask} {spec.spec_id()} -> {spec.outputPrefix}/",
               flush=True)
         if args.check_data:
             from anytasktune_contract.storage import StorageSettings

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from anytasktune.executor import ManifestReads
-from anytasktune.local.staging import LocalError, copy_out, point_at, prepare, s3_server, stage, trainjob_env
+from anytasktune.local.staging import LocalError, copy_out, copy_registry, point_at, prepare, s3_server, stage, trainjob_env
 from anytasktune.local.supervisor import LOCAL_CONFIG, LocalExecutor, local_ray, run_until_done
 from anytasktune.resolve import resolve_subtask
 from anytasktune.spec import Phase, TaskFineTune
@@ -61,6 +61,7 @@ def run_file(path: Path, workdir: Path, *, s3_endpoint: str | None = None, base_
                     executor.stop_all()
                     raise
         copies = copy_out(store, executor.status, workdir / "adapters")
+        copy_registry(store, obj, workdir / "index.json")
     manifests = {sub: json.loads((folder / "manifest.json").read_text()) for sub, folder in copies.items()
                  if (folder / "manifest.json").is_file()}
     (workdir / "status.json").write_text(json.dumps(executor.status, indent=2, ensure_ascii=False))

@@ -98,6 +98,7 @@ def summary_rows(status: dict[str, Any], manifests: dict[str, dict[str, Any]], c
             "intervals": {k: _interval(ev, metric, k) for k in ("base", "adapter", "lift")},
             "samples": ev.get("samples"), "threshold": (ev.get("verdictRule") or {}).get("threshold"),
             "verdict": _verdict(st, ev), "train_seconds": train_s, "eval_loss": loss,
+            "outcome": st.get("outcome", ""), "run_id": st.get("runId", ""), "why": st.get("outcomeReason", ""),
             "adapter": str(copies.get(st["name"], st.get("adapter") or "")),
             "message": st.get("message", "") if st.get("phase") != "Succeeded" else "",
         })
@@ -137,7 +138,7 @@ def print_summary(rows: list[dict[str, Any]], phase: str, wall_seconds: float) -
     out = Console(width=None if Console().is_terminal else 200)
     table = Table(title=f"AnyTaskTune: {phase} in {wall_seconds / 60:.1f} min (held-out split, base model vs adapter, "
                   "scores with 95% intervals)", title_justify="left")
-    for col in ("sub-task", "phase", "metric", "base", "adapter", "lift", "verdict", "eval loss", "time"):
+    for col in ("sub-task", "phase", "run", "metric", "base", "adapter", "lift", "verdict", "eval loss", "time"):
         table.add_column(col, justify="right" if col in ("base", "adapter", "lift", "time") else "left", overflow="fold")
     for r in rows:
         style = VERDICT_STYLE.get(r["verdict"], "yellow")
@@ -146,9 +147,10 @@ def print_summary(rows: list[dict[str, Any]], phase: str, wall_seconds: float) -
         loss = f"{base_loss:.2f} → {adapter_loss:.2f}" if base_loss is not None and adapter_loss is not None else "-"
         ci = r["intervals"]
         table.add_row(
-            r["subtask"], r["phase"], r["metric"] or "-", _score(r["base"], interval=ci["base"]),
+            r["subtask"], r["phase"], f"{r['outcome'].lower() or '-'} {r['run_id']}".strip(), r["metric"] or "-", _score(r["base"], interval=ci["base"]),
             _score(r["adapter_score"], interval=ci["adapter"]), _score(r["lift"], True, ci["lift"]),
-            f"[{style}]{r['verdict']}[/{style}]", loss, f"{secs / 60:.1f} min" if secs else "-",
+            f"[{style}]{r['verdict']}[/{style}]", loss,
+            "reused" if r["outcome"] == "Reused" else f"{secs / 60:.1f} min" if secs else "-",
         )
     out.print(table)
     _print_footer(out, rows)
@@ -161,6 +163,12 @@ def _print_footer(out: Console, rows: list[dict[str, Any]]) -> None:
     for r in rows:
         if r["phase"] != "Succeeded":
             out.print(f"[red]{r['subtask']}[/red]: {r['message']}", highlight=False)
+        elif r["why"]:
+            out.print(f"{r['subtask']}: {r['outcome'].lower()} — {r['why']}", highlight=False)
+    trained = [r["subtask"] for r in rows if r["outcome"] == "Trained"]
+    if any(r["outcome"] for r in rows):
+        out.print(f"Trained {len(trained)} of {len(rows)} sub-tasks" + (f" ({', '.join(trained)})" if trained else
+                  ": nothing changed") + "; the others reused or pinned a published run.", highlight=False)
     thresholds = sorted({r["threshold"] for r in rows if r["threshold"] is not None})
     bar = " / ".join(f"{t:g}" for t in thresholds) or "0"
     out.print(f"Verdict: \"adapter wins\" only when the lift's 95% lower bound (paired bootstrap over the same held-out "

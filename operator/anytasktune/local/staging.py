@@ -171,6 +171,16 @@ def copy_out(store: ObjectStore, status: dict[str, Any], target: Path) -> dict[s
     return copies
 
 
+def copy_registry(store: ObjectStore, obj: dict[str, Any], target: Path) -> Path | None:
+    """The adapter registry (<output>/<name>/index.json) next to the adapters, for
+    `anytasktune serve-config NAME --workdir`; None when no run wrote one."""
+    uri = f"{obj['spec']['storage']['output'].rstrip('/')}/{obj['metadata']['name']}/index.json"
+    if not store.exists(uri):
+        return None
+    target.write_bytes(store.get_bytes(uri)[0])
+    return target
+
+
 def trainjob_env(s3_env: dict[str, str]) -> dict[str, str]:
     env = {**os.environ, **s3_env, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     env.setdefault("DS_ACCELERATOR", "cpu")

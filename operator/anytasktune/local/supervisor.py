@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from anytasktune.attempt import ObservedJob, format_time
-from anytasktune.config import OperatorConfig
+from anytasktune.config import OperatorConfig, ReadRule, StorageReadPolicy
 from anytasktune.executor import ManifestReads, reconcile
 from anytasktune.plan import Launch, Plan
 from anytasktune.render import LABEL_ATTEMPT, LABEL_RUN_ID, LABEL_SUBTASK, SPEC_FILE
@@ -33,8 +33,11 @@ from anytasktune.spec import Phase
 from anytasktune.summary import Event
 from anytasktune_contract.storage import ObjectStore
 
+# One user, their own storage and credentials: local mode reads every record it finds
+# (the read policy guards tenants from each other in a cluster; there is one here).
 LOCAL_CONFIG = OperatorConfig(retry_backoff_seconds=5, retry_backoff_max_seconds=60, manifest_backoff_seconds=2,
-                              manifest_backoff_max_seconds=10)
+                              manifest_backoff_max_seconds=10,
+                              storage_read_policy=StorageReadPolicy((ReadRule(("*",), ("*",), ("s3://",)),)))
 PROGRESS_RE = re.compile(
     r"step (?P<step>\d+)/(?P<total>\d+) epoch \d+ loss (?P<loss>[\d.]+) lr \S+ tok/s (?P<toks>[\d,]+) eta (?P<eta>[\d:]+)"
 )
