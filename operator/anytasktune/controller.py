@@ -181,6 +181,7 @@ class Controller:
         self.queue.forget((namespace, name))
         self.reads.pop((namespace, name), None)
         self._errors.pop((namespace, name), None)
+        metrics.forget_status(namespace, name)
 
     # --- one pass ----------------------------------------------------------------
     async def _process(self, key: Key) -> None:

@@ -24,6 +24,12 @@ def observe_status(namespace: str, name: str, status: TaskFineTuneStatus) -> Non
         SUBTASKS.labels(namespace=namespace, taskfinetune=name, phase=phase.value).set(count)
 
 
+def forget_status(namespace: str, name: str) -> None:
+    """Drop a deleted TaskFineTune's series (else they report its sub-tasks forever)."""
+    for phase in SubtaskPhase:
+        SUBTASKS.remove(namespace, name, phase.value)
+
+
 def start_server(port: int) -> None:
     if port > 0:
         start_http_server(port)

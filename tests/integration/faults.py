@@ -211,6 +211,7 @@ class _Due:
     due: float
     seq: int
     job: str = field(compare=False)
+    uid: str = field(compare=False)  # the incarnation: a name deleted and created again is a new RayJob
 
 
 class StandIn:
@@ -232,7 +233,7 @@ class StandIn:
         self.on_terminal = on_terminal
         self.custom = kubernetes.client.CustomObjectsApi(api_client(kubeconfig, STANDIN_AGENT))
         self._watch_api = kubernetes.client.CustomObjectsApi(api_client(kubeconfig, STANDIN_AGENT))
-        self.seen: dict[str, dict[str, Any]] = {}  # job -> its object when first seen
+        self.seen: dict[str, dict[str, Any]] = {}  # job -> its object when first seen (the latest incarnation)
         self.plans: dict[str, list[tuple[float, dict[str, Any]]]] = {}  # job -> (gap, status) steps
         self.cursor: dict[str, int] = {}  # job -> its next step: KubeRay writes one status after the other
         self.written: dict[str, dict[str, Any]] = {}  # job -> last status written
@@ -293,11 +294,12 @@ class StandIn:
                 time.sleep(0.3)
 
     def _saw(self, obj: dict[str, Any]) -> None:
-        name = obj["metadata"]["name"]
+        name, uid = obj["metadata"]["name"], obj["metadata"]["uid"]
         with self._lock:
-            if name in self.seen:
+            if name in self.seen and self.seen[name]["metadata"]["uid"] == uid:
                 return
             self.seen[name] = obj
+            self.written.pop(name, None)
             labels = obj["metadata"].get("labels", {})
             sub, attempt = labels.get(LABEL_SUBTASK, ""), int(labels.get(LABEL_ATTEMPT, "0"))
             outcomes = self.script.get(sub, [])
@@ -327,7 +329,7 @@ class StandIn:
 
     def _schedule(self, job: str, delay: float) -> None:  # call with the lock held
         self._seq += 1
-        heapq.heappush(self._heap, _Due(time.monotonic() + delay, self._seq, job))
+        heapq.heappush(self._heap, _Due(time.monotonic() + delay, self._seq, job, self.seen[job]["metadata"]["uid"]))
 
     # writing statuses in order, on time (a write that fails is retried before the next)
     def _drive(self) -> None:
@@ -337,15 +339,19 @@ class StandIn:
                 wait = (due.due - time.monotonic()) if due else 0.5
                 if due is not None and wait <= 0:
                     heapq.heappop(self._heap)
+                    if self.seen[due.job]["metadata"]["uid"] != due.uid:
+                        continue  # that RayJob was deleted and its name created again: a new plan drives it
             if due is None or wait > 0:
                 self._wake.wait(timeout=max(min(wait, 0.5), 0.0))
                 self._wake.clear()
                 continue
             job = due.job
             try:
-                self._apply(job, self.plans[job][self.cursor[job]][1])
+                self._apply(job, due.uid, self.plans[job][self.cursor[job]][1])
             except ApiException as err:
-                if err.status == 404:  # the RayJob is gone (deleted): nothing more to drive
+                if err.status in (404, 422):  # gone, or deleted and created again (the uid test failed)
+                    if err.status == 422 and self._current_uid(job) == due.uid:
+                        self.errors.append(f"{job}: status refused: {err.body}")
                     continue
                 with self._lock:
                     self._schedule(job, 0.3)
@@ -359,7 +365,14 @@ class StandIn:
                 if self.cursor[job] < len(self.plans[job]):
                     self._schedule(job, self.plans[job][self.cursor[job]][0])
 
-    def _apply(self, job: str, status: dict[str, Any]) -> None:
+    def _current_uid(self, job: str) -> str | None:
+        try:
+            obj = self.custom.get_namespaced_custom_object(*RAY, self.namespace, "rayjobs", job, _request_timeout=10)
+        except Exception:  # noqa: BLE001 - gone or unreachable: not ours to judge
+            return None
+        return str(obj["metadata"]["uid"])  # type: ignore[index]
+
+    def _apply(self, job: str, uid: str, status: dict[str, Any]) -> None:
         if "_cluster" in status:
             self._delete_cluster(job)
             return
@@ -370,13 +383,13 @@ class StandIn:
         if status.get("jobDeploymentStatus") == "Initializing":
             self._create_cluster(job)
         previous = self.written.get(job, {})
-        # KubeRay writes the whole status: fields it no longer sets disappear.
-        body = {**{k: None for k in previous if k not in status}, **status}
         if previous.get("startTime") and "startTime" not in status:
-            body["startTime"] = previous["startTime"]
             status["startTime"] = previous["startTime"]
-        self.custom.patch_namespaced_custom_object_status(*RAY, self.namespace, "rayjobs", job, {"status": body},
-                                                          _request_timeout=10)
+        # KubeRay replaces the whole status; the uid test makes sure it is still this
+        # incarnation of the name (a RayJob deleted and created again is another one).
+        patch = [{"op": "test", "path": "/metadata/uid", "value": uid}, {"op": "add", "path": "/status", "value": status}]
+        self.custom.patch_namespaced_custom_object_status(*RAY, self.namespace, "rayjobs", job, patch,
+                                                          _content_type="application/json-patch+json", _request_timeout=10)
         self.written[job] = status
         if terminal(status) and self.on_terminal is not None:
             self.on_terminal(job)
