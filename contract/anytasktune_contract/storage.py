@@ -7,8 +7,9 @@ custom endpoint / region / addressing style from `spec.storage`.
 * transient errors are retried twice over: botocore's own retry mode for each
   request, and `_retry` around whole-file operations (a download that breaks
   half way starts again), waiting `Backoff` between attempts, until `attempts`
-  are used or the next wait would end past `retry_budget_s` (a time budget:
-  an outage shorter than it is survived);
+  are used or `retry_budget_s` has passed since the first failure (a time
+  budget: the last attempt comes when it is used up, so an outage shorter than
+  it is survived);
 * a missing object or AccessDenied raises `InvalidSpecError` naming bucket and
   key (never credentials): retrying cannot help;
 * a storage outage that outlives the retries raises `StorageUnavailableError`.
@@ -81,14 +82,17 @@ class StorageSettings:
 
 
 def _error_code(exc: BaseException) -> str:
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        err = response.get("Error", {})
-        code = str(err.get("Code", ""))
-        if code:
-            return code
-        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        return str(status or "")
+    """The S3 error code of a botocore ClientError, also when wrapped (boto3's managed
+    transfers raise S3UploadFailedError from it); '' for errors without a response."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        response = getattr(cur, "response", None)
+        if isinstance(response, dict):
+            code = str(response.get("Error", {}).get("Code", ""))
+            return code or str(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or "")
+        cur = cur.__cause__ or cur.__context__
     return ""
 
 
@@ -134,10 +138,17 @@ class ObjectStore:
             return self._client
 
     # --- retry and error mapping -------------------------------------------------
-    def _may_retry(self, attempt: int, elapsed_after_wait: float) -> bool:
+    def _next_wait(self, attempt: int, elapsed: float) -> float | None:
+        """Seconds to wait before the next attempt, or None to give up. Within a time
+        budget the last wait is cut short so that the last attempt comes when the budget
+        is used up: an outage shorter than the budget is survived."""
         if self.attempts is not None and attempt >= self.attempts:
-            return False
-        return self.retry_budget_s is None or elapsed_after_wait <= self.retry_budget_s
+            return None
+        delay = self.backoff.delay(attempt)
+        if self.retry_budget_s is None:
+            return delay
+        remaining = self.retry_budget_s - elapsed
+        return min(delay, remaining) if remaining > 0 else None
 
     def _retry(self, what: str, uri: S3Uri, fn: Callable[[], T]) -> T:
         started = time.monotonic()
@@ -157,10 +168,15 @@ class ObjectStore:
                         f"{what}: access denied: bucket={uri.bucket!r} key={uri.key!r} ({code}); "
                         "check the storage credentials and bucket policy"
                     ) from None
+                if type(exc).__name__ == "NoCredentialsError":  # no provider in the chain found any: permanent
+                    raise InvalidSpecError(
+                        f"{what}: no S3 credentials found for bucket={uri.bucket!r}: give the sub-task a "
+                        "credentialsSecret or a pod identity (IRSA / web identity)"
+                    ) from None
                 if isinstance(exc, (InvalidSpecError, StorageUnavailableError)):
                     raise
-                delay = self.backoff.delay(attempt)
-                if not self._may_retry(attempt, time.monotonic() - started + delay):
+                delay = self._next_wait(attempt, time.monotonic() - started)
+                if delay is None:
                     raise StorageUnavailableError(
                         f"{what}: storage unavailable after {attempt} attempts: bucket={uri.bucket!r} "
                         f"key={uri.key!r}: {type(exc).__name__}: {exc} "

@@ -10,7 +10,7 @@ wheel's RECORD, then next to the interpreter, then on PATH.
         s3.env()           # AWS_* variables for child processes (boto3, pyarrow)
         s3.client()        # a ready boto3 S3 client
 
-    s3.stop(keep_data=True); s3.start()   # an outage: the same ports and objects after the restart
+    s3.stop(keep_data=True, graceful=False); s3.start()   # an outage: same ports and objects after
 
 `iam_config` (SeaweedFS's advanced IAM document: `sts`, `providers`, `roles`,
 `policies`) turns on its STS (AssumeRoleWithWebIdentity at the S3 endpoint) for
@@ -194,13 +194,15 @@ class EmbeddedS3:
             raise
         return self
 
-    def stop(self, *, keep_data: bool = False) -> None:
-        """Stop the server (SIGINT, then SIGKILL after `stop_timeout_s`). Its own
-        temporary data folder is removed unless `keep_data` (for a restart)."""
+    def stop(self, *, keep_data: bool = False, graceful: bool = True) -> None:
+        """Stop the server: SIGINT, then SIGKILL after `stop_timeout_s` (weed keeps
+        serving while it shuts down); `graceful=False` kills it at once (an outage that
+        starts now; what it acknowledged is on disk). Its own temporary data folder is
+        removed unless `keep_data` (for a restart)."""
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             try:
-                os.killpg(proc.pid, signal.SIGINT)
+                os.killpg(proc.pid, signal.SIGINT if graceful else signal.SIGKILL)
             except ProcessLookupError:
                 pass
             try:
@@ -243,6 +245,7 @@ class EmbeddedS3:
             "-s3", f"-s3.config={config}",
             "-s3.port.iceberg=0", "-s3.port.lance=0",
             "-master.volumeSizeLimitMB=64", "-volume.max=0", "-volume.preStopSeconds=0",
+            "-master.electionTimeout=1s",  # a restart resumes the raft state: elect itself at once
         ]
         if self.iam_config is not None:
             args.append(f"-s3.iam.config={self._write_config('iam.json', self.iam_config)}")

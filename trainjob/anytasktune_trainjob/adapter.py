@@ -2,23 +2,33 @@
 
 Under ZeRO-3 each rank holds a shard of every parameter, so all ranks gather the
 trainable ones, rank 0 writes the PEFT folder, and the files are broadcast so that
-every rank evaluates the same adapter. Rank 0 uploads it."""
+every rank evaluates the same adapter.
+
+Publication is ordered so that a reader never finds a manifest.json whose files are
+missing or belong to another upload: rank 0 first retracts a manifest an earlier
+publication of the same run left (its files are about to be replaced), then uploads
+the files; the driver checks that every file is in the store with its size, and only
+then writes the manifest (`publish_manifest`), which lists them with size and sha256.
+A publication cut short by an outage leaves no manifest and raises StorageUnavailable."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from anytasktune_contract.storage import ObjectStore
+from anytasktune_contract.failures import StorageUnavailableError
+from anytasktune_contract.storage import ObjectStore, S3Uri
 from anytasktune_contract.trainspec import TrainJobSpec
 
 if TYPE_CHECKING:
     from .worker import WorkerContext
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+MANIFEST_NAME = "manifest.json"
 
 
 def gathered_trainable(module: Any, zero_stage: int) -> AbstractContextManager[Any]:
@@ -78,8 +88,35 @@ def save_adapter(module: Any, spec: TrainJobSpec, ctx: WorkerContext, model_dir:
     return folder
 
 
-def publish_adapter(storage: ObjectStore, folder: Path, run_prefix: str) -> dict[str, int]:
-    """Upload the adapter folder under the run prefix; {file name: size} of what was
-    uploaded (the driver checks these against the store before the manifest)."""
+def file_digests(folder: Path) -> dict[str, dict[str, Any]]:
+    """{file name: {bytes, sha256}} of a folder's files."""
+    return {p.name: {"bytes": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+            for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def publish_adapter(storage: ObjectStore, folder: Path, run_prefix: str) -> dict[str, dict[str, Any]]:
+    """Rank 0: retract a manifest left by an earlier publication of this run, then upload
+    the adapter folder under the run prefix; returns the files' digests for the manifest."""
+    storage.delete(S3Uri.parse(run_prefix).join(MANIFEST_NAME))
     storage.upload_dir(folder, run_prefix)
-    return {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}
+    return file_digests(folder)
+
+
+def verify_published(storage: ObjectStore, run_prefix: str, digests: dict[str, dict[str, Any]]) -> None:
+    """Every file is in the store under the run prefix, with its size; else StorageUnavailableError."""
+    prefix = S3Uri.parse(run_prefix).prefix
+    stored = {o["key"][len(prefix):]: o["size"] for o in storage.list_objects(run_prefix)}
+    wrong = sorted(name for name, d in digests.items() if stored.get(name) != d["bytes"])
+    if wrong:
+        raise StorageUnavailableError(
+            f"publish: {len(wrong)} of {len(digests)} adapter files are missing or incomplete under {run_prefix} "
+            f"({', '.join(wrong)}); the manifest was not written")
+
+
+def publish_manifest(storage: ObjectStore, run_prefix: str, manifest: dict[str, Any],
+                     digests: dict[str, dict[str, Any]]) -> str:
+    """The driver, last: check the published files, then write the manifest; its uri."""
+    verify_published(storage, run_prefix, digests)
+    uri = run_prefix + MANIFEST_NAME
+    storage.put_json(uri, manifest)
+    return uri

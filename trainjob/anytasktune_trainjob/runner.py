@@ -22,17 +22,16 @@ from anytasktune_contract.trainspec import TrainJobSpec
 
 from . import data as D
 from . import encoding
+from .adapter import ADAPTER_FILES, publish_manifest
 from .checkpointfs import pyarrow_filesystem
+from .compare import compared, comparison_inputs
 from .encoding import TokenTable
 from .evaluation import class_labels
-from .identity import settle
 from .models import resolve_base_model
-from .publish import record_outcome, why_trained, without_training
 from .store import open_store, retry_budget_from_env
 from .worker import train_loop_per_worker
 
 MANIFEST_KIND = "TrainJobManifest"
-MANIFEST_NAME = "manifest.json"
 VERSIONED_PACKAGES = ("anytasktune", "torch", "deepspeed", "ray", "peft", "transformers", "accelerate",
                       "safetensors", "tokenizers", "boto3", "pyarrow", "numpy")
 
@@ -140,6 +139,7 @@ def prepare_data(spec: TrainJobSpec, storage: ObjectStore, log: Callable[[str], 
     held_pairs = _evaluated(spec, list(zip(held, enc_held, strict=True)))
     holdout = _holdout_payload(spec, tokenizer, held_pairs)
     holdout["classLabels"] = class_labels(spec, [ex.answer for ex, _ in kept])  # accuracy reads answers with them
+    holdout.update(comparison_inputs([ex for ex, _ in held_pairs]))  # the same prompts for a general model
     payload = {"train_ids": TokenTable([e.input_ids for _, e in kept]),
                "train_labels": TokenTable([e.labels for _, e in kept]), "holdout": holdout}
     dataset = {
@@ -165,7 +165,6 @@ def _manifest(spec: TrainJobSpec, prepared: PreparedData, summary: dict[str, Any
         "apiVersion": spec.apiVersion,
         "kind": MANIFEST_KIND,
         "runId": spec.run_id(),
-        "specId": spec.spec_id(),
         "runPrefix": spec.run_prefix(),
         "createdAt": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "taskFineTune": spec.taskFineTune,
@@ -180,8 +179,8 @@ def _manifest(spec: TrainJobSpec, prepared: PreparedData, summary: dict[str, Any
         "dataContract": prepared.contract.as_dict(),
         "training": summary["training"],
         "evaluation": summary["evaluation"],
-        "artifacts": {"adapter": ["adapter_config.json", "adapter_model.safetensors"],
-                      "files": summary.get("artifacts", [])},
+        "artifacts": {"adapter": list(ADAPTER_FILES), "files": summary.get("artifacts", []),
+                      "digests": summary.get("artifactDigests", {})},
         "checkpoint": checkpoint,
         "versions": _versions(),
         "timings": {**timings, **summary.get("timings", {})},
@@ -256,12 +255,22 @@ def build_trainer(spec: TrainJobSpec, prepared: PreparedData, place: CheckpointP
     )
 
 
+def own_failure(err: BaseException) -> BaseException:
+    """A failed fit's error to raise: a worker's (or the controller's) TrainJobError when
+    there is one — its class (StorageUnavailable, InvalidSpec, …) must travel — else Ray's."""
+    causes = [*getattr(err, "worker_failures", {}).values(), getattr(err, "controller_failure", None)]
+    return next((c for c in causes if isinstance(c, TrainJobError)), err)
+
+
 def fit(trainer: Any) -> tuple[dict[str, Any], str | None]:
     """Run the trainer: (rank 0's summary, the latest checkpoint's s3 uri)."""
     result = trainer.fit()
     err = getattr(result, "error", None)
     if err is not None:
-        raise err
+        own = own_failure(err)
+        if own is err:
+            raise err
+        raise own from err
     summary = getattr(result, "return_value", None)  # Ray Train V2: rank 0's return value
     if not isinstance(summary, dict):
         raise TrainJobError("the rank-0 worker returned no summary")
@@ -297,11 +306,6 @@ def run(
         retry_budget_s = retry_budget_from_env()
     storage = open_store(StorageSettings.from_spec(spec.storage), retry_budget_s)
     check_spec(spec)
-    spec = settle(spec, storage)  # the run identity covers the dataset's content, the base model, the trainjob
-    kept = without_training(spec, storage, log)  # pinned, or this identity is already published
-    if kept is not None:
-        return Result(kept.run_id, kept.run_prefix, kept.run_prefix + "manifest.json", kept.manifest)
-    why = why_trained(spec, storage)
     if max_failures is None:
         max_failures = int(os.environ.get("ANYTASKTUNE_MAX_FAILURES", "2"))
     if fault_after_step is None and os.environ.get("ANYTASKTUNE_FAULT_AFTER_STEP"):
@@ -315,6 +319,7 @@ def run(
                                 fault_after_step=fault_after_step)
         log(f"[anytasktune] run {spec.run_id()}: checkpoints under s3://{place.storage_path}/{place.name}/")
         summary, latest = fit(trainer)
+    summary["evaluation"] = compared(spec, summary["evaluation"], prepared.payload["holdout"], log)  # compareWith
     t_train = time.time()
 
     checkpoint = {"storagePath": f"s3://{place.storage_path}", "name": place.name, "latest": latest}
@@ -322,9 +327,8 @@ def run(
                          {"dataSeconds": t_data - t0, "rayTrainSeconds": t_train - t_data},
                          base_model_files(spec, storage))
     manifest["timings"]["totalSeconds"] = time.time() - t0
-    manifest_uri = spec.run_prefix() + MANIFEST_NAME
-    storage.put_json(manifest_uri, manifest)  # last: its presence means the run is complete
-    record_outcome(spec, storage, spec.run_id(), manifest, "Trained", why, log)  # the registry, then the spec's record
+    # last, after checking every file it lists: its presence means the run is complete
+    manifest_uri = publish_manifest(storage, spec.run_prefix(), manifest, summary.get("artifactDigests", {}))
     ev = manifest["evaluation"]
     log(f"[anytasktune] done: {manifest_uri}; " + ", ".join(
         f"{k}: base {ev['base'][k]:.4f} -> adapter {ev['adapter'][k]:.4f}" for k in ev["adapter"]))

@@ -113,9 +113,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         if ctx.rank != 0:
             return None
         summary = summarise(spec, facts, state, outcome, gathered, data["holdout"], clock)
-        sizes = publish_adapter(storage, adapter_dir, config["run_prefix"])
-        summary["artifacts"] = sorted(sizes)
-        summary["artifactSizes"] = sizes
+        digests = publish_adapter(storage, adapter_dir, config["run_prefix"])
+        summary["artifacts"] = sorted(digests)
+        summary["artifactDigests"] = digests
         return summary
     finally:
         shutil.rmtree(adapter_dir, ignore_errors=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pickle
 import time
+from pathlib import Path
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -105,14 +106,17 @@ class DownClient:
         return {"Body": Body(), "ETag": '"e"'}
 
 
-def test_retries_within_the_budget_with_growing_waits() -> None:
+def test_retries_with_growing_waits_until_the_budget_is_used_up() -> None:
     store = ObjectStore(SETTINGS, attempts=None, retry_budget_s=1.0, backoff_s=0.02, max_backoff_s=10)
     store._client = client = DownClient()
-    with pytest.raises(StorageUnavailableError, match=r"after 6 attempts: bucket='bkt' key='k'.*gave up after \d"):
+    t0 = time.monotonic()
+    with pytest.raises(StorageUnavailableError, match=r"after 7 attempts: bucket='bkt' key='k'.*gave up after 1\.\d"):
         store.get_bytes("s3://bkt/k")
-    # waits 0.02, 0.04, ... 0.32 (0.62 s in all); the next, 0.64 s, would end past the 1 s budget
+    # Backoff: 0.02, 0.04, ... 0.32 (0.62 s in all); the next, 0.64 s, is cut to what is
+    # left of the 1 s budget, so the last attempt comes when the budget is used up
     waits = [b - a for a, b in zip(client.calls, client.calls[1:], strict=False)]
-    assert len(waits) == 5 and all(w >= 0.02 * 2**i - 0.001 for i, w in enumerate(waits))
+    assert len(waits) == 6 and all(w >= 0.02 * 2**i - 0.001 for i, w in enumerate(waits[:5]))
+    assert client.calls[-1] - t0 >= 1.0 > client.calls[-2] - t0
 
 
 def test_an_outage_shorter_than_the_budget_is_survived() -> None:
@@ -126,3 +130,41 @@ def test_an_outage_shorter_than_the_budget_is_survived() -> None:
 def test_a_store_needs_a_bound() -> None:
     with pytest.raises(ValueError, match="attempts or retry_budget_s"):
         ObjectStore(SETTINGS, attempts=None)
+
+
+def test_a_refused_upload_is_not_retried_even_when_boto3_wraps_it() -> None:
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import ClientError
+
+    class UploadClient:
+        calls = 0
+
+        def upload_file(self, *a: Any) -> None:
+            UploadClient.calls += 1
+            try:
+                raise ClientError({"Error": {"Code": "AccessDenied", "Message": "m"}}, "PutObject")
+            except ClientError as exc:
+                raise S3UploadFailedError(f"Failed to upload: {exc}") from None  # boto3 drops the cause
+
+    store = open_store(SETTINGS, 30)
+    store._client = UploadClient()
+    with pytest.raises(InvalidSpecError, match="access denied: bucket='bkt' key='k'"):
+        store.upload_file(Path("/dev/null"), "s3://bkt/k")
+    assert UploadClient.calls == 1
+
+
+def test_no_credentials_at_all_is_a_spec_error_not_an_outage() -> None:
+    from botocore.exceptions import NoCredentialsError
+
+    class NoCredentials:
+        calls = 0
+
+        def get_object(self, **kw: Any) -> None:
+            NoCredentials.calls += 1
+            raise NoCredentialsError()
+
+    store = open_store(SETTINGS, 30)
+    store._client = NoCredentials()
+    with pytest.raises(InvalidSpecError, match="no S3 credentials found for bucket='bkt'"):
+        store.get_bytes("s3://bkt/k")
+    assert NoCredentials.calls == 1

@@ -1,0 +1,306 @@
+"""S3 outages, with the real S3 server stopped and restarted on the same ports.
+
+- dataset download and checkpoint upload: a CLI run starts while S3 is down, and
+  S3 goes down again right after the first checkpoint; the run retries through
+  both outages and publishes;
+- adapter upload: S3 stops between two files of the upload; a reader polling the
+  run prefix all along never finds a manifest whose files are missing, and the
+  publication completes when S3 is back;
+- an outage longer than the retry budget: the sub-task fails with
+  `StorageUnavailable` (exit 5) and leaves no manifest — during the adapter
+  upload, during the dataset download and, through Ray Train, during a checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import INSTRUCTION, make_spec
+
+from anytasktune_contract.failures import FAILURE_MARKER, StorageUnavailableError
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
+
+import tinymodel  # noqa: E402
+
+pytestmark = pytest.mark.timeout(240)
+BUCKET = "anytasktune-faults"
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A server of this module's own (it is stopped and restarted), with a tiny model and a dataset."""
+    from anytasktune.s3server import EmbeddedS3
+
+    server = EmbeddedS3(tmp_path_factory.mktemp("s3-faults"), buckets=[BUCKET]).start()
+    records = tinymodel.sentiment_records(64, seed=9)
+    folder = tinymodel.save_tiny_model(tmp_path_factory.mktemp("model"), tinymodel.training_texts(records, INSTRUCTION))
+    tinymodel.upload_folder(server.client(), folder, BUCKET, "models/tiny")
+    server.client().put_object(Bucket=BUCKET, Key="data/reviews.jsonl", Body=tinymodel.to_jsonl(records).encode())
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def running(s3: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Every test starts and ends with the server up; in-process clients use its keys."""
+    for key, value in s3.env().items():
+        monkeypatch.setenv(key, value)
+    yield s3
+    if not s3.running:
+        s3.start()
+
+
+def _spec(s3: Any, subtask: str, **overrides: Any) -> Any:
+    base: dict[str, Any] = {"training": {"maxSteps": 15, "checkpointEverySteps": 5},
+                            "evaluation": {"maxSamples": 4}}
+    for key, value in overrides.items():
+        base[key] = {**base.get(key, {}), **value}
+    return make_spec(model_uri=f"s3://{BUCKET}/models/tiny/", dataset_uri=f"s3://{BUCKET}/data/reviews.jsonl",
+                     endpoint=s3.endpoint, subtask=subtask, outputPrefix=f"s3://{BUCKET}/runs/{subtask}", **base)
+
+
+def _keys(s3: Any, uri: str) -> dict[str, Any]:
+    """{key below uri: object} (retried while a restarted server warms up)."""
+    from anytasktune_contract.storage import S3Uri, StorageSettings
+    from anytasktune_trainjob.store import open_store
+
+    u = S3Uri.parse(uri)
+    store = open_store(StorageSettings(s3.endpoint, "us-east-1", "path"), 60)
+    return {o["key"][len(u.prefix):]: o for o in store.list_objects(u)}
+
+
+class Cli:
+    """`python -m anytasktune_trainjob --spec …` in the background, its output in a file."""
+
+    def __init__(self, spec: Any, folder: Path, s3: Any, **env: str) -> None:
+        (folder / "spec.json").write_text(spec.to_json())
+        self.log = folder / "output.log"
+        self._out = open(self.log, "wb")  # noqa: SIM115 - closed in wait()
+        self.proc = subprocess.Popen([sys.executable, "-m", "anytasktune_trainjob", "--spec", str(folder / "spec.json")],
+                                     stdout=self._out, stderr=subprocess.STDOUT, env={**os.environ, **s3.env(), **env})
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, text: str, timeout_s: float) -> float:
+        """Seconds until `text` appears in the output (fails the test after timeout_s)."""
+        t0 = time.monotonic()
+        while text not in self.output:
+            assert self.proc.poll() is None, f"exited {self.proc.returncode} before {text!r}:\n{self.output[-4000:]}"
+            assert time.monotonic() - t0 < timeout_s, f"no {text!r} after {timeout_s}s:\n{self.output[-4000:]}"
+            time.sleep(0.1)
+        return time.monotonic() - t0
+
+    def wait(self, timeout_s: float) -> int:
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self._out.close()
+
+
+def _wait_for_key(s3: Any, uri: str, suffix: str, timeout_s: float, count: int = 1) -> None:
+    t0 = time.monotonic()
+    while sum(k.endswith(suffix) for k in _keys(s3, uri)) < count:
+        assert time.monotonic() - t0 < timeout_s, f"no {count} x {suffix} under {uri} after {timeout_s}s"
+        time.sleep(0.2)
+
+
+def _assert_manifest_files_present(s3: Any, spec: Any) -> dict[str, Any]:
+    client = s3.client()
+    bucket, _, key = (spec.run_prefix() + "manifest.json").removeprefix("s3://").partition("/")
+    manifest = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    digests = manifest["artifacts"]["digests"]
+    assert set(digests) == set(manifest["artifacts"]["files"]) >= set(manifest["artifacts"]["adapter"])
+    for name, digest in digests.items():
+        blob = client.get_object(Bucket=bucket, Key=key.rsplit("/", 1)[0] + "/" + name)["Body"].read()
+        assert (len(blob), hashlib.sha256(blob).hexdigest()) == (digest["bytes"], digest["sha256"]), name
+    return manifest
+
+
+def test_outages_during_dataset_download_and_checkpoint_upload_are_survived(running: Any, tmp_path: Path) -> None:
+    s3 = running
+    spec = _spec(s3, "outages")
+    data_key = "download s3://anytasktune-faults/data/reviews.jsonl failed"
+    s3.stop(keep_data=True, graceful=False)
+    cli = Cli(spec, tmp_path, s3)
+    cli.wait_for(data_key, timeout_s=60)  # the dataset download met the outage
+    time.sleep(3)
+    s3.start()
+    first_back = time.monotonic()
+    cli.wait_for("data contract passed", timeout_s=60)
+    data_recovery_s = time.monotonic() - first_back
+
+    _wait_for_key(s3, spec.checkpoint_prefix(), "trainer_state.json", timeout_s=150)
+    s3.stop(keep_data=True, graceful=False)  # the next checkpoint (5 steps on) meets this outage
+    cli.wait_for("/checkpoint_", timeout_s=60)  # a retry line naming a checkpoint file
+    time.sleep(5)
+    s3.start()
+    second_back = time.monotonic()
+    assert cli.wait(timeout_s=180) == 0, cli.output[-4000:]
+    manifest = _assert_manifest_files_present(s3, spec)
+    assert manifest["training"]["steps"] == 15 and manifest["training"]["stepsThisAttempt"] == 15
+    checkpoint_retries = [ln for ln in cli.output.splitlines() if "upload s3://" in ln and "/checkpoint_" in ln]
+    assert checkpoint_retries, cli.output[-4000:]
+    print(f"\ndataset: S3 back -> data contract passed in {data_recovery_s:.1f}s; checkpoint: "
+          f"{len(checkpoint_retries)} upload retry lines, run done {time.monotonic() - second_back:.1f}s after S3 was back")
+
+
+def _adapter_folder(folder: Path, version: int) -> Path:
+    folder.mkdir(parents=True)
+    for i, name in enumerate(("adapter_config.json", "adapter_model.safetensors", "chat_template.jinja",
+                              "tokenizer.json", "tokenizer_config.json")):
+        (folder / name).write_bytes(bytes([version]) * (1000 * (i + 1) + version))
+    return folder
+
+
+class Reader:
+    """A reader polling the run prefix: every manifest it finds must point at files that are there."""
+
+    def __init__(self, s3: Any, run_prefix: str) -> None:
+        self.client, self.bad, self.seen = s3.client(), [], 0
+        self.bucket, _, self.prefix = run_prefix.removeprefix("s3://").partition("/")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            try:
+                listed = {o["Key"][len(self.prefix):]: o["Size"] for o in self.client.list_objects_v2(
+                    Bucket=self.bucket, Prefix=self.prefix).get("Contents", [])}
+                if "manifest.json" in listed:
+                    manifest = json.loads(self.client.get_object(Bucket=self.bucket, Key=self.prefix + "manifest.json")
+                                          ["Body"].read())
+                    self.seen += 1
+                    for name, digest in manifest["artifacts"]["digests"].items():
+                        if listed.get(name) != digest["bytes"]:
+                            self.bad.append(f"{name}: listed {digest['bytes']}, stored {listed.get(name)}")
+            except Exception:  # noqa: BLE001 - the server is down part of the time
+                pass
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+def _publish_old(s3: Any, store: Any, folder: Path, run_prefix: str) -> None:
+    from anytasktune_trainjob.adapter import publish_adapter, publish_manifest
+
+    digests = publish_adapter(store, _adapter_folder(folder, 1), run_prefix)
+    publish_manifest(store, run_prefix, {"artifacts": {"digests": digests}}, digests)
+
+
+def _stop_after_first_file(monkeypatch: pytest.MonkeyPatch, s3: Any, down_s: float | None) -> dict[str, float]:
+    """S3 stops right after the first file of the next upload, for `down_s` seconds (None: until the test restarts it)."""
+    from anytasktune_contract.storage import ObjectStore
+
+    real = ObjectStore.upload_file
+    times: dict[str, float] = {}
+
+    def upload_file(self: ObjectStore, path: Path, uri: Any) -> None:
+        real(self, path, uri)
+        if "stopped" not in times:
+            times["stopped"] = time.monotonic()
+            s3.stop(keep_data=True, graceful=False)
+            if down_s is not None:
+                def restart() -> None:
+                    time.sleep(down_s)
+                    s3.start()
+                    times["back"] = time.monotonic()
+
+                threading.Thread(target=restart, daemon=True).start()
+
+    monkeypatch.setattr(ObjectStore, "upload_file", upload_file)
+    return times
+
+
+def test_an_outage_in_the_middle_of_an_adapter_upload_never_shows_a_broken_manifest(
+        running: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from anytasktune_contract.storage import StorageSettings
+    from anytasktune_trainjob.adapter import publish_adapter, publish_manifest
+    from anytasktune_trainjob.store import open_store
+
+    s3 = running
+    run_prefix = f"s3://{BUCKET}/runs/adapter-outage/run1/"
+    store = open_store(StorageSettings(s3.endpoint, "us-east-1", "path"), 120)
+    _publish_old(s3, store, tmp_path / "old", run_prefix)  # an earlier publication of the same run
+    reader = Reader(s3, run_prefix)
+    time.sleep(0.5)
+    times = _stop_after_first_file(monkeypatch, s3, down_s=6)
+    digests = publish_adapter(store, _adapter_folder(tmp_path / "new", 2), run_prefix)
+    uploaded = time.monotonic()
+    publish_manifest(store, run_prefix, {"artifacts": {"digests": digests}}, digests)
+    time.sleep(0.5)
+    reader.close()
+    assert reader.bad == [] and reader.seen > 0
+    assert uploaded - times["back"] < 31  # Backoff waits at most 30 s between attempts
+    stored = _keys(s3, run_prefix)
+    assert {n: o["size"] for n, o in stored.items() if n != "manifest.json"} == {n: d["bytes"] for n, d in digests.items()}
+    print(f"\nadapter upload: S3 down {times['back'] - times['stopped']:.1f}s, upload done "
+          f"{uploaded - times['back']:.1f}s after S3 was back; the reader saw the manifest {reader.seen} times, "
+          "never a broken one")
+
+
+def test_an_outage_longer_than_the_budget_fails_the_publication_and_leaves_no_manifest(
+        running: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from anytasktune_contract.storage import StorageSettings
+    from anytasktune_trainjob.adapter import file_digests, publish_adapter, publish_manifest
+    from anytasktune_trainjob.store import open_store
+
+    s3 = running
+    run_prefix = f"s3://{BUCKET}/runs/adapter-long-outage/run1/"
+    settings = StorageSettings(s3.endpoint, "us-east-1", "path")
+    _publish_old(s3, open_store(settings, 60), tmp_path / "old", run_prefix)
+    times = _stop_after_first_file(monkeypatch, s3, down_s=None)
+    t0 = time.monotonic()
+    with pytest.raises(StorageUnavailableError, match="upload: storage unavailable after"):
+        publish_adapter(open_store(settings, 5), _adapter_folder(tmp_path / "new", 2), run_prefix)
+    gave_up_s = time.monotonic() - times["stopped"]
+    assert gave_up_s < 5 + 10  # the budget, plus one attempt's connection errors
+    s3.start()
+    stored = _keys(s3, run_prefix)
+    assert "manifest.json" not in stored  # the old one was retracted before the first file
+    digests = file_digests(tmp_path / "new")
+    with pytest.raises(StorageUnavailableError, match="adapter files are missing or incomplete"):
+        publish_manifest(open_store(settings, 60), run_prefix, {}, digests)
+    assert "manifest.json" not in _keys(s3, run_prefix)
+    print(f"\nadapter upload: gave up {gave_up_s:.1f}s into an outage with a 5 s budget (t={time.monotonic() - t0:.1f}s)")
+
+
+def test_a_dataset_outage_longer_than_the_budget_exits_storage_unavailable(running: Any, tmp_path: Path) -> None:
+    s3 = running
+    s3.stop(keep_data=True, graceful=False)
+    cli = Cli(_spec(s3, "data-outage"), tmp_path, s3, ANYTASKTUNE_S3_RETRY_SECONDS="4")
+    assert cli.wait(timeout_s=120) == 5, cli.output[-4000:]
+    last = cli.output.strip().splitlines()[-1]
+    assert last.startswith(f"{FAILURE_MARKER} class=StorageUnavailable: download: storage unavailable after")
+    assert "key='data/reviews.jsonl'" in last and s3.secret_key not in cli.output
+    assert float(last.rsplit("gave up after ", 1)[1].split("s)")[0]) >= 4  # it tried for the whole budget
+
+
+def test_a_checkpoint_outage_longer_than_the_budget_exits_storage_unavailable(running: Any, tmp_path: Path) -> None:
+    s3 = running
+    spec = _spec(s3, "checkpoint-outage")
+    cli = Cli(spec, tmp_path, s3, ANYTASKTUNE_S3_RETRY_SECONDS="6", ANYTASKTUNE_MAX_FAILURES="0")
+    _wait_for_key(s3, spec.checkpoint_prefix(), "trainer_state.json", timeout_s=150)
+    s3.stop(keep_data=True, graceful=False)
+    assert cli.wait(timeout_s=150) == 5, cli.output[-4000:]
+    assert cli.output.strip().splitlines()[-1].startswith(f"{FAILURE_MARKER} class=StorageUnavailable: ")
+    s3.start()
+    assert "manifest.json" not in _keys(s3, spec.run_prefix())
