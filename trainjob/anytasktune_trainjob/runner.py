@@ -27,7 +27,9 @@ from .checkpointfs import pyarrow_filesystem
 from .compare import compared, comparison_inputs
 from .encoding import TokenTable
 from .evaluation import class_labels
+from .identity import settle
 from .models import resolve_base_model
+from .publish import record_outcome, why_trained, without_training
 from .store import open_store, retry_budget_from_env
 from .worker import train_loop_per_worker
 
@@ -165,6 +167,7 @@ def _manifest(spec: TrainJobSpec, prepared: PreparedData, summary: dict[str, Any
         "apiVersion": spec.apiVersion,
         "kind": MANIFEST_KIND,
         "runId": spec.run_id(),
+        "specId": spec.spec_id(),
         "runPrefix": spec.run_prefix(),
         "createdAt": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "taskFineTune": spec.taskFineTune,
@@ -306,6 +309,11 @@ def run(
         retry_budget_s = retry_budget_from_env()
     storage = open_store(StorageSettings.from_spec(spec.storage), retry_budget_s)
     check_spec(spec)
+    spec = settle(spec, storage)  # the run identity covers the dataset's content, the base model, the trainjob
+    kept = without_training(spec, storage, log)  # pinned, or this identity is already published
+    if kept is not None:
+        return Result(kept.run_id, kept.run_prefix, kept.run_prefix + "manifest.json", kept.manifest)
+    why = why_trained(spec, storage)
     if max_failures is None:
         max_failures = int(os.environ.get("ANYTASKTUNE_MAX_FAILURES", "2"))
     if fault_after_step is None and os.environ.get("ANYTASKTUNE_FAULT_AFTER_STEP"):
@@ -329,6 +337,7 @@ def run(
     manifest["timings"]["totalSeconds"] = time.time() - t0
     # last, after checking every file it lists: its presence means the run is complete
     manifest_uri = publish_manifest(storage, spec.run_prefix(), manifest, summary.get("artifactDigests", {}))
+    record_outcome(spec, storage, spec.run_id(), manifest, "Trained", why, log)  # the registry, then the spec's record
     ev = manifest["evaluation"]
     log(f"[anytasktune] done: {manifest_uri}; " + ", ".join(
         f"{k}: base {ev['base'][k]:.4f} -> adapter {ev['adapter'][k]:.4f}" for k in ev["adapter"]))
