@@ -93,6 +93,9 @@ class WorkQueue:
     def __len__(self) -> int:
         return len(self._queued)
 
+    def active(self, key: Key) -> bool:
+        return key in self._active
+
     async def _work(self) -> None:
         while True:
             key = await self._queue.get()
@@ -153,6 +156,7 @@ class Controller:
         self._stores: dict[StorageSettings, ObjectStore] = {}
         self.writers = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="create")
         self._errors: dict[Key, int] = {}
+        self._deleted: set[Key] = set()  # deleted while a pass may be in flight
         self._loop: asyncio.AbstractEventLoop | None = None
         self._resync: asyncio.Task[None] | None = None
 
@@ -175,13 +179,21 @@ class Controller:
         self.writers.shutdown(wait=False, cancel_futures=True)
 
     def enqueue(self, namespace: str, name: str, delay: float = 0.0) -> None:
+        self._deleted.discard((namespace, name))  # a TaskFineTune of that name (again)
         self.queue.add((namespace, name), delay)
 
     def forget(self, namespace: str, name: str) -> None:
+        """A TaskFineTune was deleted: drop everything held for it. A pass already in
+        flight drops it again when it ends (it may have re-created some)."""
+        if self.queue.active((namespace, name)):
+            self._deleted.add((namespace, name))
         self.queue.forget((namespace, name))
-        self.reads.pop((namespace, name), None)
-        self._errors.pop((namespace, name), None)
-        metrics.forget_status(namespace, name)
+        self._drop((namespace, name))
+
+    def _drop(self, key: Key) -> None:
+        self.reads.pop(key, None)
+        self._errors.pop(key, None)
+        metrics.forget_status(*key)
 
     # --- one pass ----------------------------------------------------------------
     async def _process(self, key: Key) -> None:
@@ -189,6 +201,10 @@ class Controller:
             try:
                 result = await asyncio.to_thread(self.reconcile_once, *key)
             except Exception as err:  # noqa: BLE001 - supervised: every failure is retried with backoff
+                if key in self._deleted:  # gone while it failed: nothing to retry
+                    self._deleted.discard(key)
+                    self._drop(key)
+                    return
                 failures = self._errors.get(key, 0) + 1
                 self._errors[key] = failures
                 delay = PASS_ERROR_BACKOFF.delay(failures)
@@ -197,6 +213,10 @@ class Controller:
                             *key, failures, delay, type(err).__name__, err)
                 self.queue.add(key, delay)
                 return
+        if key in self._deleted:
+            self._deleted.discard(key)
+            self._drop(key)
+            return
         self._errors.pop(key, None)
         if result is not None and result.requeue_after is not None:
             self.queue.add(key, result.requeue_after)

@@ -1,0 +1,71 @@
+"""The controller's runtime, without an API server: the work queue coalesces and
+serializes, and a TaskFineTune deleted while its pass is in flight leaves nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from anytasktune import metrics
+from anytasktune.config import OperatorConfig
+from anytasktune.controller import Controller, WorkQueue
+from anytasktune.plan import Plan
+from anytasktune.spec import SubtaskPhase, SubtaskStatus, TaskFineTuneStatus
+
+
+def test_work_queue_coalesces_and_never_runs_a_key_twice_at_once() -> None:
+    async def scenario() -> tuple[list[str], int]:
+        runs: list[str] = []
+        concurrent = {"now": 0, "max": 0}
+        release = asyncio.Event()
+
+        async def process(key: tuple[str, str]) -> None:
+            concurrent["now"] += 1
+            concurrent["max"] = max(concurrent["max"], concurrent["now"])
+            runs.append(key[1])
+            if len(runs) == 1:
+                await release.wait()
+            concurrent["now"] -= 1
+
+        queue = WorkQueue(process, workers=4)
+        queue.start()
+        queue.add(("ns", "a"))
+        await asyncio.sleep(0.05)  # the first pass of "a" is running
+        for _ in range(10):
+            queue.add(("ns", "a"))  # ten events during the pass: one more pass, after it
+        release.set()
+        await asyncio.sleep(0.1)
+        await queue.stop()
+        return runs, concurrent["max"]
+
+    runs, most = asyncio.run(scenario())
+    assert runs == ["a", "a"] and most == 1
+
+
+def test_a_taskfinetune_deleted_during_its_pass_leaves_no_state_or_metrics() -> None:
+    controller = Controller(OperatorConfig(), client=None)
+    in_pass, go_on = threading.Event(), threading.Event()  # the pass waits for the deletion
+    status = TaskFineTuneStatus(subtasks=[SubtaskStatus(name="kw", phase=SubtaskPhase.Running)])
+
+    def pass_in_flight(namespace: str, name: str) -> Plan:
+        in_pass.set()
+        go_on.wait(5)
+        controller.reads.setdefault((namespace, name), object())  # type: ignore[arg-type]
+        metrics.observe_status(namespace, name, status)  # what a pass records
+        return Plan(status=status)
+
+    controller.reconcile_once = pass_in_flight  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        controller.queue.start()
+        controller.enqueue("ns", "gone")
+        await asyncio.to_thread(in_pass.wait, 5)
+        controller.forget("ns", "gone")  # the DELETED event arrives mid-pass
+        go_on.set()
+        await asyncio.sleep(0.2)
+        await controller.queue.stop()
+
+    asyncio.run(scenario())
+    series = [s for m in metrics.SUBTASKS.collect() for s in m.samples if s.labels.get("taskfinetune") == "gone"]
+    assert series == [] and ("ns", "gone") not in controller.reads and not controller._deleted
+    controller.read_pool.shutdown()
