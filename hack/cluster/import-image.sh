@@ -23,4 +23,9 @@ for ref in "$@"; do
   present="$(ctr_ images ls -q)"
   grep -qxF "$ref" <<<"$present" || die "imported $archive but containerd has no image $ref"
   log "imported $ref in $(( $(date +%s) - t0 ))s"
+  # Older builds of the same image: gone (containerd's GC frees their layers).
+  while read -r old; do
+    [[ "$old" == "${ref%:*}:"* && "$old" != "$ref" ]] || continue
+    ctr_ images rm "$old" >/dev/null && log "removed the older $old"
+  done <<<"$present"
 done

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the single-node cluster and the image builds need,
 # when any is missing: containerd, runc, the CNI plugins, iptables, conntrack,
-# debootstrap and buildah (daemonless image builds). Non-interactive; no-op when
+# debootstrap and buildah (daemonless image builds), openssl (the cluster's PKI) and curl. Non-interactive; no-op when
 # everything is present.
 set -euo pipefail
-pkgs=(containerd runc containernetworking-plugins iptables conntrack debootstrap buildah)
+pkgs=(containerd runc containernetworking-plugins iptables conntrack debootstrap buildah openssl curl)
 missing=()
 for p in "${pkgs[@]}"; do
   [[ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)" == "install ok installed" ]] || missing+=("$p")

@@ -20,6 +20,8 @@
 # The current references are written to $ANYTASKTUNE_CACHE/images/refs.env.
 # --import also imports them into the cluster's containerd when `make cluster` is up,
 # skipping those already there.
+# ANYTASKTUNE_IMAGE_SOURCE=DIR builds operator/trainjob from DIR (a checkout or `git archive`
+# holding docker/, contract/, operator/, trainjob/) instead of this working tree.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -32,6 +34,7 @@ runroot="/run/anytasktune-buildah"  # buildah's run state
 refs_file="$out/refs.env"
 mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 py="${PYTHON_FOR_WHEELS:-$root/.venv/bin/python}"   # downloads/builds wheels on the host
+src="$(cd "${ANYTASKTUNE_IMAGE_SOURCE:-$root}" && pwd)"  # Dockerfiles and build context
 registry=localhost/anytasktune
 
 log() { printf '[images] %s\n' "$*" >&2; }
@@ -69,7 +72,7 @@ sha() { sha256sum | cut -c1-16; }
 # A hash of the files under some folders of the repository, as a build context sees them
 # (no caches, no egg-info, no build folders).
 tree_hash() {
-  (cd "$root" && find "$@" \( -name __pycache__ -o -name '*.egg-info' -o -name build \) -prune \
+  (cd "$src" && find "$@" \( -name __pycache__ -o -name '*.egg-info' -o -name build \) -prune \
      -o -type f ! -name '*.pyc' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) | sha
 }
 
@@ -159,7 +162,7 @@ bud() {
   shift 4
   t0=$(date +%s)
   ensure_in_store "$parent"
-  log "building ${REF[$name]} from ${dockerfile#"$root"/}"
+  log "building ${REF[$name]} from $dockerfile (context $context)"
   B bud --quiet --pull=never --format oci --layers=false --force-rm -f "$dockerfile" -t "${REF[$name]}" "$@" "$context" >&2
   finish "$name" "$t0"
 }
@@ -183,25 +186,25 @@ build_ray_base() {
 
 key_operator() {
   python3 "$here/lock.py" --if-stale operator
-  KEY[operator]="$(cat "$root/docker/operator.Dockerfile" "$root/docker/operator.Dockerfile.dockerignore" \
+  KEY[operator]="$(cat "$src/docker/operator.Dockerfile" "$src/docker/operator.Dockerfile.dockerignore" \
     "$here/operator.lock" <(tree_hash contract operator) <(echo "${KEY[python-base]}") | sha)"
 }
 build_operator() {
   wheelhouse operator
-  bud operator python-base "$root/docker/operator.Dockerfile" "$root" --network none \
-    --ignorefile "$root/docker/operator.Dockerfile.dockerignore" --volume "$WH:/wheelhouse:ro" \
+  bud operator python-base "$src/docker/operator.Dockerfile" "$src" --network none \
+    --ignorefile "$src/docker/operator.Dockerfile.dockerignore" --volume "$WH:/wheelhouse:ro" \
     --build-arg "PYTHON_IMAGE=${REF[python-base]}" \
     --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/wheelhouse
 }
 
 key_trainjob() {
-  KEY[trainjob]="$(cat "$root/docker/trainjob.Dockerfile" "$root/docker/trainjob.Dockerfile.dockerignore" \
+  KEY[trainjob]="$(cat "$src/docker/trainjob.Dockerfile" "$src/docker/trainjob.Dockerfile.dockerignore" \
     <(tree_hash contract trainjob) <(echo "${KEY[ray-base]}") | sha)"
 }
 build_trainjob() {
   wheelhouse trainjob-cpu
-  bud trainjob ray-base "$root/docker/trainjob.Dockerfile" "$root" --network none \
-    --ignorefile "$root/docker/trainjob.Dockerfile.dockerignore" --volume "$WH:/wheelhouse:ro" \
+  bud trainjob ray-base "$src/docker/trainjob.Dockerfile" "$src" --network none \
+    --ignorefile "$src/docker/trainjob.Dockerfile.dockerignore" --volume "$WH:/wheelhouse:ro" \
     --build-arg "RAY_IMAGE=${REF[ray-base]}" \
     --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/wheelhouse --build-arg PIP_NO_DEPS=1
 }
