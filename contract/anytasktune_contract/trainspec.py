@@ -126,6 +126,29 @@ class DeepSpeedConfig(Strict):
     precision: Precision = Precision.auto
 
 
+COMPARE_API_KEY_ENV = "ANYTASKTUNE_COMPARE_API_KEY"  # the general model's key, in the pods by secretKeyRef only
+
+
+class SecretKeyRef(Strict):
+    name: str = Field(..., min_length=1, max_length=253,
+                      pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    key: str = Field(..., min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+
+
+class CompareWith(Strict):
+    """A general model answering the same held-out prompts: an OpenAI-compatible chat endpoint."""
+
+    endpoint: str = Field(..., max_length=1024, pattern=r"^https?://[A-Za-z0-9.:_\[\]-]+(/[!#%-~]*)?$",
+                          description="Base URL of an OpenAI-compatible API (POST <endpoint>/chat/completions), "
+                          "e.g. https://api.openai.com/v1.")
+    model: str = Field(..., min_length=1, max_length=256, description="The model name the endpoint serves.")
+    apiKeySecret: SecretKeyRef | None = Field(
+        None, description=f"Secret key holding the API key; reaches the pods as {COMPARE_API_KEY_ENV} (secretKeyRef).")
+    timeoutSeconds: int = Field(60, ge=1, le=600, description="Per request.")
+    maxRetries: int = Field(3, ge=0, le=10, description="Retries of a timed-out, rate-limited (429) or failed (5xx) request.")
+    concurrency: int = Field(4, ge=1, le=32, description="Requests in flight at once.")
+
+
 class EvaluationConfig(Strict):
     """Held-out evaluation: base model vs adapter, same prompts."""
 
@@ -143,6 +166,10 @@ class EvaluationConfig(Strict):
         description="Promotion gate: the adapter becomes active only when the 95% lower bound of its task-metric lift "
         "is above this; unset = every adapter is promoted (the verdict then uses 0).",
     )
+
+    compareWith: CompareWith | None = Field(
+        None, description="A general model to compare with on the same held-out prompts and metric (the paper's comparison); "
+        "its failure never fails the training.")
 
     def verdict_threshold(self) -> float:
         """What the lift's lower bound must be above for the verdict "adapter wins"."""

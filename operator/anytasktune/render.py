@@ -11,7 +11,7 @@ from typing import Any
 
 from anytasktune.config import OperatorConfig
 from anytasktune.spec import GROUP, KIND, VERSION, TaskFineTuneSpec
-from anytasktune_contract.trainspec import TrainJobSpec
+from anytasktune_contract.trainspec import COMPARE_API_KEY_ENV, TrainJobSpec
 
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_TFT = f"{GROUP}/taskfinetune"
@@ -241,6 +241,11 @@ def render_rayjob(
     }
     if cluster.activeDeadlineSeconds:
         rayjob_spec["activeDeadlineSeconds"] = cluster.activeDeadlineSeconds
+    compare = train.evaluation.compareWith
+    if compare is not None and compare.apiKeySecret is not None:  # the general model's key: the driver (head) only
+        head = rayjob_spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+        head["env"].append({"name": COMPARE_API_KEY_ENV, "valueFrom": {"secretKeyRef": {
+            "name": compare.apiKeySecret.name, "key": compare.apiKeySecret.key}}})
     if spec.queueName:
         # Kueue's contract for a RayJob: created suspended; Kueue lifts spec.suspend on
         # admission, and the operator never writes it afterwards (plan.suspension).

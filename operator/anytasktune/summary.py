@@ -22,7 +22,12 @@ class Event:
 
 def eval_scores(evaluation: Mapping[str, Any]) -> EvalScores:
     """The status's view of a manifest's `evaluation` (scores, intervals, verdict)."""
-    scores = EvalScores.model_validate(evaluation)
+    general = evaluation.get("generalModel") or {}
+    scores = EvalScores.model_validate({k: v for k, v in evaluation.items() if k != "generalModel"})
+    if general:
+        scores.generalModel = str(general.get("model", ""))
+        status = str(general.get("status", ""))
+        scores.comparison = f"{status}: {general.get('message', '')}" if status == "Failed" else status
     rule = evaluation.get("verdictRule") or {}
     if scores.threshold is None and isinstance(rule.get("threshold"), (int, float)):
         scores.threshold = float(rule["threshold"])
@@ -40,7 +45,17 @@ def lift_message(metrics: EvalScores | None) -> str:
     parts = [f"{k} {metrics.base.get(k, 0):.3f} -> {metrics.adapter.get(k, 0):.3f} ({v:+.3f}"
              f"{_interval(metrics.intervals.get(k, {}).get('lift'))})" for k, v in ordered]
     verdict = f": {metrics.verdict}" if metrics.verdict else ""
-    return "; ".join(parts[:1]) + verdict + "".join(f"; {p}" for p in parts[1:])
+    return "; ".join(parts[:1]) + verdict + _versus_general(metrics, ordered[0][0]) + "".join(f"; {p}" for p in parts[1:])
+
+
+def _versus_general(metrics: EvalScores, metric: str) -> str:
+    if metrics.comparison.startswith("Failed"):
+        return f"; general model {metrics.generalModel} not compared ({metrics.comparison})"
+    if metric not in metrics.general:
+        return ""
+    ci = _interval(metrics.intervals.get(metric, {}).get("liftOverGeneral"))
+    return (f"; general model {metrics.generalModel} {metrics.general[metric]:.3f} (adapter "
+            f"{metrics.adapter.get(metric, 0) - metrics.general[metric]:+.3f}{ci}): {metrics.versusGeneral}")
 
 
 def outcome_message(st: SubtaskStatus) -> str:

@@ -14,6 +14,7 @@ of which loads with PEFT onto the base model."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,12 +26,16 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
 
 import tinymodel  # noqa: E402
+from chatserver import ChatServer, TinyModelAnswerer  # noqa: E402
 
 pytestmark = pytest.mark.timeout(1200)
 INSTRUCTION = "Classify the sentiment of the review as positive or negative."
+KEY = "sk-local-general"
 
 
 def _pool(tmp: Path, pins: dict[str, str] | None = None, lora_a: int = 4) -> Path:
+    general = {"endpoint": (tmp / "general.url").read_text(), "model": "tiny-general",
+               "apiKeySecret": {"name": "general", "key": "api-key"}, "timeoutSeconds": 30}
     spec: dict[str, Any] = {
         "domain": "reviews",
         "baseModel": {"uri": "tiny-model"},
@@ -40,7 +45,7 @@ def _pool(tmp: Path, pins: dict[str, str] | None = None, lora_a: int = 4) -> Pat
             "training": {"epochs": 1, "maxSteps": 2, "microBatchSize": 4, "maxSeqLength": 96, "learningRate": 0.005,
                          "checkpointEverySteps": 0, "logEverySteps": 1},
             "deepspeed": {"zeroStage": 0},
-            "evaluation": {"holdout": 0.2, "maxNewTokens": 3, "maxSamples": 4, "batchSize": 4},
+            "evaluation": {"holdout": 0.2, "maxNewTokens": 3, "maxSamples": 4, "batchSize": 4, "compareWith": general},
         },
         "subtasks": [
             {"name": "a", "taskType": "classification", "instruction": INSTRUCTION, "dataset": {"uri": "data/a.jsonl"},
@@ -61,8 +66,9 @@ def _pool(tmp: Path, pins: dict[str, str] | None = None, lora_a: int = 4) -> Pat
 
 
 def _run(tmp: Path, path: Path) -> dict[str, dict[str, Any]]:
+    env = {**os.environ, "ANYTASKTUNE_COMPARE_API_KEY": KEY}  # local mode: the key from the environment
     proc = subprocess.run([sys.executable, "-m", "anytasktune.cli", "run", str(path), "--workdir", str(tmp / "out"),
-                           "--no-progress"], capture_output=True, text=True, timeout=900, cwd=tmp)
+                           "--no-progress"], capture_output=True, text=True, timeout=900, cwd=tmp, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     status = json.loads((tmp / "out" / "identity" / "status.json").read_text())
     return {s["name"]: {**s, "table": proc.stdout} for s in status["subtasks"]}
@@ -76,6 +82,14 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     (tmp / "data").mkdir()
     (tmp / "data" / "a.jsonl").write_text(tinymodel.to_jsonl(records[:40]), encoding="utf-8")
     (tmp / "data" / "b.jsonl").write_text(tinymodel.to_jsonl(records[8:]), encoding="utf-8")
+    with ChatServer(TinyModelAnswerer(tmp / "tiny-model"), api_key=KEY) as general:
+        (tmp / "general.url").write_text(general.url)
+        out = _history(tmp, records)
+        out["general_requests"] = len(general.requests)
+    return out
+
+
+def _history(tmp: Path, records: list[dict[str, str]]) -> dict[str, Any]:
     out: dict[str, Any] = {"tmp": tmp, "first": _run(tmp, _pool(tmp))}
     out["again"] = _run(tmp, _pool(tmp))
     (tmp / "data" / "b.jsonl").write_text(tinymodel.to_jsonl(records[4:44]), encoding="utf-8")  # replaced in place
@@ -95,6 +109,13 @@ def test_the_first_run_trains_every_subtask(history: dict[str, Any]) -> None:
     assert _outcomes(first) == {"a": "Trained", "b": "Trained"}
     assert first["a"]["outcomeReason"] == "first run of this sub-task"
     assert first["a"]["adapter"].endswith(f"/identity/a/runs/{first['a']['runId']}/")
+    # the general model answered the same held-out prompts, scored by the same metric
+    for name in ("a", "b"):
+        metrics = first[name]["metrics"]
+        assert metrics["comparison"] == "Succeeded" and metrics["generalModel"] == "tiny-general"
+        assert "accuracy" in metrics["general"] and "liftOverGeneral" in metrics["intervals"]["accuracy"]
+    assert "adapter vs general model tiny-general" in first["a"]["table"]
+    assert history["general_requests"] >= 2  # two trainings (a, b) asked it; reuses did not ask again
 
 
 def test_the_same_yaml_again_trains_nothing(history: dict[str, Any]) -> None:

@@ -160,3 +160,68 @@ def publish_registry(store: ObjectStore) -> dict[str, Any]:
     doc, _ = registry.read(store, "s3://adapters/pool/index.json")
     assert doc is not None
     return doc
+
+
+def test_a_general_model_is_compared_and_its_failure_fails_nothing(k: Kubectl, operator: OperatorProcess, s3: Any,
+                                                                    store: ObjectStore) -> None:
+    """compareWith: the key reaches the RayJob's head by secretKeyRef only; the trainjob
+    asks the endpoint (a real HTTP server speaking /v1/chat/completions) with the same
+    prompts; the status shows the general model beside base and adapter; an endpoint that
+    refuses the key leaves the sub-task Succeeded with the comparison marked Failed."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
+    from chatserver import ChatServer
+
+    from anytasktune_trainjob import publish
+    from anytasktune_trainjob.compare import compared
+    from anytasktune_trainjob.identity import settle
+
+    ns = k.namespace("general")
+    client = s3.client()
+    client.put_object(Bucket="models", Key="base/config.json", Body=b"{}")
+    with ChatServer(lambda messages, _: "positive", api_key="sk-right") as good, \
+            ChatServer(lambda messages, _: "positive", api_key="sk-other") as refusing:
+        body = taskfinetune("gen", ["ok", "refused"], maxParallelSubtasks=2)
+        body["spec"]["storage"] = {"output": "s3://adapters/", "endpoint": s3.endpoint, "addressingStyle": "path"}
+        for i, server in enumerate((good, refusing)):
+            client.put_object(Bucket="datasets", Key=f"gen{i}.jsonl", Body=b"x\n")
+            body["spec"]["subtasks"][i]["dataset"]["uri"] = f"s3://datasets/gen{i}.jsonl"
+            body["spec"]["subtasks"][i]["evaluation"] = {"compareWith": {
+                "endpoint": server.url, "model": "general-7b", "maxRetries": 1,
+                "apiKeySecret": {"name": "general-model", "key": "api-key"}}}
+        k.apply(body, ns)
+        jobs = wait_for("two RayJobs", lambda: (j := k.rayjobs(ns)) and len(j) == 2 and j)
+        cluster = jobs["gen-ok-1"]["spec"]["rayClusterSpec"]
+        head_env = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
+        assert {"name": "ANYTASKTUNE_COMPARE_API_KEY",
+                "valueFrom": {"secretKeyRef": {"name": "general-model", "key": "api-key"}}} in head_env
+        assert "ANYTASKTUNE_COMPARE_API_KEY" not in str(cluster["workerGroupSpecs"])
+
+        held = {"messages": [[{"role": "user", "content": f"review {i}"}] for i in range(4)],
+                "references": ["positive", "negative", "positive", "positive"], "keys": ["k"] * 4}
+        for job, key in (("gen-ok-1", "sk-right"), ("gen-refused-1", "sk-right")):
+            spec = settle(TrainJobSpec.from_json(k.json("get", "configmap", job, "-n", ns)["data"]["spec.json"]), store)
+            evaluation = {"metrics": ["accuracy"], "samples": 4, "base": {"accuracy": 0.25}, "adapter": {"accuracy": 0.75},
+                          "lift": {"accuracy": 0.5}, "classLabels": ["positive", "negative"],
+                          "perRecord": {"accuracy": {"base": [0.0, 1.0, 0.0, 0.0], "adapter": [1.0, 0.0, 1.0, 1.0]}}}
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setenv("ANYTASKTUNE_COMPARE_API_KEY", key)  # what the secretKeyRef puts in the head
+                evaluation = compared(spec, evaluation, held, log=lambda _: None)
+            manifest = {"runId": spec.run_id(), "spec": spec.model_dump(mode="json"), "evaluation": evaluation}
+            store.put_json(spec.run_prefix() + "manifest.json", manifest)
+            publish.record_outcome(spec, store, spec.run_id(), manifest, "Trained", "first run", log=lambda _: None)
+            k.set_rayjob_status(ns, job, **SUCCEEDED)
+        assert sorted(str(r["body"]["messages"]) for r in good.requests) == sorted(str(m) for m in held["messages"])
+
+    def status(name: str) -> dict[str, Any]:
+        return wait_for(f"{name} read", lambda: (s := next((x for x in k.tft(ns, "gen").get("status", {}).get("subtasks", [])
+                                                             if x["name"] == name), {})).get("metrics") and s)
+
+    ok, refused = status("ok"), status("refused")
+    assert ok["metrics"]["general"] == {"accuracy": 0.75} and ok["metrics"]["comparison"] == "Succeeded"
+    assert ok["metrics"]["generalModel"] == "general-7b" and "liftOverGeneral" in ok["metrics"]["intervals"]["accuracy"]
+    assert "general model general-7b 0.750" in ok["message"]
+    assert refused["phase"] == "Succeeded" and refused["metrics"]["comparison"].startswith("Failed: ")
+    assert "HTTP 401" in refused["metrics"]["comparison"] and "not compared" in refused["message"]
+    assert k.tft(ns, "gen")["status"]["phase"] == "Succeeded"

@@ -63,3 +63,25 @@ def test_summary_table_shows_intervals_the_verdict_and_its_rule(capsys: pytest.C
     assert "lift's 95% lower bound" in out and "above 0.05" in out
     assert "1/3 sub-task adapters beat the base model with 95% confidence" in out
     assert "kw: inconclusive" in out and "split: FAILED" in out
+
+
+GENERAL = {**EVALUATION, "general": {"accuracy": 0.625}, "versusGeneral": "inconclusive",
+           "generalModel": {"endpoint": "https://api.example/v1", "model": "gpt-general", "status": "Succeeded"},
+           "intervals": {"accuracy": {**EVALUATION["intervals"]["accuracy"], "general": [0.375, 0.875],
+                                      "liftOverGeneral": [-0.062, 0.438]}}}
+
+
+def test_the_general_model_sits_beside_base_and_adapter(capsys: pytest.CaptureFixture[str]) -> None:
+    scores = eval_scores(GENERAL)
+    assert (scores.general, scores.generalModel, scores.comparison) == ({"accuracy": 0.625}, "gpt-general", "Succeeded")
+    assert "general model gpt-general 0.625 (adapter +0.188, 95% CI -0.062..+0.438): inconclusive" in lift_message(scores)
+    failed = {**EVALUATION, "generalModel": {"model": "gpt-general", "status": "Failed", "message": "HTTP 401 (not retried)"}}
+    assert "general model gpt-general not compared (Failed: HTTP 401 (not retried))" in lift_message(eval_scores(failed))
+
+    status = {"subtasks": [{"name": "risk", "phase": "Succeeded"}, {"name": "kw", "phase": "Succeeded"}]}
+    rows = summary_rows(status, {"risk": _manifest(GENERAL), "kw": _manifest(failed)}, {})
+    print_summary(rows, "Succeeded", 60.0)
+    out = capsys.readouterr().out
+    assert "general" in out and "0.625 [0.38, 0.88]" in out and "failed" in out
+    assert "risk: adapter vs general model gpt-general: +0.188 [-0.06, +0.44] — inconclusive" in out
+    assert "kw: general model gpt-general not compared — HTTP 401 (not retried) (the training stands)" in out

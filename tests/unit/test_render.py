@@ -257,3 +257,17 @@ def test_small_head_gets_no_cpu_limit_and_workers_are_guaranteed() -> None:
     worker = pods["workers"]["containers"][0]["resources"]
     assert worker["limits"] == {**worker["requests"]}
     assert worker["limits"]["cpu"] == "8" and worker["limits"]["nvidia.com/gpu"] == 1
+
+
+def test_the_general_models_key_reaches_the_head_only_by_reference() -> None:
+    _, rayjob = render()
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    head_env = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
+    worker_env = cluster["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["env"]
+    key = next(e for e in head_env if e["name"] == "ANYTASKTUNE_COMPARE_API_KEY")
+    assert key == {"name": "ANYTASKTUNE_COMPARE_API_KEY", "valueFrom": {"secretKeyRef": {"name": "general-model", "key": "api-key"}}}
+    assert not [e for e in worker_env if e["name"] == "ANYTASKTUNE_COMPARE_API_KEY"]  # the driver runs on the head
+    cm, _ = render()
+    spec = json.loads(cm["data"]["spec.json"])
+    assert spec["evaluation"]["compareWith"]["apiKeySecret"] == {"name": "general-model", "key": "api-key"}
+    assert "sk-" not in json.dumps(rayjob)  # a reference, never a value

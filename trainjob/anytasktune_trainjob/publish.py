@@ -26,6 +26,7 @@ from anytasktune_contract.storage import ObjectStore, S3Uri
 from anytasktune_contract.trainspec import NOT_IN_RUN_ID, TrainJobSpec
 
 from . import registry
+from .compare import compared_again, needs_comparison
 from .intervals import WINS, verdict
 
 MANIFEST_NAME = "manifest.json"
@@ -155,6 +156,8 @@ def run_entry(spec: TrainJobSpec, run_id: str, manifest: Mapping[str, Any], eval
         "loraRank": (run_spec.get("lora") or {}).get("r", spec.lora.r), "metric": metric, "scores": scores,
         "lift": (evaluation.get("lift") or {}).get(metric), "intervals": (evaluation.get("intervals") or {}).get(metric, {}),
         "verdict": evaluation.get("verdict", ""), "samples": evaluation.get("samples"),
+        **({"generalModel": {k: v for k, v in evaluation["generalModel"].items() if k in ("model", "status", "message")},
+            "versusGeneral": evaluation.get("versusGeneral", "")} if evaluation.get("generalModel") else {}),
     }
 
 
@@ -199,5 +202,7 @@ def without_training(spec: TrainJobSpec, storage: ObjectStore, log: Log = print)
         return None
     reason = (f"already published: same spec, dataset ({spec.inputs.dataset}), base model ({spec.inputs.baseModel}) "
               f"and trainjob {spec.inputs.trainjob}")
+    if needs_comparison(spec, manifest.get("evaluation") or {}):  # compareWith added or changed: no retraining
+        manifest = {**manifest, "evaluation": compared_again(spec, storage, dict(manifest["evaluation"]), log)}
     record_outcome(spec, storage, run_id, manifest, "Reused", reason, log)
     return Kept(run_id, spec.run_prefix(), manifest)

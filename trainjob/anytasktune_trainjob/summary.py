@@ -88,7 +88,7 @@ def evaluation_summary(spec: TrainJobSpec, gathered: list[list[dict[str, Any]]],
     return judged(spec, {
         "samples": len(held["references"]), "metrics": metric_names, "base": results["base"],
         "adapter": results["adapter"], "lift": lift(results["base"], results["adapter"]),
-        "classLabels": labels, "perRecord": records,
+        "classLabels": labels, "perRecord": records, "recordKeys": list(held.get("keys") or []),
         "answers": {"reference": held["references"][:ANSWERS_KEPT],
                     **{k: v[:ANSWERS_KEPT] for k, v in predictions.items()}},
         "maxNewTokens": spec.evaluation.maxNewTokens, "examples": examples(held, predictions),

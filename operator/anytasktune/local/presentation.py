@@ -95,7 +95,9 @@ def summary_rows(status: dict[str, Any], manifests: dict[str, dict[str, Any]], c
         rows.append({
             "subtask": st["name"], "phase": st.get("phase"), "attempts": st.get("attempts", 0), "metric": metric,
             "base": base, "adapter_score": adapter, "lift": lift,
-            "intervals": {k: _interval(ev, metric, k) for k in ("base", "adapter", "lift")},
+            "intervals": {k: _interval(ev, metric, k) for k in ("base", "adapter", "lift", "general", "liftOverGeneral")},
+            "general": (ev.get("general") or {}).get(metric), "general_model": ev.get("generalModel") or {},
+            "versus_general": ev.get("versusGeneral", ""),
             "samples": ev.get("samples"), "threshold": (ev.get("verdictRule") or {}).get("threshold"),
             "verdict": _verdict(st, ev), "train_seconds": train_s, "eval_loss": loss,
             "outcome": st.get("outcome", ""), "run_id": st.get("runId", ""), "why": st.get("outcomeReason", ""),
@@ -138,8 +140,12 @@ def print_summary(rows: list[dict[str, Any]], phase: str, wall_seconds: float) -
     out = Console(width=None if Console().is_terminal else 200)
     table = Table(title=f"AnyTaskTune: {phase} in {wall_seconds / 60:.1f} min (held-out split, base model vs adapter, "
                   "scores with 95% intervals)", title_justify="left")
-    for col in ("sub-task", "phase", "run", "metric", "base", "adapter", "lift", "verdict", "eval loss", "time"):
-        table.add_column(col, justify="right" if col in ("base", "adapter", "lift", "time") else "left", overflow="fold")
+    general = any(r["general_model"] for r in rows)
+    columns = ("sub-task", "phase", "run", "metric", "base", "adapter", "lift", "verdict",
+               *(("general",) if general else ()), "eval loss", "time")
+    for col in columns:
+        table.add_column(col, justify="right" if col in ("base", "adapter", "lift", "general", "time") else "left",
+                         overflow="fold")
     for r in rows:
         style = VERDICT_STYLE.get(r["verdict"], "yellow")
         secs = r["train_seconds"]
@@ -149,11 +155,35 @@ def print_summary(rows: list[dict[str, Any]], phase: str, wall_seconds: float) -
         table.add_row(
             r["subtask"], r["phase"], f"{r['outcome'].lower() or '-'} {r['run_id']}".strip(), r["metric"] or "-", _score(r["base"], interval=ci["base"]),
             _score(r["adapter_score"], interval=ci["adapter"]), _score(r["lift"], True, ci["lift"]),
-            f"[{style}]{r['verdict']}[/{style}]", loss,
+            f"[{style}]{r['verdict']}[/{style}]", *((_general_cell(r),) if general else ()), loss,
             "reused" if r["outcome"] == "Reused" else f"{secs / 60:.1f} min" if secs else "-",
         )
     out.print(table)
     _print_footer(out, rows)
+
+
+def _general_cell(r: dict[str, Any]) -> str:
+    info = r["general_model"]
+    if not info:
+        return "-"
+    if info.get("status") != "Succeeded":
+        return "failed"
+    return _score(r["general"], interval=r["intervals"]["general"])
+
+
+def _print_general(out: Console, rows: list[dict[str, Any]]) -> None:
+    """The paper's comparison, one line per sub-task: the adapter against the general model."""
+    for r in rows:
+        info = r["general_model"]
+        if not info:
+            continue
+        if info.get("status") != "Succeeded":
+            out.print(f"{r['subtask']}: general model {info.get('model')} not compared — {info.get('message', '')} "
+                      "(the training stands)", highlight=False)
+            continue
+        diff = (r["adapter_score"] or 0.0) - (r["general"] or 0.0)
+        out.print(f"{r['subtask']}: adapter vs general model {info.get('model')}: "
+                  f"{_score(diff, True, r['intervals']['liftOverGeneral'])} — {r['versus_general']}", highlight=False)
 
 
 def _print_footer(out: Console, rows: list[dict[str, Any]]) -> None:
@@ -174,6 +204,7 @@ def _print_footer(out: Console, rows: list[dict[str, Any]]) -> None:
     out.print(f"Verdict: \"adapter wins\" only when the lift's 95% lower bound (paired bootstrap over the same held-out "
               f"records) is above {bar}; \"inconclusive\" when the held-out set cannot tell; \"adapter worse\" when the "
               "upper bound is below 0.", highlight=False)
+    _print_general(out, rows)
     wins = [r for r in rows if r["verdict"] == "adapter wins"]
     others = ", ".join(f"{r['subtask']}: {r['verdict']}" for r in rows if r["verdict"] != "adapter wins")
     out.print(f"{len(wins)}/{len(rows)} sub-task adapters beat the base model with 95% confidence"
