@@ -23,7 +23,8 @@ CRD_PATH = Path("manifests/crd/anytasktune.io_taskfinetunes.yaml")
 # and the API server itself rejects duplicate keys.
 LIST_MAP_KEYS = {("TaskFineTuneSpec", "subtasks"): "name", ("TaskFineTuneStatus", "conditions"): "type", ("TaskFineTuneStatus", "subtasks"): "name"}
 SET_LISTS = {"targetModules", "modulesToSave", "metrics"}
-BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength", "pattern", "minItems", "maxItems", "default")
+BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength", "pattern", "minItems", "maxItems",
+          "maxProperties", "default")
 
 
 def _model_classes(root: type[BaseModel]) -> dict[str, type[BaseModel]]:

@@ -43,6 +43,23 @@ MAX_NAME_PLUS_SUBTASK = MAX_RAYJOB_NAME - 5
 MAX_SUBTASKS = 64
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 QUANTITY = r"^([0-9]+(\.[0-9]+)?)(m|Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
+# What reaches a pod field, a label or an environment variable is held to what Kubernetes
+# and KubeRay accept there, so that a bad value is refused at the door rather than by a
+# pod that never starts. Explicit ASCII classes only: the API server (RE2), pydantic (Rust
+# regex) and Python's re then agree character for character (\s does not).
+# "$" is never allowed where Kubernetes expands $(VAR) (env values).
+DNS_1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"  # KubeRay: RayJob names (ValidateRayJobMetadata)
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+# A label key / toleration key: an optional DNS-subdomain prefix and "/", then a name of 1-63.
+QUALIFIED_NAME = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+CONFIG_KEY = r"^[-._a-zA-Z0-9]+$"  # a Secret data key (secretKeyRef.key)
+PRINTABLE = "[!#%-~]"  # printable ASCII without space, '"' and '$'
+URL = r"^https?://[A-Za-z0-9.:_\[\]-]+(/" + PRINTABLE + r"*)?$"
+ABSOLUTE_PATH = r"^/" + PRINTABLE + r"*$"
+IMAGE = r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"
+REGION = r"^[A-Za-z0-9_.-]*$"
+RAY_VERSION = r"^[0-9]+(\.[0-9A-Za-z]+)+$"
 
 
 @dataclass(frozen=True)
@@ -66,10 +83,20 @@ class CelRule:
 
 
 def _is_s3(uri: Any) -> bool:
-    return isinstance(uri, str) and re.match(S3_URI_PATTERN, uri) is not None
+    # fullmatch: Python's "$" also matches before a final newline; CEL's (RE2) does not.
+    return isinstance(uri, str) and re.fullmatch(S3_URI_PATTERN, uri) is not None
+
+
+def _fullmatch(pattern: str, value: Any) -> bool:
+    return isinstance(value, str) and re.fullmatch(pattern, value) is not None
 
 
 S3_RULE_CEL = S3_URI_PATTERN.replace("\\", "\\\\")
+
+
+def _cel(pattern: str) -> str:
+    """A regular expression inside a single-quoted CEL string literal."""
+    return pattern.replace("\\", "\\\\")
 
 
 def cel_rules(*rules: CelRule) -> dict[str, Any]:
@@ -177,20 +204,27 @@ class BaseModelSpec(BaseModelRef):
                 check=lambda v: v.get("uri") is None or _is_s3(v["uri"]),
                 field_path=".uri",
             ),
+            CelRule(
+                rule=f"!has(self.cachePath) || self.cachePath.matches('{ABSOLUTE_PATH}')",
+                message="baseModel.cachePath must be an absolute path of printable ASCII without spaces, quotes or $ "
+                "(it becomes HF_HOME, and Kubernetes expands $(VAR) in environment values)",
+                check=lambda v: v.get("cachePath") is None or _fullmatch(ABSOLUTE_PATH, v["cachePath"]),
+                field_path=".cachePath",
+            ),
         )
     }
 
 
 class SecretRef(Strict):
     name: str = Field(..., min_length=1, max_length=253, pattern=DNS_LABEL.replace("$", "") + r"(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-    accessKeyIdKey: str = Field("AWS_ACCESS_KEY_ID", min_length=1, max_length=253)
-    secretAccessKeyKey: str = Field("AWS_SECRET_ACCESS_KEY", min_length=1, max_length=253)
+    accessKeyIdKey: str = Field("AWS_ACCESS_KEY_ID", min_length=1, max_length=253, pattern=CONFIG_KEY)
+    secretAccessKeyKey: str = Field("AWS_SECRET_ACCESS_KEY", min_length=1, max_length=253, pattern=CONFIG_KEY)
 
 
 class StorageSpec(Strict):
     output: str = Field(..., max_length=1024, description="s3://bucket/prefix/ where adapters and manifests are written.")
     endpoint: str | None = Field(None, max_length=1024, description="Custom S3 endpoint (MinIO, SeaweedFS, Ceph…); empty = AWS.")
-    region: str = Field("us-east-1", max_length=64)
+    region: str = Field("us-east-1", max_length=64, pattern=REGION)
     addressingStyle: Literal["auto", "path", "virtual"] = "auto"
     credentialsSecret: SecretRef | None = Field(
         None, description="Secret with the access keys; omit to use the pods' identity (IRSA, instance role)."
@@ -205,9 +239,9 @@ class StorageSpec(Strict):
                 field_path=".output",
             ),
             CelRule(
-                rule="!has(self.endpoint) || self.endpoint.matches('^https?://[^/]+')",
-                message="storage.endpoint must be an http:// or https:// URL",
-                check=lambda v: v.get("endpoint") is None or re.match(r"^https?://[^/]+", v["endpoint"]) is not None,
+                rule=f"!has(self.endpoint) || self.endpoint.matches('{_cel(URL)}')",
+                message="storage.endpoint must be an http:// or https:// URL (printable ASCII, no spaces, quotes or $)",
+                check=lambda v: v.get("endpoint") is None or _fullmatch(URL, v["endpoint"]),
                 field_path=".endpoint",
             ),
         )
@@ -220,11 +254,32 @@ class TolerationOperator(str, Enum):
 
 
 class Toleration(Strict):
-    key: str | None = Field(None, max_length=316)
+    key: str | None = Field(None, max_length=316, pattern=QUALIFIED_NAME)
     operator: TolerationOperator | None = None
-    value: str | None = Field(None, max_length=63)
+    value: str | None = Field(None, max_length=63, pattern=LABEL_VALUE)
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     tolerationSeconds: int | None = None
+
+    # Kubernetes' own rules for a pod's tolerations (validateTolerations), at the door.
+    model_config = {
+        "json_schema_extra": cel_rules(
+            CelRule(
+                rule="(has(self.key) && self.key != '') || (has(self.operator) && self.operator == 'Exists')",
+                message="a toleration without a key must have operator Exists (it matches every taint)",
+                check=lambda v: bool(v.get("key")) or v.get("operator") == "Exists",
+            ),
+            CelRule(
+                rule="!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
+                message="a toleration with operator Exists takes no value",
+                check=lambda v: v.get("operator") != "Exists" or not v.get("value"),
+            ),
+            CelRule(
+                rule="!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+                message="tolerationSeconds needs effect NoExecute",
+                check=lambda v: v.get("tolerationSeconds") is None or v.get("effect") == "NoExecute",
+            ),
+        )
+    }
 
 
 class HeadShape(Strict):
@@ -240,14 +295,27 @@ class ClusterShape(Strict):
     cpusPerWorker: str = Field("8", pattern=QUANTITY)
     memoryPerWorker: str = Field("32Gi", pattern=QUANTITY)
     head: HeadShape = Field(default_factory=HeadShape)
-    image: str | None = Field(None, max_length=512, description="Training image; empty = the operator's default.")
+    image: str | None = Field(None, max_length=512, pattern=IMAGE, description="Training image; empty = the operator's default.")
     imagePullPolicy: Literal["Always", "IfNotPresent", "Never"] | None = None
-    rayVersion: str = Field("2.60.0", max_length=32)
-    nodeSelector: dict[str, str] = Field(default_factory=dict)
+    rayVersion: str = Field("2.60.0", max_length=32, pattern=RAY_VERSION)
+    nodeSelector: dict[str, Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]] = Field(
+        default_factory=dict, max_length=32, description="Node labels the workers must have (label keys and values).")
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
-    serviceAccountName: str | None = Field(None, max_length=253)
+    serviceAccountName: str | None = Field(None, max_length=253, pattern=DNS_SUBDOMAIN)
     ttlSecondsAfterFinished: int = Field(600, ge=0, le=7 * 24 * 3600, description="Keep the finished Ray cluster this long.")
     activeDeadlineSeconds: int | None = Field(None, ge=60, description="Fail an attempt that runs longer than this.")
+
+    model_config = {
+        "json_schema_extra": cel_rules(
+            CelRule(
+                rule=f"!has(self.nodeSelector) || self.nodeSelector.all(k, k.indexOf('/') <= 253 && k.matches('{_cel(QUALIFIED_NAME)}'))",
+                message="cluster.nodeSelector keys must be label keys ([prefix/]name: a DNS subdomain and a name of 1-63 "
+                "letters, digits, '-', '_' or '.')",
+                check=lambda v: all(k.find("/") <= 253 and _fullmatch(QUALIFIED_NAME, k) for k in v.get("nodeSelector", {})),
+                field_path=".nodeSelector",
+            ),
+        )
+    }
 
 
 class TaskFineTuneSpec(Strict):
@@ -260,7 +328,8 @@ class TaskFineTuneSpec(Strict):
     maxParallelSubtasks: int = Field(4, ge=1, le=MAX_SUBTASKS, description="RayJobs running at once; the rest wait in order.")
     backoffLimit: int = Field(2, ge=0, le=10, description="Retries of a failed sub-task before it is Failed.")
     suspend: bool = Field(False, description="Launch nothing new and suspend running RayJobs.")
-    queueName: str | None = Field(None, max_length=63, description="Kueue LocalQueue; set as kueue.x-k8s.io/queue-name.")
+    queueName: str | None = Field(None, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+                                  description="Kueue LocalQueue; set as kueue.x-k8s.io/queue-name.")
 
     model_config = {
         "json_schema_extra": cel_rules(
@@ -276,6 +345,12 @@ class TaskFineTuneSpec(Strict):
 
 # Rules on the root object: they see metadata.name and oldSelf.
 ROOT_RULES: tuple[CelRule, ...] = (
+    CelRule(
+        rule=f"self.metadata.name.matches('{DNS_1035_LABEL}')",
+        message="metadata.name must be a DNS-1035 label (lowercase letters, digits and '-', starting with a letter): "
+        "it begins the names of the RayJobs, which KubeRay refuses otherwise",
+        check=lambda v: _fullmatch(DNS_1035_LABEL, v.get("metadata", {}).get("name", "")),
+    ),
     CelRule(
         rule=f"self.spec.subtasks.all(s, size(self.metadata.name) + size(s.name) <= {MAX_NAME_PLUS_SUBTASK})",
         message=f"metadata.name and each sub-task name may total at most {MAX_NAME_PLUS_SUBTASK} characters, "

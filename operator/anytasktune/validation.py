@@ -1,13 +1,19 @@
 """Validate TaskFineTune YAML the way the API server would, with file:line messages.
 
-The schema checks come from the same pydantic models the CRD is generated from, and
-the CEL rules run through their Python twins (spec.CelRule.check). Rules that need
-the previous object (transition rules) can only be checked by the API server.
+In the API server's order: unknown fields are refused, null fields are dropped (none
+of ours is nullable), the structural schema is checked (JSON types, duplicates in set
+lists: `structural_problems`, walking the CRD's own schema), then the values
+(bounds, patterns, enums: the same pydantic models the CRD is generated from) and the
+CEL rules through their Python twins (spec.CelRule.check). Rules that need the
+previous object (transition rules) can only be checked by the API server.
+tests/integration/test_spec_fuzz.py holds the two to the same answer on generated specs.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -86,13 +92,103 @@ def describe(err: ValidationError, under: str = "") -> str:
     return f"{where}: {_message(first)}" if where else _message(first)
 
 
+# metadata.name of a custom resource: a DNS-1123 subdomain (what the API server checks).
+DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+# The fields of metav1.ObjectMeta: the API server refuses any other under metadata.
+OBJECT_META = frozenset({
+    "name", "generateName", "namespace", "selfLink", "uid", "resourceVersion", "generation", "creationTimestamp",
+    "deletionTimestamp", "deletionGracePeriodSeconds", "labels", "annotations", "ownerReferences", "finalizers", "managedFields",
+})
+
+
+@lru_cache(maxsize=1)
+def crd_schema() -> dict[str, Any]:
+    """The openAPIV3Schema of the CRD this version generates (the one installed)."""
+    from anytasktune.crd import crd
+
+    schema: dict[str, Any] = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return schema
+
+
+def prune_nulls(value: Any) -> Any:
+    """The object as the API server keeps it: fields set to null are dropped (in place)."""
+    if isinstance(value, dict):
+        for key in [k for k, v in value.items() if v is None]:
+            del value[key]
+        for v in value.values():
+            prune_nulls(v)
+    elif isinstance(value, list):
+        for v in value:
+            prune_nulls(v)
+    return value
+
+
+_JSON_TYPES: dict[str, Any] = {
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+    "string": lambda v: isinstance(v, str),
+    "boolean": lambda v: isinstance(v, bool),
+    # JSON has one number type: 3.0 is an integer to the API server, true is not.
+    "integer": lambda v: (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer()),
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+}
+
+
+def structural_problems(value: Any, schema: dict[str, Any], loc: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, ...], str]]:
+    """(location, message) for what a structural schema rejects before any value rule:
+    a wrong JSON type, an unknown field, a duplicate in a set list."""
+    if value is None:  # dropped before the schema is checked (but an unknown field is refused even when null)
+        return []
+    kind = schema.get("type")
+    if kind in _JSON_TYPES and not _JSON_TYPES[kind](value):
+        return [(loc, f"Input should be of type {kind}")]
+    problems: list[tuple[tuple[Any, ...], str]] = []
+    if kind == "object" and isinstance(value, dict):
+        props = schema.get("properties")
+        extra = schema.get("additionalProperties")
+        for key, item in value.items():
+            if props is not None and key in props:
+                problems += structural_problems(item, props[key], (*loc, key))
+            elif isinstance(extra, dict):
+                problems += structural_problems(item, extra, (*loc, key))
+            elif props is not None:
+                problems.append(((*loc, key), "Extra inputs are not permitted"))
+            elif loc == ("metadata",) and key not in OBJECT_META:
+                problems.append(((*loc, key), "Extra inputs are not permitted"))
+    elif kind == "array" and isinstance(value, list):
+        for i, item in enumerate(value):
+            problems += structural_problems(item, schema.get("items", {}), (*loc, i))
+        if schema.get("x-kubernetes-list-type") == "set":  # map lists: the CEL twin names duplicates
+            seen: set[str] = set()
+            for i, item in enumerate(value):
+                if repr(item) in seen:
+                    problems.append(((*loc, i), f"Duplicate value: {item!r}"))
+                seen.add(repr(item))
+    return problems
+
+
 def validate_object(obj: Any, file: str = "<input>", node: yaml.Node | None = None) -> list[Problem]:
+    """The problems the API server would report for this object (none: it would accept it).
+    Like the API server, null fields are dropped from `obj` (in place), so that local
+    mode runs what the cluster would store."""
     if not isinstance(obj, dict):
         return [Problem(file, 1, "", "expected a YAML mapping (a Kubernetes object)")]
     if obj.get("apiVersion") != f"{GROUP}/{VERSION}" or obj.get("kind") != KIND:
         return [Problem(file, line_of(node, ("kind",)), "", f"not a {KIND} ({GROUP}/{VERSION}): apiVersion={obj.get('apiVersion')} kind={obj.get('kind')}")]
-    if not (obj.get("metadata") or {}).get("name"):
+    name = (obj.get("metadata") or {}).get("name") if isinstance(obj.get("metadata"), dict) else None
+    if not name:
         return [Problem(file, line_of(node, ("metadata",)), "metadata.name", "Field required")]
+    if not isinstance(name, str) or len(name) > 253 or not DNS_SUBDOMAIN.fullmatch(name):
+        return [Problem(file, line_of(node, ("metadata", "name")), "metadata.name",
+                        "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', "
+                        "and must start and end with an alphanumeric character (at most 253)")]
+    # Unknown fields are refused while decoding, before nulls are dropped.
+    structural = structural_problems({k: v for k, v in obj.items() if k != "status"}, crd_schema())
+    if structural:
+        return [Problem(file, line_of(node, loc), _path(loc), message) for loc, message in structural]
+    prune_nulls(obj)
     try:
         TaskFineTune.model_validate({k: v for k, v in obj.items() if k != "status"})
     except ValidationError as err:

@@ -38,7 +38,7 @@ def install_project_crds(cp: ControlPlane) -> None:
     ).stdout.split()
     crds = [name for name in applied if name.startswith("customresourcedefinition")]
     if crds:
-        cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", *crds)
+        cp.wait_established(crds)  # not `kubectl wait`: it fails at once while status.conditions is null
 
 
 @pytest.fixture(scope="session")
