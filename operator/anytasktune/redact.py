@@ -19,7 +19,7 @@ MIN_LENGTH = 6  # shorter values would scrub ordinary words
 
 def credential_values(env: Mapping[str, str]) -> list[str]:
     values = {v for k, v in env.items() if CREDENTIAL_NAME.search(k) and len(v) >= MIN_LENGTH}
-    return sorted(values, key=len, reverse=True)  # longest first: no partial leftovers
+    return sorted(values, key=lambda v: (-len(v), v))  # longest first: no partial leftovers
 
 
 class RedactCredentials(logging.Filter):

@@ -14,6 +14,7 @@ from anytasktune.plan import DeleteJob, Launch, ManifestRead, SetSuspend, plan
 from anytasktune.resolve import resolve_subtask
 from anytasktune.spec import TaskFineTune
 from anytasktune_contract.failures import FailureClass, failure_line
+from tests.fixtures.kuberay import load
 
 NOW = datetime(2026, 11, 24, 12, 0, 0, tzinfo=timezone.utc)
 # The operator may read every run's manifest here (the storage read policy has its own tests).
@@ -43,22 +44,30 @@ def run_id(obj: dict[str, Any], subtask: str) -> str:
     return resolve_subtask("legal", "ns", model.spec, sub).spec_id()
 
 
+# RayJob statuses as the real KubeRay v1.4.2 wrote them (tests/fixtures/kuberay), by state.
+_SUCCESS, _FAILURE = load("success"), load("app_failure")
+RECORDED: dict[str, dict[str, Any]] = {
+    "active": _SUCCESS.first("Initializing").status,
+    "running": next(o for o in _SUCCESS.observations if o.job == "RUNNING").status,
+    "succeeded": _SUCCESS.observations[-1].status,
+    "failed": _FAILURE.observations[-1].status,  # a DataContract failure unless a test gives its own message
+    "finishing": next(o for o in _FAILURE.observations if o.job == "FAILED" and o.deployment == "Running").status,
+}
+
+
 def job(obj: dict[str, Any], subtask: str, attempt: int, state: str, **kw: Any) -> ObservedJob:
-    """state: active | running | succeeded | failed"""
-    status = {
-        "active": ("Initializing", ""),
-        "finishing": ("Running", "FAILED"),
-        "running": ("Running", "RUNNING"),
-        "succeeded": ("Complete", "SUCCEEDED"),
-        "failed": ("Failed", "FAILED"),
-    }[state]
+    """An observed RayJob in a recorded KubeRay state (active | running | finishing |
+    succeeded | failed); times relative to NOW unless given."""
+    status = RECORDED[state]
     fields: dict[str, Any] = dict(
         name=f"legal-{subtask}-{attempt}",
         subtask=subtask,
         run_id=run_id(obj, subtask),
         attempt=attempt,
-        deployment_status=status[0],
-        job_status=status[1],
+        deployment_status=status.get("jobDeploymentStatus", ""),
+        job_status=status.get("jobStatus", ""),
+        reason=status.get("reason", ""),
+        message=status.get("message", ""),
         start_time=format_time(NOW - timedelta(minutes=30)),
         end_time=format_time(NOW - timedelta(minutes=1)) if state in ("succeeded", "failed") else None,
     )
@@ -299,7 +308,7 @@ def test_a_suspended_rayjob_is_paused_not_failed() -> None:
 def test_retry_time_is_stable_when_the_failed_job_has_no_end_time() -> None:
     """Otherwise every pass writes a new nextRetryTime, which triggers another pass."""
     obj = tft(subtasks=1)
-    failed = job(obj, "task0", 1, "failed", end_time=None, start_time=None, created=format_time(NOW - timedelta(seconds=2)))
+    failed = job(obj, "task0", 1, "failed", message="Job failed", end_time=None, start_time=None, created=format_time(NOW - timedelta(seconds=2)))
     first = plan(obj, [failed], {}, NOW, CONFIG)
     obj["status"] = first.status.model_dump(mode="json", exclude_none=True)
     second = plan(obj, [failed], {}, NOW + timedelta(seconds=1), CONFIG)

@@ -13,7 +13,7 @@ ENV = {"AWS_ACCESS_KEY_ID": "AKIAMARKER123", "AWS_SECRET_ACCESS_KEY": "s3cr3t-ma
 
 
 def test_credential_values_are_picked_by_name() -> None:
-    assert credential_values(ENV) == ["s3cr3t-marker-value", "AKIAMARKER123", "sk-marker-key"]
+    assert credential_values(ENV) == ["s3cr3t-marker-value", "AKIAMARKER123", "sk-marker-key"]  # longest first, then by value
 
 
 def test_records_are_scrubbed_args_exceptions_and_all(caplog: pytest.LogCaptureFixture) -> None:
