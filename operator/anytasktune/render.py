@@ -239,8 +239,10 @@ def render_rayjob(
             ],
         },
     }
-    if cluster.activeDeadlineSeconds:
-        rayjob_spec["activeDeadlineSeconds"] = cluster.activeDeadlineSeconds
+    own = next((s.activeDeadlineSeconds for s in spec.subtasks if s.name == train.subtask), None)
+    deadline = own or cluster.activeDeadlineSeconds  # the sub-task's own deadline wins
+    if deadline:
+        rayjob_spec["activeDeadlineSeconds"] = deadline
     compare = train.evaluation.compareWith
     if compare is not None and compare.apiKeySecret is not None:  # the general model's key: the driver (head) only
         head = rayjob_spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]

@@ -175,6 +175,11 @@ class Subtask(Strict):
         description="Roll back: make this published run id the sub-task's active adapter instead of training "
         "(see the registry, <output>/<name>/index.json).",
     )
+    activeDeadlineSeconds: int | None = Field(
+        None, ge=60, le=30 * 24 * 3600,
+        description="Fail an attempt of this sub-task that runs longer than this (the RayJob's activeDeadlineSeconds); "
+        "overrides spec.cluster.activeDeadlineSeconds.",
+    )
 
     model_config = {
         "json_schema_extra": cel_rules(

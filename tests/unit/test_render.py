@@ -56,7 +56,8 @@ def test_rayjob_shape_follows_the_cluster_spec() -> None:
     _, job = render()
     spec = job["spec"]
     assert spec["entrypoint"] == "python -m anytasktune_trainjob --spec /etc/anytasktune/spec.json"
-    assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] == 600
+    assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] == 300  # the example sets it
+    assert spec["activeDeadlineSeconds"] == 14400  # the pool's deadline (case-split has its own)
     workers = spec["rayClusterSpec"]["workerGroupSpecs"][0]
     assert workers["replicas"] == workers["minReplicas"] == workers["maxReplicas"] == 2
     pod = workers["template"]["spec"]
@@ -271,3 +272,19 @@ def test_the_general_models_key_reaches_the_head_only_by_reference() -> None:
     spec = json.loads(cm["data"]["spec.json"])
     assert spec["evaluation"]["compareWith"]["apiKeySecret"] == {"name": "general-model", "key": "api-key"}
     assert "sk-" not in json.dumps(rayjob)  # a reference, never a value
+
+
+@pytest.mark.parametrize(("cluster", "own", "expected"), [(None, None, None), (7200, None, 7200), (7200, 600, 600), (None, 600, 600)])
+def test_a_subtasks_own_deadline_wins_over_the_clusters(cluster: int | None, own: int | None, expected: int | None) -> None:
+    example = json.loads(json.dumps(EXAMPLE))
+    example["spec"]["cluster"].pop("activeDeadlineSeconds", None)
+    example["spec"]["subtasks"][0].pop("activeDeadlineSeconds", None)
+    if cluster is not None:
+        example["spec"]["cluster"]["activeDeadlineSeconds"] = cluster
+    if own is not None:
+        example["spec"]["subtasks"][0]["activeDeadlineSeconds"] = own
+    cm, rayjob = render(example)
+    assert rayjob["spec"].get("activeDeadlineSeconds") == expected
+    _, other = render(example, subtask=1)
+    assert other["spec"].get("activeDeadlineSeconds") == cluster  # the other sub-task keeps the pool's
+    assert "activeDeadlineSeconds" not in cm["data"]["spec.json"]  # not the trainjob's business: no new run id
