@@ -556,26 +556,84 @@ class History:
     def overlaps(self, max_parallel: int | None = None) -> list[str]:
         """Violations, replaying the writes in commit order: two unfinished RayJobs of the
         same sub-task and run, or more unfinished RayJobs than max_parallel."""
-        live: dict[str, ObservedJob] = {}
-        problems = []
-        for rv, verb, obj in self.rayjob_writes():
-            job = ObservedJob.from_object(obj)
-            live[job.name] = job
-            unfinished = [j for j in live.values() if not j.state.is_terminal]
-            by_run = Counter((j.subtask, j.run_id) for j in unfinished)
-            for (sub, run), n in by_run.items():
-                if n > 1:
-                    names = sorted(j.name for j in unfinished if (j.subtask, j.run_id) == (sub, run))
-                    problems.append(f"rv {rv} ({verb} {job.name}): {n} unfinished attempts of {sub} run {run[:8]}: {names}")
-            if max_parallel is not None and len(unfinished) > max_parallel:
-                problems.append(f"rv {rv} ({verb} {job.name}): {len(unfinished)} unfinished RayJobs > maxParallelSubtasks "
-                                f"{max_parallel}: {sorted(j.name for j in unfinished)}")
-        return problems
+        return overlap_problems([(rv, f"{verb} {obj['metadata']['name']}", obj) for rv, verb, obj in self.rayjob_writes()], max_parallel)
 
     def agents(self, verb: str, resource: str) -> list[tuple[str, str, str]]:
         """(stageTimestamp, userAgent, name) of every such request."""
         return [(e.get("stageTimestamp", ""), e.get("userAgent", ""), (e.get("objectRef") or {}).get("name", ""))
                 for e in self.events if e["verb"] == verb and (e.get("objectRef") or {}).get("resource") == resource]
+
+
+def overlap_problems(states: list[tuple[int, str, dict[str, Any]]], max_parallel: int | None = None) -> list[str]:
+    """Replay RayJob states (resourceVersion, what happened, the object; "DELETED ..." removes
+    it) in order: two unfinished attempts of one sub-task and run at once, or more unfinished
+    attempts than max_parallel, are violations."""
+    live: dict[str, ObservedJob] = {}
+    problems = []
+    for rv, what, obj in states:
+        job = ObservedJob.from_object(obj)
+        if what.startswith("DELETED"):
+            live.pop(job.name, None)
+            continue
+        live[job.name] = job
+        unfinished = [j for j in live.values() if not j.state.is_terminal]
+        for (sub, run), n in Counter((j.subtask, j.run_id) for j in unfinished).items():
+            if n > 1:
+                names = sorted(j.name for j in unfinished if (j.subtask, j.run_id) == (sub, run))
+                problems.append(f"rv {rv} ({what}): {n} unfinished attempts of {sub} run {run[:8]}: {names}")
+        if max_parallel is not None and len(unfinished) > max_parallel:
+            problems.append(f"rv {rv} ({what}): {len(unfinished)} unfinished RayJobs > maxParallelSubtasks "
+                            f"{max_parallel}: {sorted(j.name for j in unfinished)}")
+    return problems
+
+
+class RayJobWatch:
+    """Every change to one namespace's RayJobs, from a watch the test runs (in commit order):
+    for control planes without an audit log."""
+
+    def __init__(self, kubeconfig: Path | str, namespace: str) -> None:
+        self.namespace = namespace
+        self.custom = kubernetes.client.CustomObjectsApi(api_client(kubeconfig, "rayjob-watch"))
+        self.events: list[tuple[int, str, dict[str, Any]]] = []  # (resourceVersion, "ADDED name", object)
+        self.errors: list[str] = []
+        self.on_added: Callable[[str], None] | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="rayjob-watch")
+        self._ready = threading.Event()
+
+    def start(self) -> RayJobWatch:
+        self._thread.start()
+        self._ready.wait(timeout=30)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        try:
+            listed = self.custom.list_namespaced_custom_object(*RAY, self.namespace, "rayjobs")
+            if listed["items"]:
+                self.errors.append(f"RayJobs existed before the watch: {[o['metadata']['name'] for o in listed['items']]}")
+            rv = listed["metadata"]["resourceVersion"]
+            self._ready.set()
+            while not self._stop.is_set():
+                for event in kubernetes.watch.Watch().stream(self.custom.list_namespaced_custom_object, *RAY, self.namespace, "rayjobs",
+                                                             resource_version=rv, timeout_seconds=2, allow_watch_bookmarks=False):
+                    obj = event["object"]
+                    rv = obj["metadata"]["resourceVersion"]
+                    self.events.append((int(rv), f"{event['type']} {obj['metadata']['name']}", obj))
+                    if event["type"] == "ADDED" and self.on_added is not None:
+                        self.on_added(obj["metadata"]["name"])
+        except Exception:  # noqa: BLE001 - a watch that breaks makes the record incomplete: the test fails on it
+            self.errors.append(traceback.format_exc())
+            self._ready.set()
+
+    def added(self) -> Counter[str]:
+        return Counter(what.split(" ", 1)[1] for _rv, what, _obj in self.events if what.startswith("ADDED"))
+
+    def deleted(self) -> list[str]:
+        return [what.split(" ", 1)[1] for _rv, what, _obj in self.events if what.startswith("DELETED")]
 
 
 def namespace_events(events: list[dict[str, Any]], namespace: str) -> list[dict[str, Any]]:

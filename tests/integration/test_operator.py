@@ -159,27 +159,58 @@ def test_spec_update_supersedes_the_running_attempt(k: Kubectl, operator: Operat
     assert '"r": 64' in k.json("get", "configmap", "evolving-kw-2", "-n", ns)["data"]["spec.json"]
 
 
-def test_operator_crash_mid_way_creates_no_duplicates(k: Kubectl, kube_env: dict[str, str], operator: OperatorProcess, tmp_path: Path) -> None:
+def test_operator_crash_mid_way_creates_no_duplicates(k: Kubectl, kube_env: dict[str, str], operator: OperatorProcess,
+                                                     control_plane: Any, tmp_path: Path) -> None:
+    """SIGKILL the operator the moment its first RayJob appears (mid-pass: the second launch,
+    the status and the Events not yet done), and again the moment the third appears; each
+    time a new operator takes over. A watch run by the test sees every RayJob change in
+    commit order. (tests/integration/test_faults.py does this at random moments, 20 seeds.)"""
+    from tests.integration.faults import RayJobWatch, overlap_problems
+
     ns = k.namespace("restart")
     operator.kill()
+    watch = RayJobWatch(control_plane.kubeconfig, ns).start()
+    current: list[OperatorProcess] = []
+    kill_on = {"sturdy-a-1": True, "sturdy-c-1": True}
+
+    def on_added(name: str) -> None:  # on the watch's thread: kill at once, then take over
+        if kill_on.pop(name, False):
+            current[-1].kill()
+            current.append(OperatorProcess(kube_env, tmp_path / f"operator-{len(current)}.log").start())
+
+    watch.on_added = on_added
     try:
+        current.append(OperatorProcess(kube_env, tmp_path / "operator-0.log").start())
         k.apply(taskfinetune("sturdy", ["a", "b", "c"], maxParallelSubtasks=2), ns)
-        # A first operator launches, then dies abruptly.
-        first = OperatorProcess(kube_env, tmp_path / "first.log").start()
-        wait_for("first launches", lambda: len(k.rayjobs(ns)) == 2)
-        first.kill()
-        # A second one takes over the same world.
-        second = OperatorProcess(kube_env, tmp_path / "second.log").start()
-        try:
-            time.sleep(5)
-            assert sorted(k.rayjobs(ns)) == ["sturdy-a-1", "sturdy-b-1"]
-            k.set_rayjob_status(ns, "sturdy-a-1", **SUCCEEDED)
-            wait_for("c launched once", lambda: sorted(k.rayjobs(ns)) == ["sturdy-a-1", "sturdy-b-1", "sturdy-c-1"])
-            launched = [e for e in k.events(ns, "sturdy") if e["reason"] == "Launched"]
-            assert 1 <= len(launched) <= 3  # the first may die before posting its events; never more
-        finally:
-            second.stop()
+        wait_for("two RayJobs", lambda: len(k.rayjobs(ns)) == 2, timeout=60)
+        time.sleep(3)  # more than a resync of the operator that took over: no third launch, no second a or b
+        assert sorted(k.rayjobs(ns)) == ["sturdy-a-1", "sturdy-b-1"]
+        k.set_rayjob_status(ns, "sturdy-a-1", **SUCCEEDED)
+        wait_for("c launched", lambda: "sturdy-c-1" in k.rayjobs(ns), timeout=60)
+        for job in ("sturdy-b-1", "sturdy-c-1"):
+            k.set_rayjob_status(ns, job, **SUCCEEDED)
+        tft = wait_for("Succeeded", lambda: (t := k.tft(ns, "sturdy")).get("status", {}).get("phase") == "Succeeded" and t, timeout=60)
+        time.sleep(3)
+        # Exactly one RayJob per sub-task, each created once, none deleted; never more than
+        # two unfinished at once, never two of one sub-task; one ConfigMap per RayJob.
+        assert watch.errors == []
+        assert watch.added() == {"sturdy-a-1": 1, "sturdy-b-1": 1, "sturdy-c-1": 1}
+        assert watch.deleted() == []
+        assert overlap_problems(watch.events, max_parallel=2) == []
+        assert len(current) == 3, "the operator was killed twice"
+        configmaps = sorted(c["metadata"]["name"] for c in k.json("get", "configmaps", "-n", ns, "-l", "anytasktune.io/taskfinetune=sturdy")["items"])
+        assert configmaps == ["sturdy-a-1", "sturdy-b-1", "sturdy-c-1"]
+        assert [(s["name"], s["phase"], s["attempts"], s["rayJob"]) for s in tft["status"]["subtasks"]] == [
+            ("a", "Succeeded", 1, "sturdy-a-1"), ("b", "Succeeded", 1, "sturdy-b-1"), ("c", "Succeeded", 1, "sturdy-c-1")]
+        # A kill may lose an Event (posted after the write); none is ever posted twice, and
+        # each names a RayJob that exists.
+        launched = [e["message"] for e in k.events(ns, "sturdy") if e["reason"] == "Launched"]
+        assert len(launched) == len(set(launched))
+        assert {m.split("RayJob ")[1].split(" ")[0] for m in launched} <= {"sturdy-a-1", "sturdy-b-1", "sturdy-c-1"}
     finally:
+        watch.stop()
+        if current:
+            current[-1].stop()
         operator.start()
 
 
