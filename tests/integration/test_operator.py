@@ -73,7 +73,8 @@ def test_lifecycle_parallelism_success_retry_and_backoff(k: Kubectl, operator: O
     wait_for("gamma launched", lambda: "pool-gamma-1" in k.rayjobs(ns))
     tft = k.tft(ns, "pool")
     assert subtask_status(tft, "alpha")["phase"] == "Succeeded"
-    assert subtask_status(tft, "alpha")["adapter"].startswith("s3://adapters/pool/alpha/")
+    # where its adapter is (runs/<run id>/) is in the trainjob's record, unreadable here (no S3 at this endpoint)
+    assert "adapter" not in subtask_status(tft, "alpha") and subtask_status(tft, "alpha")["specId"]
     assert tft["status"]["progress"] == "1/3"
 
     # beta fails (out of memory): retried with a new RayJob after the backoff.
@@ -155,7 +156,7 @@ def test_spec_update_supersedes_the_running_attempt(k: Kubectl, operator: Operat
     new = jobs["evolving-kw-2"]["metadata"]["labels"]["anytasktune.io/run-id"]
     assert new != first["metadata"]["labels"]["anytasktune.io/run-id"]
     tft = wait_for("status follows", lambda: (t := k.tft(ns, "evolving"))["status"]["observedGeneration"] == 2 and t)
-    assert subtask_status(tft, "kw")["runId"] == new
+    assert subtask_status(tft, "kw")["specId"] == new  # the label carries the spec id; the run id comes from the trainjob
     assert '"r": 64' in k.json("get", "configmap", "evolving-kw-2", "-n", ns)["data"]["spec.json"]
 
 
