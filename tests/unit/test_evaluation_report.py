@@ -85,3 +85,17 @@ def test_the_general_model_sits_beside_base_and_adapter(capsys: pytest.CaptureFi
     assert "general" in out and "0.625 [0.38, 0.88]" in out and "failed" in out
     assert "risk: adapter vs general model gpt-general: +0.188 [-0.06, +0.44] — inconclusive" in out
     assert "kw: general model gpt-general not compared — HTTP 401 (not retried) (the training stands)" in out
+
+
+def test_the_table_shows_what_was_trained_and_the_promotion_decision(capsys: pytest.CaptureFixture[str]) -> None:
+    status = {"subtasks": [
+        {"name": "risk", "phase": "Succeeded", "outcome": "Trained", "runId": "3fa2c1d9e0", "promoted": True,
+         "outcomeReason": "dataset content changed (etag:a -> etag:b)", "promotion": "run 3fa2c1d9e0 is active"},
+        {"name": "kw", "phase": "Succeeded", "outcome": "Reused", "runId": "77ab01c2d3", "promoted": False,
+         "outcomeReason": "already published", "promotion": "run 77ab01c2d3 kept, not promoted"}]}
+    rows = summary_rows(status, {"risk": _manifest(EVALUATION), "kw": _manifest(EVALUATION)}, {})
+    print_summary(rows, "Succeeded", 60.0)
+    out = capsys.readouterr().out
+    assert "trained 3fa2c1d9e0" in out and "reused 77ab01c2d3" in out and "not promoted" in out and "active" in out
+    assert "risk: trained — dataset content changed (etag:a -> etag:b); run 3fa2c1d9e0 is active" in out
+    assert "Trained 1 of 2 sub-tasks (risk)" in out

@@ -101,6 +101,7 @@ def summary_rows(status: dict[str, Any], manifests: dict[str, dict[str, Any]], c
             "samples": ev.get("samples"), "threshold": (ev.get("verdictRule") or {}).get("threshold"),
             "verdict": _verdict(st, ev), "train_seconds": train_s, "eval_loss": loss,
             "outcome": st.get("outcome", ""), "run_id": st.get("runId", ""), "why": st.get("outcomeReason", ""),
+            "promoted": st.get("promoted"), "promotion": st.get("promotion", ""),
             "adapter": str(copies.get(st["name"], st.get("adapter") or "")),
             "message": st.get("message", "") if st.get("phase") != "Succeeded" else "",
         })
@@ -142,7 +143,7 @@ def print_summary(rows: list[dict[str, Any]], phase: str, wall_seconds: float) -
                   "scores with 95% intervals)", title_justify="left")
     general = any(r["general_model"] for r in rows)
     columns = ("sub-task", "phase", "run", "metric", "base", "adapter", "lift", "verdict",
-               *(("general",) if general else ()), "eval loss", "time")
+               *(("general",) if general else ()), "registry", "eval loss", "time")
     for col in columns:
         table.add_column(col, justify="right" if col in ("base", "adapter", "lift", "general", "time") else "left",
                          overflow="fold")
@@ -155,11 +156,20 @@ def print_summary(rows: list[dict[str, Any]], phase: str, wall_seconds: float) -
         table.add_row(
             r["subtask"], r["phase"], f"{r['outcome'].lower() or '-'} {r['run_id']}".strip(), r["metric"] or "-", _score(r["base"], interval=ci["base"]),
             _score(r["adapter_score"], interval=ci["adapter"]), _score(r["lift"], True, ci["lift"]),
-            f"[{style}]{r['verdict']}[/{style}]", *((_general_cell(r),) if general else ()), loss,
+            f"[{style}]{r['verdict']}[/{style}]", *((_general_cell(r),) if general else ()), _registry_cell(r), loss,
             "reused" if r["outcome"] == "Reused" else f"{secs / 60:.1f} min" if secs else "-",
         )
     out.print(table)
     _print_footer(out, rows)
+
+
+def _registry_cell(r: dict[str, Any]) -> str:
+    """The promotion decision: the registry's active adapter, or kept without promotion."""
+    if r["promoted"] is None:
+        return "-"
+    if r["outcome"] == "Pinned":
+        return "[green]active (pinned)[/green]"
+    return "[green]active[/green]" if r["promoted"] else "[yellow]not promoted[/yellow]"
 
 
 def _general_cell(r: dict[str, Any]) -> str:
@@ -194,7 +204,8 @@ def _print_footer(out: Console, rows: list[dict[str, Any]]) -> None:
         if r["phase"] != "Succeeded":
             out.print(f"[red]{r['subtask']}[/red]: {r['message']}", highlight=False)
         elif r["why"]:
-            out.print(f"{r['subtask']}: {r['outcome'].lower()} — {r['why']}", highlight=False)
+            out.print(f"{r['subtask']}: {r['outcome'].lower()} — {r['why']}" +
+                      (f"; {r['promotion']}" if r["promotion"] else ""), highlight=False)
     trained = [r["subtask"] for r in rows if r["outcome"] == "Trained"]
     if any(r["outcome"] for r in rows):
         out.print(f"Trained {len(trained)} of {len(rows)} sub-tasks" + (f" ({', '.join(trained)})" if trained else
