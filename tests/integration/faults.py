@@ -18,7 +18,6 @@ exact history of every RayJob write.
 from __future__ import annotations
 
 import heapq
-import json
 import random
 import signal
 import sys
@@ -165,16 +164,16 @@ def _builtin(succeeded: bool) -> list[dict[str, Any]]:
 
 
 def _recorded(scenario: str, succeeded: bool) -> list[dict[str, Any]] | None:
-    """The distinct statuses of a recorded scenario, if it was recorded and ends the way
-    the scenario says (a recording of a run that went wrong is not used)."""
-    path = FIXTURES / f"{scenario}.json"
-    if not path.exists():
+    """The distinct statuses of a recorded scenario (tests/fixtures/kuberay), if it was
+    recorded and ends the way the scenario says (a recording of a run that went wrong is not used)."""
+    from tests.fixtures.kuberay import load
+
+    if not (FIXTURES / f"{scenario}.json").exists():
         return None
-    doc = json.loads(path.read_text())
     seq: list[dict[str, Any]] = []
-    for obs in doc.get("observations", []):
-        status = dict(obs.get("status") or {})
-        if not status or obs.get("deleting") or obs.get("event") == "DELETED" or obs.get("suspend"):
+    for obs in load(scenario).observations:
+        status = dict(obs.status)
+        if not status or obs.deleting or obs.suspend:
             continue
         for key in ("startTime", "endTime"):
             if key in status:
@@ -376,13 +375,15 @@ class StandIn:
         if "_cluster" in status:
             self._delete_cluster(job)
             return
+        previous = self.written.get(job, {})
         status = {k: (now_iso() if v == NOW else v) for k, v in status.items()}
+        if previous.get("startTime") and "startTime" in status:  # set once, when the attempt started
+            status["startTime"] = previous["startTime"]
         status.setdefault("jobId", f"{job}-{self.seed % 100000:05d}")
         status.setdefault("rayClusterName", self.cluster_name(job))
         status.setdefault("dashboardURL", f"{self.cluster_name(job)}-head-svc.{self.namespace}.svc.cluster.local:8265")
         if status.get("jobDeploymentStatus") == "Initializing":
             self._create_cluster(job)
-        previous = self.written.get(job, {})
         if previous.get("startTime") and "startTime" not in status:
             status["startTime"] = previous["startTime"]
         # KubeRay replaces the whole status; the uid test makes sure it is still this

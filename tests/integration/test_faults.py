@@ -190,7 +190,7 @@ def dump(reader: Reader, ns: str, name: str, standin: StandIn | None = None) -> 
 
 # Short retry backoff and resync: a trial takes seconds, not minutes.
 FAST = {"ANYTASKTUNE_RETRY_BACKOFF_SECONDS": "0.3", "ANYTASKTUNE_RETRY_BACKOFF_MAX_SECONDS": "0.6", "ANYTASKTUNE_RESYNC_SECONDS": "1"}
-CONCURRENT_TRIALS = 2  # trials mostly wait: two at a time, each with its own namespace and operator
+CONCURRENT_TRIALS = 4  # trials mostly wait: four at a time, each with its own namespace and operator
 
 
 @dataclass
@@ -410,6 +410,7 @@ def churn(plane: ControlPlane, k: Kubectl, audit: AuditLog, tmp_path_factory: py
     rss: list[int] = []
     try:
         for round_ in range(CHURN_ROUNDS):
+            t0 = time.monotonic()
             docs = [taskfinetune(n, list(script), maxParallelSubtasks=2, backoffLimit=1) for n in names]
             k.apply({"apiVersion": "v1", "kind": "List", "items": docs}, ns)
             wait_for("a RayJob for every TaskFineTune",
@@ -424,7 +425,8 @@ def churn(plane: ControlPlane, k: Kubectl, audit: AuditLog, tmp_path_factory: py
             k.run("delete", "taskfinetunes", "--all", "-n", ns, "--wait=false")
             wait_for("garbage collection of every child", lambda: not leftovers(reader, ns) or None, timeout=120, interval=1)
             rss.append(operator.rss_kib())
-            print(f"churn round {round_ + 1}/{CHURN_ROUNDS} ({CHURN_TFTS} TaskFineTunes): operator RSS {rss[-1] / 1024:.1f} MiB")
+            print(f"churn round {round_ + 1}/{CHURN_ROUNDS} ({CHURN_TFTS} TaskFineTunes, {time.monotonic() - t0:.0f}s): "
+                  f"operator RSS {rss[-1] / 1024:.1f} MiB")
         # Over the next seconds (many resyncs and retry backoffs) a correct operator
         # reads none of the deleted TaskFineTunes again.
         time.sleep(2)
