@@ -13,12 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from anytasktune_contract.failures import DataContractError
 from anytasktune_contract.trainspec import DataContractConfig, DatasetFormat
+
+from .jsonrecords import decode, iter_records
 
 MAX_LISTED_OFFENDERS = 5
 ROLES = ("system", "user", "assistant")
@@ -71,65 +73,6 @@ class Example:
 
 def normalize_for_overlap(text: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
-
-
-# --- reading records with line numbers -------------------------------------------
-def iter_records(text: str) -> Iterator[tuple[int, int, Any, str | None]]:
-    """Yield (line, record_number, value, error) for a JSON Lines file or a JSON
-    array. `error` is set (and value None) for a record that is not valid JSON."""
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        yield from _iter_json_array(text)
-        return
-    number = 0
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        number += 1
-        try:
-            yield lineno, number, json.loads(line), None
-        except json.JSONDecodeError as exc:
-            yield lineno, number, None, f"invalid JSON: {exc.msg} at column {exc.colno}"
-
-
-def _iter_json_array(text: str) -> Iterator[tuple[int, int, Any, str | None]]:
-    decoder = json.JSONDecoder()
-    pos = text.index("[") + 1
-    n = len(text)
-    line = 1 + text.count("\n", 0, pos)
-    counted_to = pos
-    number = 0
-
-    def skip_ws(i: int) -> int:
-        while i < n and text[i] in " \t\r\n":
-            i += 1
-        return i
-
-    pos = skip_ws(pos)
-    if pos < n and text[pos] == "]":
-        return
-    while pos < n:
-        line += text.count("\n", counted_to, pos)
-        counted_to = pos
-        number += 1
-        try:
-            value, end = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as exc:
-            yield exc.lineno, number, None, f"invalid JSON: {exc.msg} at column {exc.colno}"
-            return
-        yield line, number, value, None
-        pos = skip_ws(end)
-        if pos < n and text[pos] == ",":
-            pos = skip_ws(pos + 1)
-            continue
-        if pos < n and text[pos] == "]":
-            return
-        err_line = 1 + text.count("\n", 0, pos)
-        yield err_line, number + 1, None, "invalid JSON: expected ',' or ']' in the array"
-        return
-    yield 1 + text.count("\n"), number + 1, None, "invalid JSON: unterminated array"
 
 
 # --- formats ----------------------------------------------------------------------
@@ -237,27 +180,39 @@ class ParseResult:
     total_records: int
 
 
+def _unpaired_surrogate(messages: tuple[tuple[str, str], ...]) -> str | None:
+    """A lone UTF-16 surrogate (a JSON escape such as "\\ud800" with no pair) cannot be
+    encoded as UTF-8: it would break the tokenizer and every hash downstream."""
+    for _, content in messages:
+        for ch in content:
+            if "\ud800" <= ch <= "\udfff":
+                return f"text has an unpaired UTF-16 surrogate (\\u{ord(ch):04x})"
+    return None
+
+
 def parse_dataset(text: str | bytes, fmt: DatasetFormat | str, *, source: str = "dataset",
                   instruction: str = "") -> ParseResult:
+    """Every record of a file, normalised; never raises on the file's content: what is
+    wrong becomes `errors` ("source:line: ..."), each naming the file and the line."""
     if isinstance(text, bytes):
-        blob = text
-        try:
-            text = blob.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            line = 1 + blob[: exc.start].count(b"\n")
-            return ParseResult([], [f"{source}:{line}: not valid UTF-8 (byte offset {exc.start})"], 0)
+        decoded, problem = decode(text)
+        if decoded is None:
+            assert problem is not None
+            return ParseResult([], [f"{source}:{problem[0]}: {problem[1]}"], 0)
+        text = decoded
     examples: list[Example] = []
     errors: list[str] = []
     total = 0
     for line, number, value, error in iter_records(text):
         total += 1
+        if error is None:
+            try:
+                messages = parse_record(value, fmt, instruction)
+                error = _unpaired_surrogate(messages)
+            except RecordError as exc:
+                error = str(exc)
         if error is not None:
             errors.append(f"{source}:{line}: record {number}: {error}")
-            continue
-        try:
-            messages = parse_record(value, fmt, instruction)
-        except RecordError as exc:
-            errors.append(f"{source}:{line}: record {number}: {exc}")
             continue
         examples.append(Example(messages, line, number, source))
     return ParseResult(examples, errors, total)
