@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from typing import Any
 import pytest
 
 from tests.cluster.harness import (
+    BUCKET,
     CACHE,
     HELM,
     REPO,
@@ -59,6 +61,9 @@ def cluster() -> Iterator[Cluster]:
         if os.environ.get("ANYTASKTUNE_ALLOW_SKIP_CLUSTER") == "1":
             pytest.skip(message)
         pytest.fail(message)
+    # SIGTERM (a CI timeout, `kill`) ends the session through the fixtures' teardown, so the
+    # S3 server, the helm release and a cluster started here do not outlive it.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     was_up = cluster_is_up()
     seconds = make("hack/cluster/up.sh")
     c = Cluster(kube=Kube(), started_here=not was_up, start_seconds=seconds)
@@ -69,6 +74,12 @@ def cluster() -> Iterator[Cluster]:
     print(f"\ncluster tier figures ({out}):\n{json.dumps(c.figures, indent=2)}")
     if c.started_here and os.environ.get("ANYTASKTUNE_KEEP_CLUSTER") != "1":
         make("hack/cluster/down.sh")
+    signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @pytest.fixture(scope="session")
@@ -117,12 +128,15 @@ def operator(cluster: Cluster, images: dict[str, str], s3: Any, tmp_path_factory
     kube.namespace(OPERATOR_NAMESPACE, RESTRICTED)
     kube.secret(OPERATOR_NAMESPACE, "operator-s3", {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key})
     repo, _, tag = images["OPERATOR_IMAGE"].rpartition(":")
+    # The operator may read the results of any namespace's runs under the bucket's adapters/.
+    read_policy = json.dumps([{"namespaces": ["*"], "endpoints": [s3.endpoint], "outputs": [f"s3://{BUCKET}/adapters/"]}])
     t0 = time.monotonic()
     helm("upgrade", "--install", "anytasktune", str(REPO / "charts/anytasktune"), "--namespace", OPERATOR_NAMESPACE,
          "--set", f"image.repository={repo}", "--set", f"image.tag={tag}", "--set", "image.pullPolicy=Never",
          "--set", f"operator.trainingImage={images['TRAINJOB_IMAGE']}",
          "--set", f"storage.endpoint={s3.endpoint}", "--set", "storage.region=us-east-1",
          "--set", "storage.credentialsSecret.name=operator-s3",
+         "--set-json", f"storage.readPolicy={read_policy}",
          "--set", "operator.retryBackoffSeconds=5", "--set", "logFormat=full",
          "--wait", "--timeout", "3m", home=home)
     cluster.figures["helm_install_s"] = round(time.monotonic() - t0, 1)
