@@ -49,7 +49,7 @@ def read_json(storage: ObjectStore, uri: str) -> dict[str, Any] | None:
     try:
         body = storage.client.get_object(Bucket=u.bucket, Key=u.key)["Body"].read()
     except Exception as err:  # noqa: BLE001 - only "not there" means None
-        if registry._code(err) in ("NoSuchKey", "404", "NotFound"):
+        if registry.error_code(err) in ("NoSuchKey", "404", "NotFound"):
             return None
         raise
     value = json.loads(body)

@@ -37,7 +37,7 @@ def now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _code(err: Exception) -> str:
+def error_code(err: Exception) -> str:
     response = getattr(err, "response", None) or {}
     code = str(response.get("Error", {}).get("Code", ""))
     return code or str(response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
@@ -49,7 +49,7 @@ def read(storage: ObjectStore, uri: str) -> tuple[dict[str, Any] | None, str | N
     try:
         resp = storage.client.get_object(Bucket=u.bucket, Key=u.key)
     except Exception as err:  # noqa: BLE001 - a missing document is the empty registry
-        if _code(err) in ("NoSuchKey", "404", "NotFound"):
+        if error_code(err) in ("NoSuchKey", "404", "NotFound"):
             return None, None
         raise
     return json.loads(resp["Body"].read()), str(resp["ETag"])
@@ -63,7 +63,7 @@ def _write(storage: ObjectStore, uri: str, doc: dict[str, Any], etag: str | None
     try:
         storage.client.put_object(Bucket=u.bucket, Key=u.key, Body=body, ContentType="application/json", **condition)
     except Exception as err:  # noqa: BLE001 - a lost race is expected; anything else is not
-        if _code(err) in CONFLICT_CODES:
+        if error_code(err) in CONFLICT_CODES:
             return False
         raise
     return True
