@@ -12,7 +12,8 @@ must agree. Every accepted spec (as the API server returned it, defaults applied
 planned (fresh, and with a failed attempt per sub-task) and rendered without an error,
 and what it renders is accepted too: the ConfigMap and the RayJob by the API server and
 KubeRay's CRD (strict), the RayJob's name by KubeRay's own rule, and the pods KubeRay
-would create from its templates by the API server's Pod validation.
+would create from its templates by the API server's Pod validation; the entrypoint is
+always the fixed one (user text reaches the pod only through the ConfigMap).
 
 `ANYTASKTUNE_FUZZ_EXAMPLES` (default 400) and `ANYTASKTUNE_FUZZ_SEED` (default: fixed)
 size and seed a run; `make soak` runs more.
@@ -38,6 +39,7 @@ from kubernetes.client.rest import ApiException
 from anytasktune.attempt import ObservedJob
 from anytasktune.config import OperatorConfig
 from anytasktune.plan import Launch, plan
+from anytasktune.render import SPEC_FILE
 from anytasktune.spec import GROUP, MAX_NAME_PLUS_SUBTASK, PLURAL, VERSION
 from anytasktune.validation import crd_schema, validate_object
 from tests.integration.helpers import Kubectl
@@ -50,6 +52,7 @@ CONFIG = OperatorConfig(training_image="registry.test/anytasktune/trainjob:test"
 DNS_1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 KUBERAY_MAX_RAYJOB_NAME = 47  # ray-operator/controllers/ray/utils/validation.go ValidateRayJobMetadata
+ENTRYPOINT = f"python -m {CONFIG.trainjob_module} --spec {CONFIG.spec_mount_path}/{SPEC_FILE}"  # never user text
 
 
 # --- the fields, from the CRD's schema ---------------------------------------------------
@@ -268,6 +271,8 @@ def rendered_problems(api: kubernetes.client.ApiClient, stored: dict[str, Any]) 
     custom, core = kubernetes.client.CustomObjectsApi(api), kubernetes.client.CoreV1Api(api)
     for launch in launches[:1]:  # the sub-tasks render alike; one per spec keeps it fast
         name = launch.name
+        if launch.rayjob["spec"]["entrypoint"] != ENTRYPOINT:
+            problems.append(f"RayJob {name}'s entrypoint is not the fixed one: {launch.rayjob['spec']['entrypoint']!r}")
         if len(name) > KUBERAY_MAX_RAYJOB_NAME or not DNS_1035.fullmatch(name):
             problems.append(f"RayJob name {name!r}: KubeRay refuses it (a DNS-1035 label of at most 47 characters)")
         try:
