@@ -45,6 +45,17 @@ def _model_classes(root: type[BaseModel]) -> dict[str, type[BaseModel]]:
     return found
 
 
+def _copy_bounds(node: dict[str, Any], out: dict[str, Any]) -> None:
+    for key in BOUNDS:
+        if key in node and key not in out:
+            out[key] = node[key]
+    # OpenAPI v3.0 (what CRDs speak) spells exclusive bounds as booleans.
+    for key, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if key in out and not isinstance(out[key], bool):
+            out[bound] = out.pop(key)
+            out[key] = True
+
+
 def _factory_default(value: Any) -> Any:
     if isinstance(value, BaseModel):
         return {}  # let the API server fill the nested defaults
@@ -78,48 +89,46 @@ class _Converter:
             out["type"] = "string"
             out["enum"] = values
         elif node.get("type") == "object" or "properties" in node:
-            out["type"] = "object"
-            cls = self.classes.get(model or "")
-            if "properties" in node:
-                props: dict[str, Any] = {}
-                for name, sub in node["properties"].items():
-                    converted = self.convert(sub, model=None, prop=name)
-                    if cls is not None:
-                        field = cls.model_fields[name]
-                        if field.default_factory is not None and "default" not in converted:
-                            default = _factory_default(field.default_factory())  # type: ignore[call-arg]
-                            if default not in ([], {}) or isinstance(field.default_factory(), BaseModel):  # type: ignore[call-arg]
-                                converted["default"] = default
-                        key = LIST_MAP_KEYS.get((model or "", name))
-                        if key is not None:
-                            converted["x-kubernetes-list-type"] = "map"
-                            converted["x-kubernetes-list-map-keys"] = [key]
-                    if name in SET_LISTS and converted.get("type") == "array":
-                        converted["x-kubernetes-list-type"] = "set"
-                    props[name] = converted
-                out["properties"] = props
-                required = [r for r in node.get("required", []) if "default" not in props[r]]
-                if required:
-                    out["required"] = required
-            if "additionalProperties" in node and isinstance(node["additionalProperties"], dict):
-                out["additionalProperties"] = self.convert(node["additionalProperties"])
-            rules = node.get(RULES_KEY) or []
-            if rules:
-                out["x-kubernetes-validations"] = [r.as_schema() for r in rules]
+            out.update(self._object(node, model))
         elif node.get("type") == "array":
             out["type"] = "array"
             out["items"] = self.convert(node["items"])
         else:
             out["type"] = node["type"]
-        for key in BOUNDS:
-            if key in node and key not in out:
-                out[key] = node[key]
-        # OpenAPI v3.0 (what CRDs speak) spells exclusive bounds as booleans.
-        for key, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
-            if key in out and not isinstance(out[key], bool):
-                out[bound] = out.pop(key)
-                out[key] = True
+        _copy_bounds(node, out)
         return out
+
+    def _object(self, node: dict[str, Any], model: str | None) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": "object"}
+        cls = self.classes.get(model or "")
+        if "properties" in node:
+            props = {name: self._property(cls, model, name, sub) for name, sub in node["properties"].items()}
+            out["properties"] = props
+            required = [r for r in node.get("required", []) if "default" not in props[r]]
+            if required:
+                out["required"] = required
+        if "additionalProperties" in node and isinstance(node["additionalProperties"], dict):
+            out["additionalProperties"] = self.convert(node["additionalProperties"])
+        rules = node.get(RULES_KEY) or []
+        if rules:
+            out["x-kubernetes-validations"] = [r.as_schema() for r in rules]
+        return out
+
+    def _property(self, cls: type[BaseModel] | None, model: str | None, name: str, sub: dict[str, Any]) -> dict[str, Any]:
+        converted = self.convert(sub, model=None, prop=name)
+        if cls is not None:
+            field = cls.model_fields[name]
+            if field.default_factory is not None and "default" not in converted:
+                default = _factory_default(field.default_factory())  # type: ignore[call-arg]
+                if default not in ([], {}) or isinstance(field.default_factory(), BaseModel):  # type: ignore[call-arg]
+                    converted["default"] = default
+            key = LIST_MAP_KEYS.get((model or "", name))
+            if key is not None:
+                converted["x-kubernetes-list-type"] = "map"
+                converted["x-kubernetes-list-map-keys"] = [key]
+        if name in SET_LISTS and converted.get("type") == "array":
+            converted["x-kubernetes-list-type"] = "set"
+        return converted
 
     def root(self) -> dict[str, Any]:
         return self.convert({k: v for k, v in self.schema.items() if k != "$defs"}, model=self.schema.get("title"))
