@@ -12,56 +12,60 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/lib.sh"
 need_root
 t0=$(date +%s)
+phase() { log "$1 ($(( $(date +%s) - t0 ))s)"; }
 
-# stop <daemon>: SIGTERM, then SIGKILL after a grace period; only the PID in its file.
+# stop <daemon...>: SIGTERM to each (only the PID in its file), then SIGKILL to any still
+# there after a grace period; all at once, so slow shutdowns overlap.
 stop() {
-  local f pid i
-  f="$(pidfile "$1")"
-  [[ -f "$f" ]] || return 0
-  if alive "$1"; then
-    pid="$(cat "$f")"
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < ${2:-50}; i++)); do
-      [[ -d "/proc/$pid" ]] || break
-      sleep 0.2
-    done
-    if [[ -d "/proc/$pid" ]]; then
-      log "$1 (pid $pid) ignored SIGTERM; killing it"
-      kill -KILL "$pid" 2>/dev/null || true
-      sleep 0.2
+  local d f pid i
+  local -A pids=()
+  for d in "$@"; do
+    f="$(pidfile "$d")"
+    if alive "$d"; then
+      pid="$(cat "$f")"
+      kill -TERM "$pid" 2>/dev/null || true
+      pids[$d]=$pid
     fi
-    log "stopped $1 (pid $pid)"
-  fi
-  rm -f "$f"
+    rm -f "$f"
+  done
+  for ((i = 0; i < 75; i++)); do
+    for d in "${!pids[@]}"; do
+      [[ -d "/proc/${pids[$d]}" ]] || { log "stopped $d (pid ${pids[$d]})"; unset "pids[$d]"; }
+    done
+    ((${#pids[@]})) || return 0
+    sleep 0.2
+  done
+  for d in "${!pids[@]}"; do
+    log "$d (pid ${pids[$d]}) ignored SIGTERM for 15s; killing it"
+    kill -KILL "${pids[$d]}" 2>/dev/null || true
+  done
+  sleep 0.2
 }
 
 # The kubelet first, so nothing restarts containers while they are removed.
-stop kubelet 100
+stop kubelet
+phase "kubelet stopped"
 
 # Every container of the k8s.io namespace (pods and their sandboxes): kill, delete (with
 # its snapshot). Through our containerd's own socket, so nothing else is touched.
 if alive containerd && [[ -S "$CONTAINERD_SOCK" ]]; then
   tasks="$(ctr_ tasks ls -q 2>/dev/null || true)"
-  for id in $tasks; do ctr_ tasks kill -s SIGKILL "$id" >/dev/null 2>&1 || true; done
-  for id in $tasks; do
-    for _ in $(seq 50); do
-      ctr_ tasks delete "$id" >/dev/null 2>&1 && break
-      sleep 0.1
-    done
-  done
+  for id in $tasks; do ctr_ tasks kill --all --signal SIGKILL "$id" >/dev/null 2>&1 || true; done
+  for id in $tasks; do ctr_ tasks delete --force "$id" >/dev/null 2>&1 || true; done
   containers="$(ctr_ containers ls -q 2>/dev/null || true)"
   for id in $containers; do ctr_ containers delete "$id" >/dev/null 2>&1 || true; done
   [[ -n "$containers" ]] && log "removed $(wc -w <<<"$containers") containers"
 fi
+phase "containers removed"
 
 stop kube-proxy
 # kube-proxy removes its own iptables rules and chains (both families).
 if [[ -x "$bin/kube-proxy" && -f "$STATE/config/kube-proxy.yaml" ]]; then
   "$bin/kube-proxy" --cleanup --config="$STATE/config/kube-proxy.yaml" >>"$LOGS/kube-proxy-cleanup.log" 2>&1 || true
 fi
-for d in coredns kube-scheduler kube-controller-manager kube-apiserver containerd etcd; do
-  stop "$d"
-done
+stop coredns kube-scheduler kube-controller-manager kube-apiserver containerd
+stop etcd  # last: the API server writes to it while it shuts down
+phase "daemons stopped"
 
 # Processes our containerd started that outlive it: runc shims (found by our socket on
 # their command line) and anything still in one of our cgroups.

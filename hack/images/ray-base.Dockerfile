@@ -9,6 +9,9 @@
 #     KubeRay starts Ray with `bash -lc`, and Debian's /etc/profile resets PATH;
 #   - a real wget (KubeRay's readiness/liveness probes call it; busybox's segfaults here);
 #   - g++ and the Python headers: DeepSpeed JIT-builds its CPU shared-memory op at start.
+# The dependency layer also holds that op, built where docker/trainjob.Dockerfile builds it
+# (TORCH_EXTENSIONS_DIR): the trainjob build then finds it up to date instead of compiling
+# it again on every source change.
 ARG BASE_IMAGE
 FROM ${BASE_IMAGE}
 RUN apt-get update -q \
@@ -27,5 +30,7 @@ RUN python3 -m venv /home/ray/venv \
  && pip install --no-cache-dir --no-index --find-links=/wheelhouse --no-deps \
       --requirement /wheelhouse/requirements.lock \
  && python -c "import torch, deepspeed, ray, peft, transformers" \
- && ray --version && wget --version >/dev/null
+ && ray --version && wget --version >/dev/null \
+ && TORCH_EXTENSIONS_DIR=/home/ray/.cache/torch_extensions DS_ACCELERATOR=cpu \
+    python -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; ShareMemCommBuilder().load()"
 CMD ["bash"]
