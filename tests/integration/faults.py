@@ -56,6 +56,8 @@ AUDIT_POLICY: dict[str, Any] = {
          "resources": [{"group": "ray.io", "resources": ["rayjobs", "rayjobs/status"]}]},
         {"level": "Metadata", "verbs": ["create", "delete"],
          "resources": [{"group": "ray.io", "resources": ["rayclusters"]}, {"group": "", "resources": ["configmaps"]}]},
+        {"level": "RequestResponse", "verbs": ["update", "patch"],
+         "resources": [{"group": "anytasktune.io", "resources": ["taskfinetunes/status"]}]},
         {"level": "Metadata", "verbs": ["get", "list"],
          "resources": [{"group": "anytasktune.io", "resources": ["taskfinetunes"]}]},
         {"level": "None"},
@@ -558,6 +560,33 @@ class History:
         """Violations, replaying the writes in commit order: two unfinished RayJobs of the
         same sub-task and run, or more unfinished RayJobs than max_parallel."""
         return overlap_problems([(rv, f"{verb} {obj['metadata']['name']}", obj) for rv, verb, obj in self.rayjob_writes()], max_parallel)
+
+    def status_writes(self, tft: str) -> list[dict[str, Any]]:
+        """The TaskFineTune's status after each write the API server committed, in commit order."""
+        out = []
+        for e in self.events:
+            ref = e.get("objectRef") or {}
+            if ref.get("resource") == "taskfinetunes" and ref.get("subresource") == "status" and ref.get("name") == tft \
+                    and 200 <= e["responseStatus"]["code"] < 300 and e.get("responseObject"):
+                obj = e["responseObject"]
+                out.append((int(obj["metadata"]["resourceVersion"]), obj.get("status") or {}))
+        return [status for _rv, status in sorted(out, key=lambda w: w[0])]
+
+    def status_regressions(self, tft: str) -> list[str]:
+        """A sub-task's status going backwards between two committed writes: fewer attempts,
+        or out of Succeeded/Failed (same run)."""
+        problems = []
+        last: dict[str, dict[str, Any]] = {}
+        for i, status in enumerate(self.status_writes(tft)):
+            for sub in status.get("subtasks", []):
+                prev = last.get(sub["name"])
+                if prev is not None and prev.get("specId", prev.get("runId")) == sub.get("specId", sub.get("runId")):
+                    if sub.get("attempts", 0) < prev.get("attempts", 0):
+                        problems.append(f"status write {i}: {sub['name']} attempts {prev.get('attempts')} -> {sub.get('attempts')}")
+                    if prev.get("phase") in ("Succeeded", "Failed") and sub.get("phase") != prev.get("phase"):
+                        problems.append(f"status write {i}: {sub['name']} phase {prev.get('phase')} -> {sub.get('phase')}")
+                last[sub["name"]] = sub
+        return problems
 
     def agents(self, verb: str, resource: str) -> list[tuple[str, str, str]]:
         """(stageTimestamp, userAgent, name) of every such request."""

@@ -148,7 +148,7 @@ SUCCEEDED_REASONS = ("Succeeded", "EvaluationUnreadable", "EvaluationNotAllowed"
 
 
 def history_problems(history: History, tft: str, expect: dict[str, Expect], max_parallel: int | None) -> list[str]:
-    """What the audit log shows that a correct operator never does."""
+    """What the audit log shows that a correct operator never does (status regressions included)."""
     problems = history.overlaps(max_parallel)
     created = history.creates("rayjobs")
     problems += [f"RayJob {n} created {c} times" for n, c in created.items() if c > 1]
@@ -161,6 +161,7 @@ def history_problems(history: History, tft: str, expect: dict[str, Expect], max_
     deleted = history.deletes("rayjobs")
     if deleted:
         problems.append(f"RayJobs deleted (nothing asked for it): {deleted}")
+    problems += history.status_regressions(tft)
     return problems
 
 
@@ -480,3 +481,34 @@ def test_churn_memory_is_bounded(churn: Churn) -> None:
     print(f"operator RSS after each churn round (MiB): {[round(r / 1024, 1) for r in churn.rss_kib]}")
     warm = churn.rss_kib[1] if len(churn.rss_kib) > 2 else churn.rss_kib[0]
     assert churn.rss_kib[-1] - warm < 10 * 1024, churn.rss_kib
+
+
+# --- a restart forgets the operator's manifest reads ----------------------------------------------
+
+
+def test_a_restart_repeats_no_storage_warning(plane: ControlPlane, k: Kubectl, audit: AuditLog, tmp_path: Path) -> None:
+    """A sub-task succeeded but its evaluation cannot be read (the endpoint refuses): the
+    status says EvaluationUnreadable and one StorageUnavailable Warning is posted. The
+    operator is SIGKILLed and restarted; it knows nothing of its earlier reads, yet the
+    status must not flip back to Succeeded and the same Warning must not be posted again
+    (found by crash trial seed 424286)."""
+    ns, name = "unreadable", "pool"
+    reader = Reader(plane.kubeconfig)
+    k.namespace(ns)
+    operator = ScopedOperator(plane.env(), tmp_path / "operator.log", ns, FAST).start()
+    standin = StandIn(plane.kubeconfig, ns, {"kw": [Outcome()]}, seed=5).start()
+    try:
+        k.apply(taskfinetune(name, ["kw"]), ns)  # storage endpoint http://127.0.0.1:1: nothing listens
+        wait_for("the StorageUnavailable Warning", lambda: any(r == "StorageUnavailable" for r, _ in reader.events(ns, name)), timeout=60)
+        before = len(audit.history(ns).status_writes(name))
+        operator.kill()
+        operator.start()
+        time.sleep(8)  # the new operator's first read fails at once; one more after its 5 s backoff
+        reasons = [next(s["reason"] for s in st["subtasks"] if s["name"] == "kw") for st in audit.history(ns).status_writes(name)[before:]]
+        warnings = [m for r, m in reader.events(ns, name) if r == "StorageUnavailable"]
+        assert set(reasons) <= {"EvaluationUnreadable"}, f"status reasons written after the restart: {reasons}"
+        assert len(warnings) == 1, warnings
+    finally:
+        standin.stop()
+        operator.stop()
+        k.run("delete", "namespace", ns, "--wait=false")
