@@ -11,8 +11,14 @@ import re
 import time
 from typing import Any
 
+import pytest
+
 from tests.cluster.conftest import Cluster
 from tests.cluster.harness import BUCKET, MemorySampler, TrainingData, taskfinetune, wait_for
+
+# The session fixtures build what is missing (Go binaries, images: up to ~40 min cold on
+# 2 cores) within the first test's time.
+pytestmark = pytest.mark.timeout(7200)
 
 STEP = re.compile(r"\bstep (\d+)/(\d+)\b")
 FINISHED = ("Succeeded", "Failed", "Invalid")
