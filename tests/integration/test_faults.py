@@ -14,8 +14,15 @@
   `ANYTASKTUNE_CRASH_TRIALS` (default 20) sets the number of trials and
   `ANYTASKTUNE_CRASH_SEEDS` (e.g. `1007` or `1003,1011`) replays given seeds; `make soak`
   runs 200 trials from a random base seed (printed).
-- **kube-apiserver and etcd restarted** (`test_apiserver_and_etcd_restarts`).
-- **Churn** (`test_churn_leaves_nothing_behind`).
+  Also from the audit log: the status never goes backwards (attempts never decrease, a
+  Succeeded or Failed sub-task stays so).
+- **kube-apiserver and etcd restarted** (`test_apiserver_and_etcd_restarts`): the same
+  operator process reconnects, a pass that failed on the outage is retried with backoff,
+  the resync loop fails and carries on, and the pool converges without a duplicate.
+- **Churn** (`test_churn_*`): 30 TaskFineTunes created, half changed, all deleted, three
+  rounds (`ANYTASKTUNE_CHURN_ROUNDS`): no orphans, nothing queued, no metric series left,
+  RSS bounded.
+- **A restart forgets the manifest reads** (`test_a_restart_repeats_no_storage_warning`).
 """
 
 from __future__ import annotations
