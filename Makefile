@@ -63,7 +63,7 @@ test-e2e: setup ## End-to-end: real Ray, DeepSpeed, PEFT and an S3 server, on CP
 	$(PYTEST) tests/e2e -q
 
 .PHONY: test
-test: lint test-unit test-integration test-e2e ## Everything CI runs: lint, unit, integration, e2e
+test: lint test-unit test-integration test-e2e test-cluster ## Everything CI runs: lint, unit, integration, e2e, cluster (root)
 
 # The fault and fuzz tests' longer variants (not in `make test`), from a random base seed
 # (printed; replay a crash trial with ANYTASKTUNE_CRASH_SEEDS=<seed>, the fuzz with ANYTASKTUNE_FUZZ_SEED).
