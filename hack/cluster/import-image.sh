@@ -23,9 +23,23 @@ for ref in "$@"; do
   present="$(ctr_ images ls -q)"
   grep -qxF "$ref" <<<"$present" || die "imported $archive but containerd has no image $ref"
   log "imported $ref in $(( $(date +%s) - t0 ))s"
-  # Older builds of the same image: gone (containerd's GC frees their layers).
+  # Older builds of the same image: gone.
   while read -r old; do
     [[ "$old" == "${ref%:*}:"* && "$old" != "$ref" ]] || continue
     ctr_ images rm "$old" >/dev/null && log "removed the older $old"
   done <<<"$present"
 done
+
+# The kubelet's CRI keeps its own reference to every image it ran, by image ID
+# (sha256:<config>): drop those whose manifest no named image uses any more, then let
+# containerd's GC free their content and snapshots (a 5 GB training image per build).
+listing="$(ctr_ images ls)"
+named="$(awk 'NR > 1 && $1 !~ /^sha256:/ {print $3}' <<<"$listing")"
+orphans="$(awk 'NR > 1 && $1 ~ /^sha256:/ {print $1, $3}' <<<"$listing" | while read -r id digest; do
+  grep -qxF "$digest" <<<"$named" || echo "$id"
+done)"
+if [[ -n "$orphans" ]]; then
+  # shellcheck disable=SC2086
+  ctr_ images rm --sync $orphans >/dev/null
+  log "removed $(wc -w <<<"$orphans") image IDs no named image uses; containerd collected their layers"
+fi
