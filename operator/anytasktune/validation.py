@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from anytasktune.spec import GROUP, KIND, VERSION, TaskFineTune
+from anytasktune.spec import GROUP, KIND, LABEL_VALUE, QUALIFIED_NAME, VERSION, TaskFineTune
 
 
 @dataclass(frozen=True)
@@ -184,6 +184,13 @@ def validate_object(obj: Any, file: str = "<input>", node: yaml.Node | None = No
         return [Problem(file, line_of(node, ("metadata", "name")), "metadata.name",
                         "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', "
                         "and must start and end with an alphanumeric character (at most 253)")]
+    meta = obj["metadata"]
+    for field, values in (("labels", True), ("annotations", False)):
+        for key, value in (meta.get(field) or {}).items() if isinstance(meta.get(field), dict) else []:
+            if not isinstance(key, str) or key.find("/") > 253 or not re.fullmatch(QUALIFIED_NAME, key):
+                return [Problem(file, line_of(node, ("metadata", field)), f"metadata.{field}", f"{key!r}: not a valid {field[:-1]} key")]
+            if values and (not isinstance(value, str) or not re.fullmatch(LABEL_VALUE, value) or len(value) > 63):
+                return [Problem(file, line_of(node, ("metadata", field, key)), f"metadata.{field}.{key}", f"{value!r}: not a valid label value")]
     # Unknown fields are refused while decoding, before nulls are dropped.
     structural = structural_problems({k: v for k, v in obj.items() if k != "status"}, crd_schema())
     if structural:
