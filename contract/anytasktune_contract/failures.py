@@ -141,3 +141,8 @@ def explanation(output: str, limit: int = 400) -> str:
     lines = [line for line in output.splitlines() if line.strip()]
     marked = [line for line in lines if FAILURE_MARKER in line]
     return bounded(marked[-1] if marked else (lines[-1] if lines else ""), limit)
+
+
+def same_error(a: str, b: str) -> bool:
+    """The same failure, up to the numbers in it (timings, attempt counts, ports)."""
+    return re.sub(r"\d+(\.\d+)?", "#", a) == re.sub(r"\d+(\.\d+)?", "#", b)

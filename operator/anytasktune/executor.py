@@ -11,7 +11,6 @@ action like any other: the executor starts it and records the outcome in
 from __future__ import annotations
 
 import json
-import re
 import threading
 from collections.abc import Mapping
 from dataclasses import replace
@@ -25,6 +24,7 @@ from anytasktune.records import record_fields
 from anytasktune.spec import TaskFineTuneStatus
 from anytasktune.summary import Event
 from anytasktune_contract.backoff import Backoff
+from anytasktune_contract.failures import same_error
 
 
 class Executor(Protocol):
@@ -115,13 +115,8 @@ class ManifestReads:
             previous = self._reads.get(uri, ManifestRead())
             failures = previous.failures + 1
             error = error[:300]
-            if previous.error and _same_error(previous.error, error):
+            if previous.error and same_error(previous.error, error):
                 error = previous.error  # the status shows it: only a new error may change it
             read = ManifestRead(error=error, failures=failures, next_try=now + timedelta(seconds=self.backoff.delay(failures)))
             self._reads[uri] = read
             return read
-
-
-def _same_error(a: str, b: str) -> bool:
-    """The same failure, up to the numbers in it (timings, attempt counts, ports)."""
-    return re.sub(r"\d+(\.\d+)?", "#", a) == re.sub(r"\d+(\.\d+)?", "#", b)

@@ -29,7 +29,7 @@ from anytasktune.resolve import ResolveError, resolve_subtask
 from anytasktune.spec import SubtaskPhase, SubtaskStatus, TaskFineTune, TaskFineTuneSpec, TaskFineTuneStatus
 from anytasktune.summary import Event, invalid_status, outcome_message, summarize, transition_events
 from anytasktune.validation import describe
-from anytasktune_contract.failures import FailureClass, explanation
+from anytasktune_contract.failures import FailureClass, explanation, same_error
 from anytasktune_contract.trainspec import TrainJobSpec
 
 MANIFEST_NAME = "manifest.json"
@@ -212,7 +212,7 @@ def decide(pool: Pool, subtask: str, jobs: list[ObservedJob], prev: SubtaskStatu
     latest = next((j for j in reversed(current) if not j.deleting), None)
 
     if done is not None:
-        _succeeded(pool, d, done, train, manifests)
+        _succeeded(pool, d, done, train, manifests, prev if same_run else None)
     elif latest is not None and not latest.state.is_terminal:
         _in_progress(pool, d, latest, failures)
     elif latest is not None:
@@ -224,7 +224,8 @@ def decide(pool: Pool, subtask: str, jobs: list[ObservedJob], prev: SubtaskStatu
     return d
 
 
-def _succeeded(pool: Pool, d: Decision, done: ObservedJob, train: TrainJobSpec, manifests: Mapping[str, ManifestRead]) -> None:
+def _succeeded(pool: Pool, d: Decision, done: ObservedJob, train: TrainJobSpec, manifests: Mapping[str, ManifestRead],
+               prev: SubtaskStatus | None) -> None:
     st = d.status
     st.phase, st.reason, st.completionTime = SubtaskPhase.Succeeded, "Succeeded", done.end_time
     st.failureClass = None
@@ -243,9 +244,17 @@ def _succeeded(pool: Pool, d: Decision, done: ObservedJob, train: TrainJobSpec, 
             d.actions.append(ReadManifest(st.name, uri))
         elif read.next_try is not None:
             d.requeue_after = max((read.next_try - pool.now).total_seconds(), 1.0)
+        unreadable = prev is not None and prev.reason == "EvaluationUnreadable"
         if read.error and st.metrics is None:
             st.reason = "EvaluationUnreadable"
             st.message = f"adapter published; evaluation not read yet (retrying): cannot read {uri}: {read.error}"
+            if unreadable and prev is not None and same_error(prev.message, st.message):
+                st.message = prev.message  # the same failure: no status churn
+            return
+        if unreadable and prev is not None and read.manifest is None:
+            # No read has finished in this process yet (a restarted operator): what the
+            # status said stands until one does, so nothing flips or is announced twice.
+            st.reason, st.message = prev.reason, prev.message
             return
     st.message = outcome_message(st)
     if st.promoted is False:  # kept in the registry, not the active adapter

@@ -47,7 +47,7 @@ def run_id(obj: dict[str, Any], subtask: str) -> str:
 # RayJob statuses as the real KubeRay v1.4.2 wrote them (tests/fixtures/kuberay), by state.
 _SUCCESS, _FAILURE = load("success"), load("app_failure")
 RECORDED: dict[str, dict[str, Any]] = {
-    "active": _SUCCESS.first("Initializing").status,
+    "active": _SUCCESS.observations[0].status,  # a new RayJob: no status yet, or Initializing
     "running": next(o for o in _SUCCESS.observations if o.job == "RUNNING").status,
     "succeeded": _SUCCESS.observations[-1].status,
     "failed": _FAILURE.observations[-1].status,  # a DataContract failure unless a test gives its own message

@@ -197,3 +197,22 @@ def test_the_evaluation_is_read_between_passes_with_backoff_and_reported() -> No
     assert [e.reason for e in ok.events] == ["Evaluated"] and not [a for a in ok.actions if isinstance(a, ReadManifest)]
     # Once in the status, the evaluation is never read again.
     assert not plan(with_status(obj, ok), done, {}, NOW, CONFIG).actions
+
+
+def test_a_restarted_operator_keeps_an_unreadable_evaluation_as_it_was() -> None:
+    """Reads live in the operator's memory: after a restart nothing has been read yet.
+    The status must not flip back to Succeeded nor announce the outage twice (found by
+    the SIGKILL trials, seed 424286)."""
+    obj = tft(subtasks=1)
+    done = [job(obj, "task0", 1, "succeeded")]
+    uri = next(a for a in plan(obj, done, {}, NOW, CONFIG).actions if isinstance(a, ReadManifest)).uri
+    failing = {uri: ManifestRead(error="EndpointConnectionError: down (gave up after 0.5s)", failures=1, next_try=NOW + timedelta(seconds=5))}
+    before = plan(with_status(obj, plan(obj, done, {}, NOW, CONFIG)), done, failing, NOW, CONFIG)
+    assert before.status.subtasks[0].reason == "EvaluationUnreadable"
+
+    restarted = plan(with_status(obj, before), done, {}, NOW + timedelta(seconds=30), CONFIG)  # no reads in memory
+    assert restarted.status.subtasks == before.status.subtasks
+    assert ReadManifest("task0", uri) in restarted.actions and restarted.events == []
+    again = {uri: ManifestRead(error="EndpointConnectionError: down (gave up after 0.0s)", failures=1, next_try=NOW + timedelta(seconds=40))}
+    failed_again = plan(with_status(obj, restarted), done, again, NOW + timedelta(seconds=31), CONFIG)
+    assert failed_again.status.subtasks == before.status.subtasks and failed_again.events == []
