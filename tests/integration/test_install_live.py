@@ -198,7 +198,7 @@ def test_helm_install_namespaced_runs_a_full_lifecycle_on_minimal_rbac(
     notes = helm_run(helm, "install", "anytasktune", str(CHART), "--namespace", "anytasktune-system",
                      "--set-json", 'watchNamespaces=["team-a"]', "--set", "logFormat=full")
     assert "It serves TaskFineTunes in: team-a (Role + RoleBinding in each" in notes
-    k.run("wait", "--for=condition=Established", "--timeout=60s", "crd/taskfinetunes.anytasktune.io")
+    cp.wait_established(["taskfinetunes.anytasktune.io"])  # polled: kubectl wait fails on a CRD without conditions yet
     deployment = deployment_in(helm_run(helm, "get", "manifest", "anytasktune", "--namespace", "anytasktune-system"))
 
     # Pod Security "restricted" admits the operator's pod (and does reject a plain one).
@@ -278,7 +278,7 @@ def test_helm_install_namespaced_runs_a_full_lifecycle_on_minimal_rbac(
 def test_helm_install_cluster_wide_without_crds(cp: AuditedControlPlane, k: Kubectl, helm: list[str], tmp_path: Path) -> None:
     # The CRD is managed elsewhere (here: the kustomize copy) and the release leaves it alone.
     k.run("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "manifests/base/crd.yaml"))
-    k.run("wait", "--for=condition=Established", "--timeout=60s", "crd/taskfinetunes.anytasktune.io")
+    cp.wait_established(["taskfinetunes.anytasktune.io"])  # polled: kubectl wait fails on a CRD without conditions yet
     restricted_namespace(k, "anytasktune-cluster")
     team = k.namespace("team-b")
     helm_run(helm, "install", "anytasktune", str(CHART), "--namespace", "anytasktune-cluster", "--set", "crds.enabled=false")
