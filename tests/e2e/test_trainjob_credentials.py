@@ -205,7 +205,8 @@ def test_a_run_longer_than_its_credentials_publishes(pod_identity_env: dict[str,
     states = sorted(o["LastModified"].timestamp() for o in bucket_listing if o["Key"].endswith("trainer_state.json"))
     assert states and states[-1] - started > 2 * CREDENTIAL_LIFE_S  # the last checkpoint went up 2+ lives later
     assert elapsed > 3 * CREDENTIAL_LIFE_S
-    manifest = json.loads(admin.get_object(Bucket=BUCKET, Key=spec.run_prefix().split("/", 3)[3] + "manifest.json")
-                          ["Body"].read())
+    run_manifests = [o["Key"] for o in bucket_listing if "/runs/" in o["Key"] and o["Key"].endswith("/manifest.json")]
+    assert len(run_manifests) == 1, run_manifests
+    manifest = json.loads(admin.get_object(Bucket=BUCKET, Key=run_manifests[0])["Body"].read())
     assert manifest["training"]["steps"] == 12
     assert set(manifest["artifacts"]["adapter"]) <= set(manifest["artifacts"]["files"])

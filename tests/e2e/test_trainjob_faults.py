@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -33,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
 
 import tinymodel  # noqa: E402
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(600)  # ~1-2 min each on an idle machine; 2 cores shared can triple it
 BUCKET = "anytasktune-faults"
 
 
@@ -53,9 +54,19 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 @pytest.fixture
 def running(s3: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """Every test starts and ends with the server up; in-process clients use its keys."""
+    """Every test starts with the server up and serving (a restarted one answers 500 for a
+    few seconds while its volume server re-registers) and ends with it up; in-process
+    clients use its keys."""
+    from anytasktune_contract.storage import StorageSettings
+    from anytasktune_trainjob.store import open_store
+
     for key, value in s3.env().items():
         monkeypatch.setenv(key, value)
+    if not s3.running:
+        s3.start()
+    probe = open_store(StorageSettings(s3.endpoint, "us-east-1", "path"), 60)
+    probe.put_bytes(f"s3://{BUCKET}/probe", b"up")
+    assert probe.get_bytes(f"s3://{BUCKET}/probe")[0] == b"up"
     yield s3
     if not s3.running:
         s3.start()
@@ -68,6 +79,15 @@ def _spec(s3: Any, subtask: str, **overrides: Any) -> Any:
         base[key] = {**base.get(key, {}), **value}
     return make_spec(model_uri=f"s3://{BUCKET}/models/tiny/", dataset_uri=f"s3://{BUCKET}/data/reviews.jsonl",
                      endpoint=s3.endpoint, subtask=subtask, outputPrefix=f"s3://{BUCKET}/runs/{subtask}", **base)
+
+
+def _settled(s3: Any, spec: Any) -> Any:
+    """The spec with its run identity looked up, as the trainjob does first (for its prefixes)."""
+    from anytasktune_contract.storage import StorageSettings
+    from anytasktune_trainjob.identity import settle
+    from anytasktune_trainjob.store import open_store
+
+    return settle(spec, open_store(StorageSettings(s3.endpoint, "us-east-1", "path"), 60))
 
 
 def _keys(s3: Any, uri: str) -> dict[str, Any]:
@@ -135,24 +155,25 @@ def _assert_manifest_files_present(s3: Any, spec: Any) -> dict[str, Any]:
 def test_outages_during_dataset_download_and_checkpoint_upload_are_survived(running: Any, tmp_path: Path) -> None:
     s3 = running
     spec = _spec(s3, "outages")
-    data_key = "download s3://anytasktune-faults/data/reviews.jsonl failed"
+    settled = _settled(s3, spec)
+    data_key = "s3://anytasktune-faults/data/reviews.jsonl failed"  # its HEAD (run identity), then its GET
     s3.stop(keep_data=True, graceful=False)
     cli = Cli(spec, tmp_path, s3)
-    cli.wait_for(data_key, timeout_s=60)  # the dataset download met the outage
+    cli.wait_for(data_key, timeout_s=120)  # reading the dataset met the outage
     time.sleep(3)
     s3.start()
     first_back = time.monotonic()
-    cli.wait_for("data contract passed", timeout_s=60)
+    cli.wait_for("data contract passed", timeout_s=120)
     data_recovery_s = time.monotonic() - first_back
 
-    _wait_for_key(s3, spec.checkpoint_prefix(), "trainer_state.json", timeout_s=150)
+    _wait_for_key(s3, settled.checkpoint_prefix(), "trainer_state.json", timeout_s=300)
     s3.stop(keep_data=True, graceful=False)  # the next checkpoint (5 steps on) meets this outage
-    cli.wait_for("/checkpoint_", timeout_s=60)  # a retry line naming a checkpoint file
+    cli.wait_for("/checkpoint_", timeout_s=120)  # a retry line naming a checkpoint file
     time.sleep(5)
     s3.start()
     second_back = time.monotonic()
-    assert cli.wait(timeout_s=180) == 0, cli.output[-4000:]
-    manifest = _assert_manifest_files_present(s3, spec)
+    assert cli.wait(timeout_s=300) == 0, cli.output[-4000:]
+    manifest = _assert_manifest_files_present(s3, settled)
     assert manifest["training"]["steps"] == 15 and manifest["training"]["stepsThisAttempt"] == 15
     checkpoint_retries = [ln for ln in cli.output.splitlines() if "upload s3://" in ln and "/checkpoint_" in ln]
     assert checkpoint_retries, cli.output[-4000:]
@@ -285,11 +306,12 @@ def test_an_outage_longer_than_the_budget_fails_the_publication_and_leaves_no_ma
 
 def test_a_dataset_outage_longer_than_the_budget_exits_storage_unavailable(running: Any, tmp_path: Path) -> None:
     s3 = running
+    spec = _spec(s3, "data-outage")
     s3.stop(keep_data=True, graceful=False)
-    cli = Cli(_spec(s3, "data-outage"), tmp_path, s3, ANYTASKTUNE_S3_RETRY_SECONDS="4")
+    cli = Cli(spec, tmp_path, s3, ANYTASKTUNE_S3_RETRY_SECONDS="4")
     assert cli.wait(timeout_s=120) == 5, cli.output[-4000:]
     last = cli.output.strip().splitlines()[-1]
-    assert last.startswith(f"{FAILURE_MARKER} class=StorageUnavailable: download: storage unavailable after")
+    assert last.startswith(f"{FAILURE_MARKER} class=StorageUnavailable: ") and "storage unavailable after" in last
     assert "key='data/reviews.jsonl'" in last and s3.secret_key not in cli.output
     assert float(last.rsplit("gave up after ", 1)[1].split("s)")[0]) >= 4  # it tried for the whole budget
 
@@ -297,10 +319,107 @@ def test_a_dataset_outage_longer_than_the_budget_exits_storage_unavailable(runni
 def test_a_checkpoint_outage_longer_than_the_budget_exits_storage_unavailable(running: Any, tmp_path: Path) -> None:
     s3 = running
     spec = _spec(s3, "checkpoint-outage")
+    settled = _settled(s3, spec)
     cli = Cli(spec, tmp_path, s3, ANYTASKTUNE_S3_RETRY_SECONDS="6", ANYTASKTUNE_MAX_FAILURES="0")
-    _wait_for_key(s3, spec.checkpoint_prefix(), "trainer_state.json", timeout_s=150)
+    _wait_for_key(s3, settled.checkpoint_prefix(), "trainer_state.json", timeout_s=300)
     s3.stop(keep_data=True, graceful=False)
-    assert cli.wait(timeout_s=150) == 5, cli.output[-4000:]
+    assert cli.wait(timeout_s=300) == 5, cli.output[-4000:]
     assert cli.output.strip().splitlines()[-1].startswith(f"{FAILURE_MARKER} class=StorageUnavailable: ")
     s3.start()
-    assert "manifest.json" not in _keys(s3, spec.run_prefix())
+    assert "manifest.json" not in _keys(s3, settled.run_prefix())
+
+
+def _ray_train_workers(root_pid: int) -> list[Any]:
+    import psutil
+
+    found = []
+    for proc in psutil.Process(root_pid).children(recursive=True):
+        try:
+            if proc.cmdline() and proc.cmdline()[0].startswith("ray::RayTrainWorker"):
+                found.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def _last_step(output: str) -> int:
+    steps = re.findall(r"\[anytasktune\] step (\d+)/", output)
+    return int(steps[-1]) if steps else 0
+
+
+def _registered_checkpoints(s3: Any, experiment_prefix: str) -> int:
+    """Checkpoints Ray Train's controller has registered: it rewrites its snapshot in storage each time."""
+    keys = _keys(s3, experiment_prefix)
+    snapshot = next((k for k in keys if k.endswith("checkpoint_manager_snapshot.json")), None)
+    if snapshot is None:
+        return 0
+    bucket, _, prefix = experiment_prefix.removeprefix("s3://").partition("/")
+    text = s3.client().get_object(Bucket=bucket, Key=prefix.rstrip("/") + "/" + snapshot)["Body"].read().decode()
+    return len(set(re.findall(r"checkpoint_step_\d+", text)))
+
+
+@pytest.mark.timeout(900)  # two restarts of a Ray Train worker group: slow on a loaded machine
+def test_a_killed_ray_worker_resumes_from_the_latest_checkpoint(running: Any, tmp_path: Path) -> None:
+    """SIGKILL of a Ray Train worker process between two checkpoints: Ray Train restarts
+    the worker group (FailureConfig), which restores the latest checkpoint; the steps
+    since it are lost, and only those."""
+    s3 = running
+    every, total = 12, 24
+    spec = _spec(s3, "worker-kill", training={"maxSteps": total, "checkpointEverySteps": every, "logEverySteps": 1})
+    settled = _settled(s3, spec)
+    cli = Cli(spec, tmp_path, s3, ANYTASKTUNE_MAX_FAILURES="1")
+    cli.wait_for(f"checkpoint saved at step {every}", timeout_s=300)
+    # a reported checkpoint counts once the controller has registered it (it polls the
+    # workers every 2 s); then let two more steps run, and kill before the next checkpoint
+    t0 = time.monotonic()
+    while _registered_checkpoints(s3, settled.checkpoint_prefix()) < 1 or _last_step(cli.output) < every + 2:
+        assert time.monotonic() - t0 < 300, cli.output[-3000:]
+        time.sleep(0.1)
+    workers = _ray_train_workers(cli.proc.pid)
+    assert len(workers) == 2, [w.cmdline() for w in workers]
+    victim = min(workers, key=lambda p: p.pid)
+    killed_step = _last_step(cli.output)
+    victim.kill()
+    killed_at = time.monotonic()
+    assert killed_step < 2 * every - 1, "the next checkpoint came first: steps too fast for this test"
+    resumed_after = cli.wait_for(f"resumed from checkpoint at step {every}/{total}", timeout_s=400)
+    assert cli.wait(timeout_s=400) == 0, cli.output[-4000:]
+    finished_after = time.monotonic() - killed_at
+    manifest = _assert_manifest_files_present(s3, settled)
+    training = manifest["training"]
+    assert (training["resumedFromStep"], training["stepsThisAttempt"], training["steps"]) == (every, total - every, total)
+    assert [h["step"] for h in training["lossHistory"]] == list(range(1, total + 1))  # each step once, history kept
+    lost = killed_step - every
+    assert 2 <= lost < every
+    print(f"\nRay Train worker pid {victim.pid} SIGKILLed after step {killed_step} (last checkpoint: step {every}); "
+          f"the group restarted and resumed at step {every} {resumed_after:.1f}s later: {lost} steps lost "
+          f"(bound: {every - 1}); the run published {finished_after:.0f}s after the kill")
+
+
+@pytest.mark.timeout(900)
+def test_a_worker_killed_before_ray_train_registered_its_checkpoint_resumes_there(running: Any,
+                                                                                   tmp_path: Path) -> None:
+    """The window the test above stays out of: killed right after its checkpoint report,
+    before Ray Train's controller collected it. The controller is made to poll every
+    20 s (not 2 s) so that the kill always lands in the window; the restarted workers
+    find the checkpoint marked complete in storage and resume there, not from step 0."""
+    s3 = running
+    every, total = 6, 12
+    spec = _spec(s3, "worker-kill-early", training={"maxSteps": total, "checkpointEverySteps": every,
+                                                    "logEverySteps": 1})
+    settled = _settled(s3, spec)
+    cli = Cli(spec, tmp_path, s3, ANYTASKTUNE_MAX_FAILURES="1", RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="20")
+    cli.wait_for(f"checkpoint saved at step {every}", timeout_s=600)
+    victim = min(_ray_train_workers(cli.proc.pid), key=lambda p: p.pid)
+    registered = _registered_checkpoints(s3, settled.checkpoint_prefix())
+    killed_step = _last_step(cli.output)
+    victim.kill()
+    assert registered == 0  # Ray Train did not know of the step-12 checkpoint when the worker died
+    cli.wait_for(f"resumed from checkpoint at step {every}/{total} (complete in storage, not yet registered "
+                 "by Ray Train)", timeout_s=400)
+    assert cli.wait(timeout_s=400) == 0, cli.output[-4000:]
+    training = _assert_manifest_files_present(s3, settled)["training"]
+    assert (training["resumedFromStep"], training["steps"]) == (every, total)
+    assert [h["step"] for h in training["lossHistory"]] == list(range(1, total + 1))
+    print(f"\nkilled at step {killed_step}, before Ray Train registered the step-{every} checkpoint: resumed at "
+          f"{every}, {killed_step - every} steps lost (without the marker: {killed_step}, from step 0)")

@@ -244,7 +244,7 @@ def build_trainer(spec: TrainJobSpec, prepared: PreparedData, place: CheckpointP
             "spec": spec.to_json(), "data_ref": ray.put(prepared.payload), "pad_id": prepared.pad_id,
             "stop_ids": prepared.stop_ids, "run_prefix": spec.run_prefix(),
             "base_model_identity": spec.baseModel.identity(), "fault_after_step": fault_after_step,
-            "retry_budget_s": retry_budget_s,
+            "retry_budget_s": retry_budget_s, "checkpoints_uri": f"s3://{place.storage_path}/{place.name}/",
         },
         scaling_config=ScalingConfig(num_workers=scaling.numWorkers, use_gpu=scaling.useGpu,
                                      resources_per_worker=resources),

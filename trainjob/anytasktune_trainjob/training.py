@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from anytasktune_contract.trainspec import TrainJobSpec
 
 from . import encoding
+from .checkpoints import CheckpointFolder, dir_name
 from .zero import StepPlan, build_deepspeed_config, lr_factor, micro_batch, plan_steps
 
 if TYPE_CHECKING:
@@ -132,26 +133,35 @@ def load_checkpoint(engine: Any, folder: Path) -> TrainState:
     return state
 
 
-def restore(engine: Any, checkpoint: Any, ctx: WorkerContext, total_steps: int) -> TrainState:
-    """The state to start from: Ray Train's latest checkpoint (a retried worker, a
-    rerun of the same spec), restored into a private folder, or a fresh start."""
+def restore(engine: Any, registered: Any, ctx: WorkerContext, total_steps: int, checkpoints: CheckpointFolder,
+            filesystem: Any) -> TrainState:
+    """The state to start from: the newest checkpoint (a retried worker, a rerun of the
+    same spec) — Ray Train's, or a newer one it had not registered yet — restored into
+    a private folder; else a fresh start."""
+    checkpoint, ours = checkpoints.newest(registered, filesystem)
     if checkpoint is None:
         return TrainState()
     with restored_checkpoint(checkpoint) as folder:
         state = load_checkpoint(engine, folder)
-    ctx.log(f"resumed from checkpoint at step {state.step}/{total_steps}")
+    note = " (complete in storage, not yet registered by Ray Train)" if ours else ""
+    ctx.log(f"resumed from checkpoint at step {state.step}/{total_steps}{note}")
     return state
 
 
 def save_checkpoint(engine: Any, state: TrainState, metrics: dict[str, Any], ctx: WorkerContext,
-                    run_id: str) -> None:
-    """Write a checkpoint and hand it to Ray Train, which uploads it to the run's
-    storage path (every rank takes part: `ray.train.report` is a barrier)."""
+                    run_id: str, checkpoints: CheckpointFolder) -> None:
+    """Write a checkpoint and hand it to Ray Train, which uploads each rank's files to
+    the run's storage path; once every rank is past its upload, mark it complete."""
     import ray.train
+    import torch.distributed as dist
 
     with tempfile.TemporaryDirectory(prefix="anytasktune-ckpt-") as tmp:
         has_files = write_checkpoint(engine, Path(tmp), state, ctx.rank, run_id)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if has_files else None)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if has_files else None,
+                         checkpoint_dir_name=dir_name(state.step))
+    dist.barrier()
+    if ctx.rank == 0:
+        checkpoints.mark_complete(state.step)
     ctx.log(f"checkpoint saved at step {state.step}")
 
 
@@ -211,7 +221,7 @@ def progress_line(m: dict[str, Any]) -> str:
 
 
 def train(run: Engine, state: TrainState, data: dict[str, Any], spec: TrainJobSpec, ctx: WorkerContext, *,
-          pad_id: int, fault_after_step: int | None = None) -> TrainOutcome:
+          pad_id: int, checkpoints: CheckpointFolder, fault_after_step: int | None = None) -> TrainOutcome:
     """Optimizer steps from `state.step` to the plan's end, advancing `state`;
     checkpoints when due, a progress report every logEverySteps (a barrier, so not
     every step). `fault_after_step` (tests) fails once, after that step's checkpoint."""
@@ -235,7 +245,7 @@ def train(run: Engine, state: TrainState, data: dict[str, Any], spec: TrainJobSp
         if log_now:
             ctx.log(progress_line(metrics))
         if checkpoint_due(state.step, plan, training.checkpointEverySteps, gas):
-            save_checkpoint(run.engine, state, metrics, ctx, spec.run_id())
+            save_checkpoint(run.engine, state, metrics, ctx, spec.run_id(), checkpoints)
         elif log_now:
             ray.train.report(metrics)
         if fault_after_step is not None and state.step == int(fault_after_step) and state.start_step < state.step:

@@ -76,6 +76,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     import ray.train
 
     from .adapter import publish_adapter, save_adapter
+    from .checkpointfs import pyarrow_filesystem
+    from .checkpoints import CheckpointFolder
     from .evaluation import evaluate
     from .models import resolve_base_model
     from .summary import Clock, RunFacts, summarise
@@ -93,12 +95,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     run = build_engine(lora.model, spec, ctx.world, len(data["train_ids"]))
     facts = RunFacts(run.plan, run.ds_config, lora.trainable, lora.total, ctx.precision, ctx.world)
     clock.mark("ready")
-    state = restore(run.engine, ray.train.get_checkpoint(), ctx, run.plan.total_steps)
+    checkpoints = CheckpointFolder(config["checkpoints_uri"], storage)
+    filesystem = pyarrow_filesystem(storage.settings, float(config["retry_budget_s"]))
+    state = restore(run.engine, ray.train.get_checkpoint(), ctx, run.plan.total_steps, checkpoints, filesystem)
     ctx.log(f"training {spec.subtask}: {len(data['train_ids'])} records, {ctx.world} worker(s), "
             f"{run.plan.total_steps} steps (micro-batch {spec.training.microBatchSize} x accumulation "
             f"{spec.training.gradientAccumulationSteps}), ZeRO-{spec.deepspeed.zeroStage}, {ctx.precision}, "
             f"trainable {lora.trainable:,}/{lora.total:,} params")
-    outcome = train(run, state, data, spec, ctx, pad_id=int(config["pad_id"]),
+    outcome = train(run, state, data, spec, ctx, pad_id=int(config["pad_id"]), checkpoints=checkpoints,
                     fault_after_step=config.get("fault_after_step"))
     clock.mark("trained")
 

@@ -168,3 +168,35 @@ def test_no_credentials_at_all_is_a_spec_error_not_an_outage() -> None:
     with pytest.raises(InvalidSpecError, match="no S3 credentials found for bucket='bkt'"):
         store.get_bytes("s3://bkt/k")
     assert NoCredentials.calls == 1
+
+
+# --- checkpoints Ray Train has not registered yet -----------------------------------------
+class MarkerStore(FakeStore):
+    def put_json(self, uri: Any, obj: Any) -> None:
+        self.objects[uri if isinstance(uri, S3Uri) else S3Uri.parse(uri)] = len(str(obj))
+
+
+class Registered:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+def test_the_newest_complete_checkpoint_wins_over_an_older_registered_one() -> None:
+    from anytasktune_trainjob.checkpoints import COMPLETE, CheckpointFolder, dir_name, step_of
+
+    store = MarkerStore({"exp/checkpoint_step_0000012/ds/x.pt": 5, "exp/checkpoint_step_0000024/ds/x.pt": 5})
+    folder = CheckpointFolder("s3://bkt/exp/", store)  # type: ignore[arg-type]
+    fs = pyarrow_filesystem(SETTINGS, 5.0)
+    assert folder.complete_steps() == [] and folder.newest(None, fs) == (None, False)
+    folder.mark_complete(12)
+    assert S3Uri.parse(f"s3://bkt/exp/{dir_name(12)}/{COMPLETE}") in store.objects
+    registered = Registered(f"bkt/exp/{dir_name(12)}")
+    assert folder.newest(registered, fs) == (registered, False)  # Ray Train knows it: Ray's
+    checkpoint, ours = folder.newest(None, fs)  # the report died with its worker: ours
+    assert ours and checkpoint.path == f"bkt/exp/{dir_name(12)}" and checkpoint.filesystem == fs
+    folder.mark_complete(24)  # step 24 uploaded by every rank, Ray Train still at 12
+    assert folder.complete_steps() == [12, 24]
+    checkpoint, ours = folder.newest(registered, fs)
+    assert ours and step_of(checkpoint.path) == 24
+    # a checkpoint without our naming (an older run): Ray Train's, as before
+    assert folder.newest(Registered("bkt/exp/checkpoint_2026-11-25_10-00-00.000000"), fs)[1] is False
