@@ -96,7 +96,8 @@ def test_validate_local_still_applies_every_rule(tmp_path: Path) -> None:
     missing.write_text((ROOT / "examples/legal-demo/taskfinetune.yaml").read_text())
     proc = cli("validate", "--local", str(missing))
     assert proc.returncode == 1
-    assert f"{missing}:28: spec.subtasks[0].dataset.uri: no such file" in proc.stderr
+    line = next(i for i, text in enumerate(missing.read_text().splitlines(), 1) if "uri: data/keywords.jsonl" in text)
+    assert f"{missing}:{line}: spec.subtasks[0].dataset.uri: no such file" in proc.stderr
     assert proc.stderr.count("\n") == 3 and "s3://bucket/key" not in proc.stderr  # one problem per missing file
 
 
