@@ -17,14 +17,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-RULES_KEY = "x-anytasktune-rules"  # json_schema_extra key holding spec.CelRule objects
+RULES_KEY = "x-anytasktune-rules"  # json_schema_extra key holding anytasktune.rules.CelRule objects
 S3_URI_PATTERN = r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$"
 
 
 class Strict(BaseModel):
     """Unknown fields are errors, as with a structural CRD schema.
 
-    A subclass may attach CEL rules (see spec.cel_rules); their Python twins run
+    A subclass may attach CEL rules (see anytasktune.rules.cel_rules); their Python twins run
     here, so local validation rejects what the API server rejects."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)

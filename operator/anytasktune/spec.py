@@ -7,17 +7,32 @@ attached to the schema and each has a Python twin (`check`) so that local mode a
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
-from dataclasses import dataclass
 from enum import Enum
 from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, Field, create_model, model_validator
 
+from anytasktune.rules import (
+    ABSOLUTE_PATH,
+    CONFIG_KEY,
+    DNS_1035_LABEL,
+    DNS_LABEL,
+    DNS_SUBDOMAIN,
+    IMAGE,
+    LABEL_VALUE,
+    QUALIFIED_NAME,
+    QUANTITY,
+    RAY_VERSION,
+    REGION,
+    S3_RULE_CEL,
+    URL,
+    CelRule,
+    cel_regex,
+    cel_rules,
+    fullmatch,
+    is_s3,
+)
 from anytasktune_contract.trainspec import (
-    RULES_KEY,
-    S3_URI_PATTERN,
     BaseModelRef,
     DataContractConfig,
     DatasetRef,
@@ -41,69 +56,6 @@ SHORT_NAMES = ["tft"]
 MAX_RAYJOB_NAME = 47
 MAX_NAME_PLUS_SUBTASK = MAX_RAYJOB_NAME - 5
 MAX_SUBTASKS = 64
-DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-QUANTITY = r"^([0-9]+(\.[0-9]+)?)(m|Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
-# What reaches a pod field, a label or an environment variable is held to what Kubernetes
-# and KubeRay accept there, so that a bad value is refused at the door rather than by a
-# pod that never starts. Explicit ASCII classes only: the API server (RE2), pydantic (Rust
-# regex) and Python's re then agree character for character (\s does not).
-# "$" is never allowed where Kubernetes expands $(VAR) (env values).
-DNS_1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"  # KubeRay: RayJob names (ValidateRayJobMetadata)
-DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
-# A label key / toleration key: an optional DNS-subdomain prefix and "/", then a name of 1-63.
-QUALIFIED_NAME = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
-CONFIG_KEY = r"^[-._a-zA-Z0-9]+$"  # a Secret data key (secretKeyRef.key)
-PRINTABLE = "[!#%-~]"  # printable ASCII without space, '"' and '$'
-URL = r"^https?://[A-Za-z0-9.:_\[\]-]+(/" + PRINTABLE + r"*)?$"
-ABSOLUTE_PATH = r"^/" + PRINTABLE + r"*$"
-IMAGE = r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"
-REGION = r"^[A-Za-z0-9_.-]*$"
-RAY_VERSION = r"^[0-9]+(\.[0-9A-Za-z]+)+$"
-
-
-@dataclass(frozen=True)
-class CelRule:
-    """One x-kubernetes-validations entry and its Python twin.
-
-    `check(value)` returns True when the value is valid; `value` is the JSON-like
-    dict of the schema node the rule is attached to (after defaulting)."""
-
-    rule: str
-    message: str
-    check: Callable[[dict[str, Any]], bool]
-    field_path: str | None = None
-    transition: bool = False  # needs oldSelf: only the API server can check it
-
-    def as_schema(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"rule": self.rule, "message": self.message}
-        if self.field_path:
-            out["fieldPath"] = self.field_path
-        return out
-
-
-def _is_s3(uri: Any) -> bool:
-    # fullmatch: Python's "$" also matches before a final newline; CEL's (RE2) does not.
-    return isinstance(uri, str) and re.fullmatch(S3_URI_PATTERN, uri) is not None
-
-
-def _fullmatch(pattern: str, value: Any) -> bool:
-    return isinstance(value, str) and re.fullmatch(pattern, value) is not None
-
-
-S3_RULE_CEL = S3_URI_PATTERN.replace("\\", "\\\\")
-
-
-def _cel(pattern: str) -> str:
-    """A regular expression inside a single-quoted CEL string literal."""
-    return pattern.replace("\\", "\\\\")
-
-
-def cel_rules(*rules: CelRule) -> dict[str, Any]:
-    """json_schema_extra that attaches rules; crd.py emits them, validation runs them."""
-    return {RULES_KEY: list(rules)}
-
-
 # --- building blocks ---------------------------------------------------------
 
 
@@ -151,7 +103,7 @@ class DatasetSpec(DatasetRef):
             CelRule(
                 rule=f"self.uri.matches('{S3_RULE_CEL}')",
                 message="dataset.uri must be an s3://bucket/key URI",
-                check=lambda v: _is_s3(v.get("uri")),
+                check=lambda v: is_s3(v.get("uri")),
                 field_path=".uri",
             )
         )
@@ -206,14 +158,14 @@ class BaseModelSpec(BaseModelRef):
             CelRule(
                 rule=f"!has(self.uri) || self.uri.matches('{S3_RULE_CEL}')",
                 message="baseModel.uri must be an s3://bucket/prefix/ URI",
-                check=lambda v: v.get("uri") is None or _is_s3(v["uri"]),
+                check=lambda v: v.get("uri") is None or is_s3(v["uri"]),
                 field_path=".uri",
             ),
             CelRule(
                 rule=f"!has(self.cachePath) || self.cachePath.matches('{ABSOLUTE_PATH}')",
                 message="baseModel.cachePath must be an absolute path of printable ASCII without spaces, quotes or $ "
                 "(it becomes HF_HOME, and Kubernetes expands $(VAR) in environment values)",
-                check=lambda v: v.get("cachePath") is None or _fullmatch(ABSOLUTE_PATH, v["cachePath"]),
+                check=lambda v: v.get("cachePath") is None or fullmatch(ABSOLUTE_PATH, v["cachePath"]),
                 field_path=".cachePath",
             ),
         )
@@ -240,13 +192,13 @@ class StorageSpec(Strict):
             CelRule(
                 rule=f"self.output.matches('{S3_RULE_CEL}')",
                 message="storage.output must be an s3://bucket/prefix/ URI",
-                check=lambda v: _is_s3(v.get("output")),
+                check=lambda v: is_s3(v.get("output")),
                 field_path=".output",
             ),
             CelRule(
-                rule=f"!has(self.endpoint) || self.endpoint.matches('{_cel(URL)}')",
+                rule=f"!has(self.endpoint) || self.endpoint.matches('{cel_regex(URL)}')",
                 message="storage.endpoint must be an http:// or https:// URL (printable ASCII, no spaces, quotes or $)",
-                check=lambda v: v.get("endpoint") is None or _fullmatch(URL, v["endpoint"]),
+                check=lambda v: v.get("endpoint") is None or fullmatch(URL, v["endpoint"]),
                 field_path=".endpoint",
             ),
         )
@@ -313,10 +265,10 @@ class ClusterShape(Strict):
     model_config = {
         "json_schema_extra": cel_rules(
             CelRule(
-                rule=f"!has(self.nodeSelector) || self.nodeSelector.all(k, k.indexOf('/') <= 253 && k.matches('{_cel(QUALIFIED_NAME)}'))",
+                rule=f"!has(self.nodeSelector) || self.nodeSelector.all(k, k.indexOf('/') <= 253 && k.matches('{cel_regex(QUALIFIED_NAME)}'))",
                 message="cluster.nodeSelector keys must be label keys ([prefix/]name: a DNS subdomain and a name of 1-63 "
                 "letters, digits, '-', '_' or '.')",
-                check=lambda v: all(k.find("/") <= 253 and _fullmatch(QUALIFIED_NAME, k) for k in v.get("nodeSelector", {})),
+                check=lambda v: all(k.find("/") <= 253 and fullmatch(QUALIFIED_NAME, k) for k in v.get("nodeSelector", {})),
                 field_path=".nodeSelector",
             ),
         )
@@ -354,7 +306,7 @@ ROOT_RULES: tuple[CelRule, ...] = (
         rule=f"self.metadata.name.matches('{DNS_1035_LABEL}')",
         message="metadata.name must be a DNS-1035 label (lowercase letters, digits and '-', starting with a letter): "
         "it begins the names of the RayJobs, which KubeRay refuses otherwise",
-        check=lambda v: _fullmatch(DNS_1035_LABEL, v.get("metadata", {}).get("name", "")),
+        check=lambda v: fullmatch(DNS_1035_LABEL, v.get("metadata", {}).get("name", "")),
     ),
     CelRule(
         rule=f"self.spec.subtasks.all(s, size(self.metadata.name) + size(s.name) <= {MAX_NAME_PLUS_SUBTASK})",

@@ -4,7 +4,7 @@ In the API server's order: unknown fields are refused, null fields are dropped (
 of ours is nullable), the structural schema is checked (JSON types, duplicates in set
 lists: `structural_problems`, walking the CRD's own schema), then the values
 (bounds, patterns, enums: the same pydantic models the CRD is generated from) and the
-CEL rules through their Python twins (spec.CelRule.check). Rules that need the
+CEL rules through their Python twins (rules.CelRule.check). Rules that need the
 previous object (transition rules) can only be checked by the API server.
 tests/integration/test_spec_fuzz.py holds the two to the same answer on generated specs.
 """
@@ -20,7 +20,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from anytasktune.spec import GROUP, KIND, LABEL_VALUE, QUALIFIED_NAME, VERSION, TaskFineTune
+from anytasktune.rules import LABEL_VALUE, QUALIFIED_NAME
+from anytasktune.spec import GROUP, KIND, VERSION, TaskFineTune
 
 
 @dataclass(frozen=True)
