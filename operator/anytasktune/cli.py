@@ -133,6 +133,8 @@ def _status_rows(obj: dict[str, Any]) -> list[dict[str, Any]]:
             "lift": m.get("lift", {}),
             "intervals": {k: v.get("lift") for k, v in (m.get("intervals") or {}).items() if v.get("lift")},
             "verdict": m.get("verdict", ""),
+            "run": f"{(s.get('outcome') or '').lower()} {s.get('runId') or ''}".strip() or "-",
+            "registry": {True: "active", False: "not promoted"}.get(s.get("promoted"), "-"),
             "adapter": s.get("adapter") or "",
             "message": s.get("message", ""),
         })
@@ -180,7 +182,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     table = [{**r, "base": _fmt_scores(r["base"]), "adapter_score": _fmt_scores(r["adapter_score"]),
               "lift": _fmt_scores(r["lift"], True, r["intervals"]), "verdict": r["verdict"] or "-"} for r in rows]
-    print_table(table, ["taskfinetune", "subtask", "phase", "attempts", "base", "adapter_score", "lift", "verdict", "adapter"])
+    print_table(table, ["taskfinetune", "subtask", "phase", "attempts", "run", "base", "adapter_score", "lift", "verdict",
+                        "registry", "adapter"])
     return 0
 
 

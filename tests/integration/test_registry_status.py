@@ -7,6 +7,8 @@ Complete. The operator reads the record into the status and posts the Events."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -75,7 +77,7 @@ def reasons(k: Kubectl, ns: str) -> list[str]:
 
 
 def test_outcomes_promotion_and_retraining_only_what_changed(k: Kubectl, operator: OperatorProcess, s3: Any,
-                                                             store: ObjectStore, tmp_path: Path) -> None:
+                                                             store: ObjectStore, kube_env: dict[str, str]) -> None:
     ns = k.namespace("registry")
     client = s3.client()
     client.put_object(Bucket="models", Key="base/config.json", Body=b"{}")
@@ -104,6 +106,12 @@ def test_outcomes_promotion_and_retraining_only_what_changed(k: Kubectl, operato
     assert "95% CI +0.020..+0.500), lower bound not above minLift 0.1; active: none" in risk["message"]
     events = wait_for("promotion events", lambda: (r := reasons(k, ns)) and {"Promoted", "NotPromoted"} <= set(r) and r)
     assert events.count("Promoted") == 1 and events.count("NotPromoted") == 1
+    table = subprocess.run([sys.executable, "-m", "anytasktune.cli", "status", "-n", ns], env=kube_env,
+                           capture_output=True, text=True, timeout=60).stdout.splitlines()
+    assert table[0].split()[:5] == ["TASKFINETUNE", "SUBTASK", "PHASE", "ATTEMPTS", "RUN"]
+    rows = {line.split()[1]: line for line in table[1:]}
+    assert f"trained {kw['runId']}" in rows["kw"] and "active" in rows["kw"]
+    assert "not promoted" in rows["risk"] and "accuracy" not in rows["risk"] and "[+0.02,+0.50]" in rows["risk"]
     registry = publish_registry(store)
     assert registry["subtasks"]["kw"]["active"]["runId"] == kw["runId"]
     assert registry["subtasks"]["risk"].get("active") is None and len(registry["subtasks"]["risk"]["runs"]) == 1
