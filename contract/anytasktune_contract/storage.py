@@ -36,6 +36,7 @@ T = TypeVar("T")
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt", ".h5", ".msgpack", ".onnx")
 _NOT_FOUND = {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}
+_CONFLICT = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}  # a conditional write lost
 _DENIED = {"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"}
 
 
@@ -203,6 +204,32 @@ class ObjectStore:
 
     def exists(self, uri: str | S3Uri) -> bool:
         return self.stat(uri) is not None
+
+    def read(self, uri: str | S3Uri) -> tuple[bytes, str] | None:
+        """(bytes, ETag) of an object, or None when there is none."""
+        try:
+            return self.get_bytes(uri)
+        except InvalidSpecError as exc:
+            if "not found" in exc.message:
+                return None
+            raise
+
+    def put_if(self, uri: str | S3Uri, data: bytes, etag: str | None, content_type: str = "application/json") -> bool:
+        """Compare-and-swap: write only if the object is still at `etag` (absent when
+        None). False when another writer got there first; outages are retried as usual."""
+        u = uri if isinstance(uri, S3Uri) else S3Uri.parse(uri)
+        condition = {"IfMatch": f'"{etag}"'} if etag else {"IfNoneMatch": "*"}
+
+        def put() -> bool:
+            try:
+                self.client.put_object(Bucket=u.bucket, Key=u.key, Body=data, ContentType=content_type, **condition)
+            except Exception as exc:  # noqa: BLE001 - a lost race is an answer, anything else goes to _retry
+                if _error_code(exc) in _CONFLICT:
+                    return False
+                raise
+            return True
+
+        return self._retry("conditional upload", u, put)
 
     def delete(self, uri: str | S3Uri) -> None:
         """Delete one object (no error when it is already gone)."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from anytasktune_contract.failures import InvalidSpecError
-from anytasktune_contract.storage import ObjectStore, S3Uri
+from anytasktune_contract.storage import ObjectStore
 from anytasktune_contract.trainspec import NOT_IN_RUN_ID, TrainJobSpec
 
 from . import registry
@@ -45,14 +45,9 @@ class Kept:
 
 
 def read_json(storage: ObjectStore, uri: str) -> dict[str, Any] | None:
-    u = S3Uri.parse(uri)
-    try:
-        body = storage.client.get_object(Bucket=u.bucket, Key=u.key)["Body"].read()
-    except Exception as err:  # noqa: BLE001 - only "not there" means None
-        if registry.error_code(err) in ("NoSuchKey", "404", "NotFound"):
-            return None
-        raise
-    value = json.loads(body)
+    """A JSON document, or None when there is none (outages retried by the store)."""
+    found = storage.read(uri)
+    value = json.loads(found[0]) if found is not None else None
     return value if isinstance(value, dict) else None
 
 

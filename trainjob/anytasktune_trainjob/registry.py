@@ -21,12 +21,11 @@ from datetime import datetime, timezone
 from typing import Any
 
 from anytasktune_contract.failures import StorageUnavailableError
-from anytasktune_contract.storage import ObjectStore, S3Uri
+from anytasktune_contract.storage import ObjectStore
 
 KIND = "AdapterRegistry"
 API_VERSION = "anytasktune.io/v1alpha1"
 RUNS_KEPT = 20  # per sub-task, newest first (the active run is always kept)
-CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
 ATTEMPTS = 25
 
 Entry = dict[str, Any]
@@ -37,36 +36,18 @@ def now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def error_code(err: Exception) -> str:
-    response = getattr(err, "response", None) or {}
-    code = str(response.get("Error", {}).get("Code", ""))
-    return code or str(response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
-
-
 def read(storage: ObjectStore, uri: str) -> tuple[dict[str, Any] | None, str | None]:
     """(document, ETag), or (None, None) when there is no registry yet."""
-    u = S3Uri.parse(uri)
-    try:
-        resp = storage.client.get_object(Bucket=u.bucket, Key=u.key)
-    except Exception as err:  # noqa: BLE001 - a missing document is the empty registry
-        if error_code(err) in ("NoSuchKey", "404", "NotFound"):
-            return None, None
-        raise
-    return json.loads(resp["Body"].read()), str(resp["ETag"])
+    found = storage.read(uri)
+    if found is None:
+        return None, None
+    return json.loads(found[0]), found[1]
 
 
 def _write(storage: ObjectStore, uri: str, doc: dict[str, Any], etag: str | None) -> bool:
     """Write `doc` if the registry is still at `etag` (absent when None); False on a lost race."""
-    u = S3Uri.parse(uri)
     body = json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False).encode()
-    condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
-    try:
-        storage.client.put_object(Bucket=u.bucket, Key=u.key, Body=body, ContentType="application/json", **condition)
-    except Exception as err:  # noqa: BLE001 - a lost race is expected; anything else is not
-        if error_code(err) in CONFLICT_CODES:
-            return False
-        raise
-    return True
+    return storage.put_if(uri, body, etag)
 
 
 def empty(task_fine_tune: str, namespace: str, domain: str) -> dict[str, Any]:

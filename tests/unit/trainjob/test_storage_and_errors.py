@@ -174,3 +174,36 @@ def test_cli_prints_failure_line_last_and_exits_with_class_code(
     assert exits == [3]
     assert out[-1] == (f"{FAILURE_MARKER} class=DataContract: data contract violated for "
                        "s3://bucket/data/x.jsonl: [records] x.jsonl:3: bad")
+
+
+class CasClient(FakeClient):
+    """put_object with S3's conditional-write answers."""
+
+    def __init__(self, *errors: BaseException) -> None:
+        super().__init__(*errors)
+        self.puts: list[dict[str, Any]] = []
+
+    def put_object(self, **kw: Any) -> dict:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        self.puts.append(kw)
+        return {"ETag": '"new"'}
+
+
+def test_a_conditional_write_is_retried_through_a_transient_error_and_a_lost_race_is_an_answer() -> None:
+    """The adapter registry is updated by compare-and-swap: a 500 from a restarting server
+    is retried like any other S3 call; a 412 means another writer won (not an outage)."""
+    client = CasClient(_client_error("InternalError", 500))
+    assert _storage(client).put_if("s3://bkt/index.json", b"{}", etag="abc") is True
+    assert client.puts[0]["IfMatch"] == '"abc"' and client.calls == 2
+    lost = CasClient(_client_error("PreconditionFailed", 412))
+    assert _storage(lost).put_if("s3://bkt/index.json", b"{}", etag=None) is False and lost.calls == 1
+    fresh = CasClient()
+    assert _storage(fresh).put_if("s3://bkt/index.json", b"{}", etag=None) and fresh.puts[0]["IfNoneMatch"] == "*"
+
+
+def test_read_says_none_for_a_missing_object_and_retries_a_transient_error() -> None:
+    assert _storage(FakeClient(_client_error("NoSuchKey", 404))).read("s3://bkt/index.json") is None
+    flaky = FakeClient(_client_error("InternalError", 500))
+    assert _storage(flaky).read("s3://bkt/index.json") == (b"ok", "abc") and flaky.calls == 2
