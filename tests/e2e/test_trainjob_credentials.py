@@ -41,7 +41,7 @@ pytestmark = pytest.mark.timeout(300)
 BUCKET = "anytasktune-sts"
 ROLE_ARN = "arn:aws:iam::role/AnyTaskTuneTrainJob"
 AUDIENCE = "sts.anytasktune.test"
-CREDENTIAL_LIFE_S = 15
+CREDENTIAL_LIFE_S = 5
 
 
 def _b64(data: bytes) -> str:
@@ -196,17 +196,52 @@ def test_a_run_longer_than_its_credentials_publishes(pod_identity_env: dict[str,
                      evaluation={"maxSamples": 4}, scaling={"numWorkers": 1, "cpusPerWorker": 1})
     (tmp_path / "spec.json").write_text(spec.to_json())
 
-    started = time.time()
-    proc = subprocess.run([sys.executable, "-m", "anytasktune_trainjob", "--spec", str(tmp_path / "spec.json")],
-                          capture_output=True, text=True, env=pod_identity_env, timeout=280)
-    elapsed = time.time() - started
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = tmp_path / "trainjob.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "anytasktune_trainjob", "--spec", str(tmp_path / "spec.json")],
+                                stdout=sink, stderr=subprocess.STDOUT, env=pod_identity_env)
+        try:
+            resumed = _pause_past_a_session_after_first_checkpoint(proc, admin, log)
+            proc.wait(timeout=240)
+        finally:
+            proc.kill()
+    assert proc.returncode == 0, log.read_text()[-6000:]
     bucket_listing = admin.list_objects_v2(Bucket=BUCKET, Prefix="runs/pod-identity/")["Contents"]
-    states = sorted(o["LastModified"].timestamp() for o in bucket_listing if o["Key"].endswith("trainer_state.json"))
-    assert states and states[-1] - started > 2 * CREDENTIAL_LIFE_S  # the last checkpoint went up 2+ lives later
-    assert elapsed > 3 * CREDENTIAL_LIFE_S
+    written_after = [o["Key"] for o in bucket_listing if o["LastModified"].timestamp() >= int(resumed)]
+    # Checkpoints, the adapter and the manifest went up with a session taken after the pause.
+    assert any(k.endswith("trainer_state.json") for k in written_after), written_after
+    assert any(k.endswith("/manifest.json") for k in written_after), written_after
     run_manifests = [o["Key"] for o in bucket_listing if "/runs/" in o["Key"] and o["Key"].endswith("/manifest.json")]
     assert len(run_manifests) == 1, run_manifests
     manifest = json.loads(admin.get_object(Bucket=BUCKET, Key=run_manifests[0])["Body"].read())
     assert manifest["training"]["steps"] == 12
     assert set(manifest["artifacts"]["adapter"]) <= set(manifest["artifacts"]["files"])
+
+
+def _pause_past_a_session_after_first_checkpoint(proc: subprocess.Popen[bytes], admin: Any, log: Path) -> float:
+    """Freeze the trainjob and its Ray processes (SIGSTOP) once the first checkpoint is
+    in the bucket, for longer than a session lives, then let it go on: every upload
+    after that must take a new session. Deterministic, unlike a run that merely takes
+    long (a fast machine finished one inside two lifetimes). Returns the resume time."""
+    import signal
+
+    import psutil
+
+    deadline = time.time() + 240
+    while not _checkpoints_in(admin):
+        assert proc.poll() is None, log.read_text()[-6000:]
+        assert time.time() < deadline, "no checkpoint within 240 s"
+        time.sleep(0.1)
+    tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    for process in tree:
+        process.send_signal(signal.SIGSTOP)
+    time.sleep(CREDENTIAL_LIFE_S + 2)
+    resumed = time.time()
+    for process in reversed(tree):
+        process.send_signal(signal.SIGCONT)
+    return resumed
+
+
+def _checkpoints_in(admin: Any) -> bool:
+    listing = admin.list_objects_v2(Bucket=BUCKET, Prefix="runs/pod-identity/").get("Contents", [])
+    return any(o["Key"].endswith("trainer_state.json") for o in listing)
