@@ -132,7 +132,11 @@ def drive(pool: ThreadPoolExecutor, fn: Callable[[str], None], names: list[str])
     return written
 
 
-def run_variant(cp: ControlPlane, label: str, pythonpath: str | None, n: int, workdir: Path) -> dict[str, Any]:
+def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path) -> dict[str, Any]:
+    # Each variant with its own CRD: the API server's defaults must be the ones its models know.
+    cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(tree / "manifests" / "crd"))
+    time.sleep(2)
+    pythonpath = f"{tree}/operator:{tree}/contract:{tree}/trainjob" if tree != ROOT else None
     custom, core = kube_clients(cp.kubeconfig)
     namespace = f"bench-{label}-{n}-{int(time.time()) % 100000}"
     core.create_namespace({"metadata": {"name": namespace}})
@@ -204,22 +208,20 @@ def main() -> None:
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    variants: list[tuple[str, str | None]] = [("this-tree", None)]
+    variants: list[tuple[str, Path]] = [("this-tree", ROOT)]
     tree = None
     if args.baseline:
         tree = baseline_tree(args.baseline)
-        variants.insert(0, (f"baseline-{args.baseline}", f"{tree}/operator:{tree}/trainjob"))
+        variants.insert(0, (f"baseline-{args.baseline}", tree))
     rows: list[dict[str, Any]] = []
     workdir = Path(tempfile.mkdtemp(prefix="anytasktune-bench-"))
     try:
         with ControlPlane(audit_policy=AUDIT_POLICY) as cp:
             cp.install_kuberay_crds()
-            cp.kubectl("apply", "--server-side", "-f", str(ROOT / "manifests" / "crd"))
-            time.sleep(2)
             for _ in range(args.rounds):
                 for n in sizes:
-                    for label, pythonpath in variants:  # interleaved: same N, both variants, back to back
-                        row = run_variant(cp, label, pythonpath, n, workdir)
+                    for label, variant_tree in variants:  # interleaved: same N, both variants, back to back
+                        row = run_variant(cp, label, variant_tree, n, workdir)
                         rows.append(row)
                         print(json.dumps(row), flush=True)
     finally:
