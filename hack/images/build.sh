@@ -12,6 +12,7 @@
 #   trainjob          docker/trainjob.Dockerfile on ray-base, offline
 #   kuberay-operator  the static KubeRay operator binary on scratch (hack/build-controlplane.sh cluster)
 #   pause             the static pod sandbox binary on scratch (hack/pause)
+#   kueue             the static Kueue controller manager on scratch (hack/build-kueue.sh)
 #
 # Every image is cached as $ANYTASKTUNE_CACHE/images/<image>-<key>.oci.tar, where <key>
 # hashes its inputs (Dockerfile, lock, source tree, build arguments, the parent's key),
@@ -222,6 +223,8 @@ static_build() {
 }
 key_kuberay_operator() { static_key kuberay-operator kuberay-operator /manager 65532:65532; }
 build_kuberay_operator() { static_build kuberay-operator kuberay-operator /manager 65532:65532; }
+key_kueue() { static_key kueue kueue /manager 65532:65532; }
+build_kueue() { static_build kueue kueue /manager 65532:65532; }
 key_pause() { static_key pause pause /pause 65535:65535; }
 build_pause() { static_build pause pause /pause 65535:65535; }
 
@@ -245,6 +248,9 @@ make_image() {
 case " ${images[*]} " in *" kuberay-operator "*|*" pause "*)
   [[ -x "$cache/bin/kuberay-operator" && -x "$cache/bin/pause" ]] \
     || bash "$root/hack/build-controlplane.sh" cluster ;;
+esac
+case " ${images[*]} " in *" kueue "*)
+  bash "$root/hack/build-kueue.sh" ;;  # its own stamp: returns at once when up to date
 esac
 
 t_all=$(date +%s)
