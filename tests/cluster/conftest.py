@@ -13,6 +13,7 @@ and written to $ANYTASKTUNE_CACHE/cluster-tier-figures.json.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -43,6 +44,7 @@ from tests.cluster.harness import (
 )
 
 OPERATOR_NAMESPACE = "anytasktune-system"
+CLUSTER_LOCK = "/tmp/anytasktune-cluster.lock"
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}
 
 
@@ -64,6 +66,9 @@ def cluster() -> Iterator[Cluster]:
     # SIGTERM (a CI timeout, `kill`) ends the session through the fixtures' teardown, so the
     # S3 server, the helm release and a cluster started here do not outlive it.
     previous = signal.signal(signal.SIGTERM, _interrupt)
+    # One user of the host's cluster at a time (two sessions, or a session and `make cluster-down`).
+    lock = open(CLUSTER_LOCK, "w")  # noqa: SIM115 - held for the whole session
+    fcntl.flock(lock, fcntl.LOCK_EX)
     was_up = cluster_is_up()
     seconds = make("hack/cluster/up.sh")
     c = Cluster(kube=Kube(), started_here=not was_up, start_seconds=seconds)
@@ -74,6 +79,7 @@ def cluster() -> Iterator[Cluster]:
     print(f"\ncluster tier figures ({out}):\n{json.dumps(c.figures, indent=2)}")
     if c.started_here and os.environ.get("ANYTASKTUNE_KEEP_CLUSTER") != "1":
         make("hack/cluster/down.sh")
+    lock.close()
     signal.signal(signal.SIGTERM, previous)
 
 

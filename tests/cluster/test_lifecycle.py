@@ -1,0 +1,138 @@
+"""A TaskFineTune's life on the real cluster beyond the happy path: a broken dataset, deletion,
+suspend and resume with the operator restarted in between, a Ray pod deleted mid-training.
+
+Everything is real (API server, kubelet, containerd, KubeRay v1.4.2, Ray, the operator installed
+with helm, a Pod Security "restricted" namespace); nothing here writes a RayJob status.
+Figures (steps lost, seconds) go into the tier's figures file next to test_pool's.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import pytest
+
+from tests.cluster.conftest import OPERATOR_NAMESPACE, Cluster
+from tests.cluster.harness import TrainingData, taskfinetune, wait_for
+from tests.cluster.test_pool import FINISHED, STEP, training_logs
+
+pytestmark = pytest.mark.timeout(1800)
+RESUMED = re.compile(r"resumed from checkpoint at step (\d+)/(\d+)")
+
+
+def status_of(cluster: Cluster, name: str, namespace: str) -> dict[str, Any]:
+    return dict(cluster.kube.get("taskfinetune", name, namespace).get("status") or {})
+
+
+def items(cluster: Cluster, kind: str, namespace: str, *selector: str) -> list[str]:
+    """Names of the objects of a kind in the namespace (with a label selector if given)."""
+    args = ["-l", ",".join(selector)] if selector else []
+    return cluster.kube.run("get", kind, "-n", namespace, *args, "-o", "name", check=False).split()
+
+
+def last_step(cluster: Cluster, namespace: str) -> int:
+    return max((int(m.group(1)) for m in STEP.finditer(training_logs(cluster, namespace))), default=0)
+
+
+def wait_finished(cluster: Cluster, name: str, namespace: str, timeout: float = 1200) -> dict[str, Any]:
+    def finished() -> dict[str, Any] | None:
+        s = status_of(cluster, name, namespace)
+        return s if s.get("phase") in FINISHED else None
+
+    return wait_for(f"{name} to finish", finished, timeout=timeout, interval=3)
+
+
+def test_a_broken_dataset_fails_alone_and_deletion_removes_everything(
+    cluster: Cluster, operator: str, namespace: str, images: dict[str, str], s3: Any, training_data: TrainingData,
+) -> None:
+    kube = cluster.kube
+    tft = taskfinetune("mixed", namespace, data=training_data, endpoint=s3.endpoint,
+                       subtasks={"sentiment": "sentiment", "broken": "broken"}, image=images["TRAINJOB_IMAGE"])
+    kube.apply(tft)
+    final = wait_finished(cluster, "mixed", namespace)
+    by_name = {s["name"]: s for s in final["subtasks"]}
+    broken, good = by_name["broken"], by_name["sentiment"]
+    assert good["phase"] == "Succeeded", good  # the other sub-task is not stopped
+    assert broken["phase"] == "Failed", broken
+    assert broken["failureClass"] == "DataContract", broken
+    assert broken["attempts"] == 1, broken  # bad data is not retried
+    # the file and the line (the 41st: 40 good records, then a cut one)
+    assert "broken.jsonl" in broken["message"] and re.search(r"line 41\b|:41\b", broken["message"]), broken["message"]
+    rayjobs = items(cluster, "rayjobs", namespace)
+    assert len(rayjobs) == 2, rayjobs  # one attempt each, nothing relaunched
+
+    t0 = time.monotonic()
+    kube.run("delete", "taskfinetune", "mixed", "-n", namespace, "--wait=true", timeout=300)
+
+    def leftovers() -> dict[str, list[str]]:
+        return {kind: names for kind in ("rayjobs", "rayclusters", "pods", "jobs", "services")
+                if (names := items(cluster, kind, namespace))} | (
+            {"configmaps": cms} if (cms := items(cluster, "configmaps", namespace, "app.kubernetes.io/managed-by")) else {})
+
+    wait_for("the TaskFineTune's children to be gone", lambda: not leftovers() or None, timeout=300, interval=2)
+    cluster.figures["delete_to_nothing_left_s"] = round(time.monotonic() - t0, 1)
+
+
+def test_suspend_resume_with_the_operator_restarted_between(
+    cluster: Cluster, operator: str, namespace: str, images: dict[str, str], s3: Any, training_data: TrainingData,
+) -> None:
+    kube = cluster.kube
+    tft = taskfinetune("pausing", namespace, data=training_data, endpoint=s3.endpoint, subtasks={"sentiment": "sentiment"},
+                       image=images["TRAINJOB_IMAGE"], max_steps=40)
+    kube.apply(tft)
+    # Suspend once a checkpoint (every 4 steps) is surely in S3.
+    wait_for("step 6 in the driver log", lambda: last_step(cluster, namespace) >= 6 or None, timeout=900, interval=2)
+    kube.run("patch", "taskfinetune", "pausing", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":true}}')
+    t_suspend = time.monotonic()
+    reached = last_step(cluster, namespace)
+    wait_for("the pool Suspended, its Ray cluster and pods gone",
+             lambda: status_of(cluster, "pausing", namespace).get("phase") == "Suspended"
+             and not items(cluster, "rayclusters", namespace) and not items(cluster, "pods", namespace) or None,
+             timeout=300, interval=2)
+    cluster.figures["suspend_to_released_s"] = round(time.monotonic() - t_suspend, 1)
+    reached = max(reached, last_step(cluster, namespace))
+    rayjobs_before = items(cluster, "rayjobs", namespace)
+
+    # The operator's pod is deleted while the pool is suspended; its Deployment starts another.
+    kube.run("delete", "pod", "-n", OPERATOR_NAMESPACE, "-l", "app.kubernetes.io/component=operator", "--wait=true")
+    kube.run("rollout", "status", "deploy/anytasktune", "-n", OPERATOR_NAMESPACE, "--timeout=180s", timeout=200)
+    kube.run("patch", "taskfinetune", "pausing", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":false}}')
+
+    final = wait_finished(cluster, "pausing", namespace)
+    assert final["phase"] == "Succeeded", final
+    sub = final["subtasks"][0]
+    assert sub["attempts"] == 1, sub  # resumed, not relaunched
+    assert items(cluster, "rayjobs", namespace) == rayjobs_before  # no duplicate RayJob
+    resumed = [int(m.group(1)) for m in RESUMED.finditer(training_logs(cluster, namespace))]
+    assert resumed, "the resumed run did not start from its S3 checkpoint"
+    assert resumed[-1] >= 4, resumed
+    cluster.figures["suspend_steps_lost"] = max(0, reached - resumed[-1])
+    cluster.figures["suspend_resumed_at_step"] = resumed[-1]
+
+
+@pytest.mark.parametrize("role", ["worker"])
+def test_a_ray_pod_deleted_mid_training(
+    role: str, cluster: Cluster, operator: str, namespace: str, images: dict[str, str], s3: Any,
+    training_data: TrainingData,
+) -> None:
+    """KubeRay v1.4.2 and Ray Train recover a deleted worker inside the attempt (recorded in
+    tests/fixtures/kuberay/worker_deleted.json): Ray Train restarts the worker group on the new
+    pod from the last checkpoint. The attempt succeeds; what is lost is the steps since it."""
+    kube = cluster.kube
+    tft = taskfinetune("podloss", namespace, data=training_data, endpoint=s3.endpoint, subtasks={"sentiment": "sentiment"},
+                       image=images["TRAINJOB_IMAGE"], max_steps=40)
+    kube.apply(tft)
+    wait_for("step 6 in the driver log", lambda: last_step(cluster, namespace) >= 6 or None, timeout=900, interval=2)
+    pods = items(cluster, "pods", namespace, f"ray.io/node-type={role}")
+    assert pods, f"no {role} pod"
+    reached = last_step(cluster, namespace)
+    kube.run("delete", "-n", namespace, "--wait=false", *pods)
+    final = wait_finished(cluster, "podloss", namespace)
+    assert final["phase"] == "Succeeded", final
+    sub = final["subtasks"][0]
+    resumed = [int(m.group(1)) for m in RESUMED.finditer(training_logs(cluster, namespace))]
+    assert resumed, "the restarted worker did not resume from a checkpoint"
+    cluster.figures[f"{role}_deleted"] = {"attempts": sub["attempts"], "step_reached": reached,
+                                          "resumed_at": resumed[-1], "steps_lost": max(0, reached - resumed[-1])}
