@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# kueue.sh up|down: Kueue (sigs.k8s.io/kueue, pinned in hack/kueue/go.mod) in the running
+# single-node cluster, for tests/cluster/test_kueue.py. Not part of `make cluster`: the
+# other tests run without it. Facts and traps: hack/README.md ("Kueue").
+#
+#   up    builds the controller manager (hack/build-kueue.sh) and its FROM-scratch image
+#         (hack/images/build.sh kueue), imports it, and applies the module's own kustomize
+#         base (config/default: CRDs, RBAC, webhooks, the Deployment) with our image and
+#         our Configuration: only the RayJob integration (ray.io/rayjob), no
+#         waitForPodsReady, internal cert management. Waits until the webhooks answer.
+#         Idempotent.
+#   down  deletes all of it again (CRDs included, so every Kueue object goes too).
+#
+# Changes to upstream's config/default, each for a reason of this cluster:
+#   - the visibility APIServices are left out (and VisibilityOnDemand is off): our API
+#     server has no front-proxy (aggregation layer) certificates, so they would stay
+#     unavailable and break discovery for every client (the namespace controller included);
+#   - only Kueue's own webhooks and the RayJob ones are kept, and the RayJob ones only see
+#     RayJobs labelled kueue.x-k8s.io/queue-name: upstream's Job, Pod, Deployment,
+#     RayCluster... webhooks are failurePolicy Fail, so while Kueue's pod is not serving,
+#     every such create in the cluster (KubeRay's submitter Jobs, Ray pods of the other
+#     tests) would be refused;
+#   - its pod requests 100m CPU / 256Mi instead of 500m / 512Mi (the node has 2 cores and
+#     the test's Ray pods need theirs); limits as upstream.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=lib.sh
+source "$here/lib.sh"
+need_root
+action="${1:-up}"
+KUEUE_NAMESPACE="kueue-system"
+kq="$STATE/kueue"
+rendered="$kq/rendered.yaml"
+
+# poll <what> <seconds> <command...>: until the command succeeds; on timeout, what Kueue's
+# pod says.
+poll() {
+  local what=$1 timeout=$2 deadline
+  shift 2
+  deadline=$(( $(date +%s) + timeout ))
+  until "$@" >/dev/null 2>&1; do
+    if (( $(date +%s) > deadline )); then
+      kubectl_ -n "$KUEUE_NAMESPACE" get pods -o wide >&2 || true
+      kubectl_ -n "$KUEUE_NAMESPACE" logs deploy/kueue-controller-manager --tail=30 >&2 || true
+      cat "$kq/probe.err" >&2 2>/dev/null || true
+      die "timed out after ${timeout}s waiting for $what"
+    fi
+    sleep 0.5
+  done
+}
+
+render() {
+  local src
+  src="$(cd "$repo/hack/kueue" && GOFLAGS=-mod=mod go list -m -f '{{.Dir}}' sigs.k8s.io/kueue)"
+  rm -rf "$kq"; mkdir -p "$kq/overlay"
+  cp -r "$src/config" "$kq/config"; chmod -R u+w "$kq/config"
+  cat >"$kq/overlay/controller_manager_config.yaml" <<'EOF'
+apiVersion: config.kueue.x-k8s.io/v1beta2
+kind: Configuration
+health:
+  healthProbeBindAddress: :8081
+metrics:
+  bindAddress: :8443
+webhook:
+  port: 9443
+# One replica: no leader election (a restarted pod serves at once).
+leaderElection:
+  leaderElect: false
+# waitForPodsReady: absent, i.e. off.
+internalCertManagement:
+  enable: true
+  webhookServiceName: kueue-webhook-service
+  webhookSecretName: kueue-webhook-server-cert
+integrations:
+  frameworks:
+  - "ray.io/rayjob"
+featureGates:
+  VisibilityOnDemand: false
+EOF
+  cat >"$kq/overlay/kustomization.yaml" <<EOF
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+- ../config/default
+images:
+- name: us-central1-docker.pkg.dev/k8s-staging-images/kueue/kueue
+  newName: ${KUEUE_IMAGE%:*}
+  newTag: ${KUEUE_IMAGE##*:}
+configMapGenerator:
+- name: kueue-manager-config
+  namespace: $KUEUE_NAMESPACE
+  behavior: replace
+  files:
+  - controller_manager_config.yaml
+generatorOptions:
+  disableNameSuffixHash: true
+patches:
+- target: {kind: Deployment, name: kueue-controller-manager}
+  patch: |-
+    - {op: replace, path: /spec/template/spec/containers/0/imagePullPolicy, value: Never}
+    - {op: replace, path: /spec/template/spec/containers/0/resources/requests, value: {cpu: 100m, memory: 256Mi}}
+- target: {kind: APIService}
+  patch: |-
+    \$patch: delete
+    apiVersion: apiregistration.k8s.io/v1
+    kind: APIService
+    metadata: {name: unused}
+EOF
+  kubectl_ kustomize "$kq/overlay" | python3 "$here/kueue_webhooks.py" >"$rendered"
+}
+
+case "$action" in
+up)
+  bash "$repo/hack/images/build.sh" --import kueue
+  # shellcheck disable=SC1091
+  source "$cache/images/refs.env"
+  t0=$(date +%s)
+  render
+  kubectl_ apply --server-side --force-conflicts -f "$rendered" >/dev/null
+  deployment_available() {
+    [[ "$(kubectl_ -n "$KUEUE_NAMESPACE" get deploy kueue-controller-manager -o jsonpath='{.status.availableReplicas}')" == 1 ]]
+  }
+  poll "the Kueue controller manager Deployment" 180 deployment_available
+  # A dry-run create goes through Kueue's mutating and validating webhooks (the API server
+  # -> the Service's ClusterIP -> kube-proxy's DNAT -> the pod on the bridge, over TLS with
+  # the CA Kueue injected): proof that admission works, not just that the pod runs.
+  webhook_answers() {
+    kubectl_ create --dry-run=server -o name -f - >/dev/null 2>"$kq/probe.err" <<'EOF'
+apiVersion: kueue.x-k8s.io/v1beta2
+kind: ResourceFlavor
+metadata: {name: anytasktune-webhook-probe}
+EOF
+  }
+  poll "Kueue's webhooks" 120 webhook_answers
+  log "Kueue up in $(( $(date +%s) - t0 ))s after the image ($KUEUE_IMAGE)"
+  ;;
+down)
+  if [[ -f "$rendered" ]]; then
+    kubectl_ delete --ignore-not-found --wait=true --timeout=120s -f "$rendered" >/dev/null
+  else
+    log "nothing rendered in $kq: nothing to delete"
+  fi
+  log "Kueue removed"
+  ;;
+*) die "usage: $0 up|down" ;;
+esac
