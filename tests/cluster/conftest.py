@@ -44,7 +44,7 @@ from tests.cluster.harness import (
 )
 
 OPERATOR_NAMESPACE = "anytasktune-system"
-CLUSTER_LOCK = "/tmp/anytasktune-cluster.lock"
+CLUSTER_LOCK = "/run/anytasktune-cluster-tier.lock"  # not one a cluster daemon could inherit (flock(1) passes its fd on)
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}
 
 
