@@ -4,15 +4,16 @@ as the operator sees them: the planner speaks the real controller's language."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 
 from anytasktune.attempt import ObservedJob, parse_time
-from anytasktune.plan import Launch, SetSuspend, plan
+from anytasktune.plan import DeleteJob, Launch, SetSuspend, plan
 from anytasktune.render import child_labels
-from tests.fixtures.kuberay import Recording, all_recordings
+from tests.fixtures.kuberay import HERE, Recording, all_recordings, load
 from tests.unit.test_plan import CONFIG, run_id, tft
 
 RECORDINGS = all_recordings()
@@ -107,3 +108,35 @@ def test_a_failure_waits_for_the_terminal_state_then_plans_its_retry_or_fails(sc
     # Never a retry decided before KubeRay's terminal state.
     for earlier, q, j in steps[:-1]:
         assert q.status.subtasks[0].nextRetryTime is None or j.state.is_terminal, earlier.status
+
+
+# Recorded on make cluster with the real Kueue v0.17.0 (tests/cluster/test_kueue.py): the RayJob
+# created suspended with the queue label, held by a ClusterQueue without quota, then admitted.
+KUEUE_RECORDING = "kueue_admission"
+
+
+def test_a_queued_rayjob_is_never_answered_with_set_suspend() -> None:
+    """Kueue owns spec.suspend of a queued RayJob: through the whole recorded sequence
+    (suspended while queued, lifted by Kueue on admission, trained to the end) the planner
+    never writes it, never deletes or relaunches the attempt, and says why it waits."""
+    if not (HERE / f"{KUEUE_RECORDING}.json").exists():
+        pytest.skip("not recorded")
+    rec = load(KUEUE_RECORDING)
+    queue = str(json.loads((HERE / f"{KUEUE_RECORDING}.json").read_text())["queueName"])
+    status: dict[str, Any] = {}
+    reasons = []
+    for i, obs in enumerate(rec.observations):
+        obj = tft(subtasks=1, queueName=queue)  # the pool itself is never suspended
+        labels = {**child_labels("legal", "task0", run_id(obj, "task0"), 1), "kueue.x-k8s.io/queue-name": queue}
+        job = ObservedJob.from_object(rec.rayjob(i, name="legal-task0-1", namespace="ns", labels=labels))
+        now = (parse_time(obs.observed.split(".")[0] + "Z") or datetime.now()) + timedelta(seconds=1)
+        p = plan({**obj, "status": status}, [job], {}, now, CONFIG)
+        status = p.status.model_dump(mode="json", exclude_none=True)
+        assert not [a for a in p.actions if isinstance(a, (SetSuspend, DeleteJob, Launch))], (obs.suspend, obs.status, p.actions)
+        sub = p.status.subtasks[0]
+        reasons.append(sub.reason)
+        if obs.suspend:
+            assert (sub.phase.value, sub.reason) == ("Pending", "Queued"), (obs.status, sub)
+            assert f"waiting for admission by Kueue queue {queue}" in (sub.message or "")
+    assert [o.suspend for o in rec.observations][0] is True
+    assert p.status.subtasks[0].phase.value == "Succeeded", reasons
