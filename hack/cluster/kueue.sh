@@ -135,6 +135,23 @@ EOF
   log "Kueue up in $(( $(date +%s) - t0 ))s after the image ($KUEUE_IMAGE)"
   ;;
 down)
+  # Kueue's objects first, while its pod still runs to remove their finalizers (a
+  # ClusterQueue or Workload whose finalizer outlives the pod would hold its CRD's deletion
+  # forever); whatever still has one after that gets it cleared.
+  kinds=(workloads localqueues clusterqueues cohorts resourceflavors admissionchecks topologies
+         workloadpriorityclasses provisioningrequestconfigs multikueueconfigs multikueueclusters)
+  for k in "${kinds[@]}"; do
+    kubectl_ delete "$k.kueue.x-k8s.io" --all -A --ignore-not-found --wait=true --timeout=60s >/dev/null 2>&1 || true
+  done
+  for k in "${kinds[@]}"; do
+    while read -r ns name; do
+      [[ -n "$name" ]] || continue
+      [[ "$ns" == "<none>" ]] && ns=""  # cluster-scoped
+      kubectl_ patch "$k.kueue.x-k8s.io" "$name" ${ns:+-n "$ns"} --type=merge -p '{"metadata":{"finalizers":null}}' >/dev/null 2>&1 || true
+      log "cleared the finalizers of $k $ns/$name"
+    done < <(kubectl_ get "$k.kueue.x-k8s.io" -A --no-headers \
+               -o custom-columns=NS:.metadata.namespace,NAME:.metadata.name 2>/dev/null)
+  done
   if [[ -f "$rendered" ]]; then
     kubectl_ delete --ignore-not-found --wait=true --timeout=120s -f "$rendered" >/dev/null
   else
