@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -383,3 +384,27 @@ class MemorySampler:
         gib = {k: round(v / 2**30, 2) for k, v in self.peak.items()}
         gib["machine_used_at_start"] = round(self.baseline_machine_used / 2**30, 2)
         return gib
+
+
+# ------------------------------------------------------------------ a TaskFineTune's progress
+STEP = re.compile(r"\bstep (\d+)/(\d+)\b")
+FINISHED = ("Succeeded", "Failed", "Invalid")
+
+
+def training_logs(kube: Kube, namespace: str) -> str:
+    """The drivers' output: KubeRay's submitter Jobs follow `ray job logs`."""
+    jobs = kube.get("jobs", namespace=namespace)["items"]
+    return "".join(kube.logs(namespace, f"job/{j['metadata']['name']}") for j in jobs)
+
+
+def status_of(kube: Kube, name: str, namespace: str) -> dict[str, Any]:
+    return dict(kube.get("taskfinetune", name, namespace).get("status") or {})
+
+
+def wait_finished(kube: Kube, name: str, namespace: str, timeout: float = 1200) -> dict[str, Any]:
+    """The TaskFineTune's status once its phase is Succeeded, Failed or Invalid."""
+    def finished() -> dict[str, Any] | None:
+        s = status_of(kube, name, namespace)
+        return s if s.get("phase") in FINISHED else None
+
+    return wait_for(f"{name} to finish", finished, timeout=timeout, interval=3)

@@ -15,15 +15,10 @@ from typing import Any
 import pytest
 
 from tests.cluster.conftest import OPERATOR_NAMESPACE, Cluster
-from tests.cluster.harness import TrainingData, taskfinetune, wait_for
-from tests.cluster.test_pool import FINISHED, STEP, training_logs
+from tests.cluster.harness import STEP, TrainingData, status_of, taskfinetune, training_logs, wait_finished, wait_for
 
 pytestmark = pytest.mark.timeout(1800)
 RESUMED = re.compile(r"resumed from checkpoint at step (\d+)/(\d+)")
-
-
-def status_of(cluster: Cluster, name: str, namespace: str) -> dict[str, Any]:
-    return dict(cluster.kube.get("taskfinetune", name, namespace).get("status") or {})
 
 
 def items(cluster: Cluster, kind: str, namespace: str, *selector: str) -> list[str]:
@@ -33,15 +28,7 @@ def items(cluster: Cluster, kind: str, namespace: str, *selector: str) -> list[s
 
 
 def last_step(cluster: Cluster, namespace: str) -> int:
-    return max((int(m.group(1)) for m in STEP.finditer(training_logs(cluster, namespace))), default=0)
-
-
-def wait_finished(cluster: Cluster, name: str, namespace: str, timeout: float = 1200) -> dict[str, Any]:
-    def finished() -> dict[str, Any] | None:
-        s = status_of(cluster, name, namespace)
-        return s if s.get("phase") in FINISHED else None
-
-    return wait_for(f"{name} to finish", finished, timeout=timeout, interval=3)
+    return max((int(m.group(1)) for m in STEP.finditer(training_logs(cluster.kube, namespace))), default=0)
 
 
 def test_a_broken_dataset_fails_alone_and_deletion_removes_everything(
@@ -51,7 +38,7 @@ def test_a_broken_dataset_fails_alone_and_deletion_removes_everything(
     tft = taskfinetune("mixed", namespace, data=training_data, endpoint=s3.endpoint,
                        subtasks={"sentiment": "sentiment", "broken": "broken"}, image=images["TRAINJOB_IMAGE"])
     kube.apply(tft)
-    final = wait_finished(cluster, "mixed", namespace)
+    final = wait_finished(cluster.kube, "mixed", namespace)
     by_name = {s["name"]: s for s in final["subtasks"]}
     broken, good = by_name["broken"], by_name["sentiment"]
     assert good["phase"] == "Succeeded", good  # the other sub-task is not stopped
@@ -88,7 +75,7 @@ def test_suspend_resume_with_the_operator_restarted_between(
     t_suspend = time.monotonic()
     reached = last_step(cluster, namespace)
     wait_for("the pool Suspended, its Ray cluster and pods gone",
-             lambda: status_of(cluster, "pausing", namespace).get("phase") == "Suspended"
+             lambda: status_of(cluster.kube, "pausing", namespace).get("phase") == "Suspended"
              and not items(cluster, "rayclusters", namespace) and not items(cluster, "pods", namespace) or None,
              timeout=300, interval=2)
     cluster.figures["suspend_to_released_s"] = round(time.monotonic() - t_suspend, 1)
@@ -100,12 +87,12 @@ def test_suspend_resume_with_the_operator_restarted_between(
     kube.run("rollout", "status", "deploy/anytasktune", "-n", OPERATOR_NAMESPACE, "--timeout=180s", timeout=200)
     kube.run("patch", "taskfinetune", "pausing", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":false}}')
 
-    final = wait_finished(cluster, "pausing", namespace)
+    final = wait_finished(cluster.kube, "pausing", namespace)
     assert final["phase"] == "Succeeded", final
     sub = final["subtasks"][0]
     assert sub["attempts"] == 1, sub  # resumed, not relaunched
     assert items(cluster, "rayjobs", namespace) == rayjobs_before  # no duplicate RayJob
-    resumed = [int(m.group(1)) for m in RESUMED.finditer(training_logs(cluster, namespace))]
+    resumed = [int(m.group(1)) for m in RESUMED.finditer(training_logs(cluster.kube, namespace))]
     assert resumed, "the resumed run did not start from its S3 checkpoint"
     assert resumed[-1] >= 4, resumed
     cluster.figures["suspend_steps_lost"] = max(0, reached - resumed[-1])
@@ -129,10 +116,10 @@ def test_a_ray_pod_deleted_mid_training(
     assert pods, f"no {role} pod"
     reached = last_step(cluster, namespace)
     kube.run("delete", "-n", namespace, "--wait=false", *pods)
-    final = wait_finished(cluster, "podloss", namespace)
+    final = wait_finished(cluster.kube, "podloss", namespace)
     assert final["phase"] == "Succeeded", final
     sub = final["subtasks"][0]
-    resumed = [int(m.group(1)) for m in RESUMED.finditer(training_logs(cluster, namespace))]
+    resumed = [int(m.group(1)) for m in RESUMED.finditer(training_logs(cluster.kube, namespace))]
     assert resumed, "the restarted worker did not resume from a checkpoint"
     cluster.figures[f"{role}_deleted"] = {"attempts": sub["attempts"], "step_reached": reached,
                                           "resumed_at": resumed[-1], "steps_lost": max(0, reached - resumed[-1])}

@@ -14,21 +14,22 @@ from typing import Any
 import pytest
 
 from tests.cluster.conftest import Cluster
-from tests.cluster.harness import BUCKET, MemorySampler, TrainingData, taskfinetune, wait_for
+from tests.cluster.harness import (
+    BUCKET,
+    FINISHED,
+    STEP,
+    MemorySampler,
+    TrainingData,
+    status_of,
+    taskfinetune,
+    training_logs,
+    wait_finished,
+    wait_for,
+)
 
 # The session fixtures build what is missing (Go binaries, images: up to ~40 min cold on
 # 2 cores) within the first test's time.
 pytestmark = pytest.mark.timeout(7200)
-
-STEP = re.compile(r"\bstep (\d+)/(\d+)\b")
-FINISHED = ("Succeeded", "Failed", "Invalid")
-
-
-def training_logs(cluster: Cluster, namespace: str) -> str:
-    """The drivers' output: KubeRay's submitter Jobs follow `ray job logs`."""
-    jobs = cluster.kube.get("jobs", namespace=namespace)["items"]
-    return "".join(cluster.kube.logs(namespace, f"job/{j['metadata']['name']}") for j in jobs)
-
 
 def test_two_subtasks_succeed_through_the_real_kuberay(
     cluster: Cluster, operator: str, namespace: str, images: dict[str, str], s3: Any, training_data: TrainingData,
@@ -40,19 +41,15 @@ def test_two_subtasks_succeed_through_the_real_kuberay(
     t0 = time.monotonic()
     kube.apply(tft)
 
-    def status() -> dict[str, Any]:
-        return dict(kube.get("taskfinetune", "reviews", namespace).get("status") or {})
-
     def first_step() -> float | str | None:
-        if status().get("phase") in FINISHED:
+        if status_of(kube, "reviews", namespace).get("phase") in FINISHED:
             return "finished before any step"
-        return time.monotonic() - t0 if STEP.search(training_logs(cluster, namespace)) else None
+        return time.monotonic() - t0 if STEP.search(training_logs(kube, namespace)) else None
 
     first = wait_for("a training step in a driver log", first_step, timeout=900, interval=2)
     cluster.figures["apply_to_first_step_s"] = round(first, 1) if isinstance(first, float) else first
 
-    final = wait_for("the TaskFineTune to finish", lambda: (s := status()).get("phase") in FINISHED and s,
-                     timeout=1800, interval=3)
+    final = wait_finished(kube, "reviews", namespace, timeout=1800)
     cluster.figures["apply_to_finished_s"] = round(time.monotonic() - t0, 1)
     cluster.figures["peak_memory_gib"] = memory.stop()
     assert final["phase"] == "Succeeded", final

@@ -229,3 +229,42 @@ def operator_serving(kube_env: dict[str, str], log_dir: Path, s3: Any = None, **
     finally:
         op.stop()
         print(op.logs())
+
+
+def api_client_in_new_namespace(control_plane: ControlPlane, namespace: str, user_agent: str) -> Any:
+    """A kubernetes ApiClient for the control plane (its user agent names the test in audit
+    logs), after creating the namespace the test works in."""
+    import kubernetes
+
+    Kubectl(control_plane.env()).run("create", "namespace", namespace)
+    client = kubernetes.config.new_client_from_config(config_file=str(control_plane.kubeconfig))
+    client.user_agent = user_agent
+    return client
+
+
+def pod_refusals(core: Any, namespace: str, rayjob_spec: dict[str, Any]) -> dict[str, str]:
+    """Dry-run create the pods KubeRay would make from a RayJob's templates (head, worker,
+    submitter): role -> the API server's refusal, for each one it would not admit."""
+    import copy
+
+    from kubernetes.client.rest import ApiException
+
+    templates = {"head": rayjob_spec["rayClusterSpec"]["headGroupSpec"]["template"],
+                 "worker": rayjob_spec["rayClusterSpec"]["workerGroupSpecs"][0]["template"]}
+    if "submitterPodTemplate" in rayjob_spec:
+        templates["submitter"] = rayjob_spec["submitterPodTemplate"]
+    refused = {}
+    for role, template in templates.items():
+        pod_spec = copy.deepcopy(template["spec"])
+        if pod_spec.get("serviceAccountName"):  # must exist for admission; its name is checked by the schema
+            pod_spec["serviceAccountName"] = "default"
+        for container in pod_spec.get("containers", []):  # the Python client wants quantities as strings (1 == "1")
+            for section in (container.get("resources") or {}).values():
+                section.update({k: str(v) for k, v in section.items()})
+        pod = {"apiVersion": "v1", "kind": "Pod", "spec": pod_spec,
+               "metadata": {"name": f"probe-{role}", "labels": template["metadata"].get("labels", {})}}
+        try:
+            core.create_namespaced_pod(namespace, pod, dry_run="All")
+        except ApiException as err:
+            refused[role] = err.body
+    return refused

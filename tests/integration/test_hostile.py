@@ -29,7 +29,7 @@ from anytasktune.config import OperatorConfig
 from anytasktune.render import SPEC_FILE
 from anytasktune.spec import GROUP, MAX_NAME_PLUS_SUBTASK, PLURAL, VERSION
 from anytasktune.validation import validate_object
-from tests.integration.helpers import Kubectl, OperatorProcess, operator_serving, taskfinetune, wait_for
+from tests.integration.helpers import Kubectl, OperatorProcess, api_client_in_new_namespace, operator_serving, pod_refusals, taskfinetune, wait_for
 from tests.kube.controlplane import ControlPlane
 
 NAMESPACE = "hostile"
@@ -128,10 +128,7 @@ def hostile_but_valid(name: str = "freetext") -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def api(control_plane: ControlPlane) -> kubernetes.client.ApiClient:
-    Kubectl(control_plane.env()).run("create", "namespace", NAMESPACE)
-    client = kubernetes.config.new_client_from_config(config_file=str(control_plane.kubeconfig))
-    client.user_agent = "hostile-test"
-    return client
+    return api_client_in_new_namespace(control_plane, NAMESPACE, "hostile-test")
 
 
 def server_accepts(api: kubernetes.client.ApiClient, obj: dict[str, Any]) -> tuple[bool, str]:
@@ -209,24 +206,8 @@ def test_free_text_reaches_the_pod_only_through_the_configmap(created: tuple[dic
 
 def test_every_pod_kuberay_would_create_is_admitted(api: kubernetes.client.ApiClient, created: tuple[dict[str, Any], dict[str, Any]]) -> None:
     job, _ = created
-    spec = job["spec"]
-    templates = {"head": spec["rayClusterSpec"]["headGroupSpec"]["template"],
-                 "worker": spec["rayClusterSpec"]["workerGroupSpecs"][0]["template"]}
-    if "submitterPodTemplate" in spec:
-        templates["submitter"] = spec["submitterPodTemplate"]
-    core = kubernetes.client.CoreV1Api(api)
-    for role, template in templates.items():
-        pod_spec = copy.deepcopy(template["spec"])
-        pod_spec.pop("serviceAccountName", None)  # admission wants it to exist; its name was checked at the door
-        for container in pod_spec.get("containers", []):  # the Python client wants quantities as strings
-            for section in (container.get("resources") or {}).values():
-                section.update({k: str(v) for k, v in section.items()})
-        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"probe-{role}", "labels": template["metadata"].get("labels", {})},
-               "spec": pod_spec}
-        try:
-            core.create_namespaced_pod(NAMESPACE, pod, dry_run="All")
-        except ApiException as err:
-            raise AssertionError(f"the {role} pod would be refused: {err.body}") from None
+    refused = pod_refusals(kubernetes.client.CoreV1Api(api), NAMESPACE, job["spec"])
+    assert not refused, refused
 
 
 def test_env_values_are_what_the_spec_says(created: tuple[dict[str, Any], dict[str, Any]]) -> None:

@@ -42,7 +42,7 @@ from anytasktune.plan import Launch, plan
 from anytasktune.render import SPEC_FILE
 from anytasktune.spec import GROUP, MAX_NAME_PLUS_SUBTASK, PLURAL, VERSION
 from anytasktune.validation import crd_schema, validate_object
-from tests.integration.helpers import Kubectl
+from tests.integration.helpers import api_client_in_new_namespace, pod_refusals
 from tests.kube.controlplane import ControlPlane
 
 NAMESPACE = "fuzz"
@@ -234,10 +234,7 @@ def taskfinetunes(draw: st.DrawFn) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def api(control_plane: ControlPlane) -> kubernetes.client.ApiClient:
-    Kubectl(control_plane.env()).run("create", "namespace", NAMESPACE)
-    client = kubernetes.config.new_client_from_config(config_file=str(control_plane.kubeconfig))
-    client.user_agent = "spec-fuzz"
-    return client
+    return api_client_in_new_namespace(control_plane, NAMESPACE, "spec-fuzz")
 
 
 def server_verdict(api: kubernetes.client.ApiClient, obj: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
@@ -283,24 +280,8 @@ def rendered_problems(api: kubernetes.client.ApiClient, stored: dict[str, Any]) 
             custom.create_namespaced_custom_object("ray.io", "v1", NAMESPACE, "rayjobs", launch.rayjob, dry_run="All", field_validation="Strict")
         except ApiException as err:
             problems.append(f"RayJob {name} refused: {err.body[:300]}")
-        spec = launch.rayjob["spec"]
-        templates = {"head": spec["rayClusterSpec"]["headGroupSpec"]["template"],
-                     "worker": spec["rayClusterSpec"]["workerGroupSpecs"][0]["template"]}
-        if "submitterPodTemplate" in spec:
-            templates["submitter"] = spec["submitterPodTemplate"]
-        for role, template in templates.items():
-            pod_spec = copy.deepcopy(template["spec"])
-            if pod_spec.get("serviceAccountName"):  # must exist for admission; its name is checked by the schema
-                pod_spec["serviceAccountName"] = "default"
-            for container in pod_spec.get("containers", []):  # the Python client wants quantities as strings (1 == "1")
-                for section in (container.get("resources") or {}).values():
-                    section.update({k: str(v) for k, v in section.items()})
-            pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"probe-{role}", "labels": template["metadata"].get("labels", {})},
-                   "spec": pod_spec}
-            try:
-                core.create_namespaced_pod(NAMESPACE, pod, dry_run="All")
-            except ApiException as err:
-                problems.append(f"the {role} pod of {name} would be refused: {err.body[:300]}")
+        for role, body in pod_refusals(core, NAMESPACE, launch.rayjob["spec"]).items():
+            problems.append(f"the {role} pod of {name} would be refused: {body[:300]}")
     return problems
 
 

@@ -328,14 +328,7 @@ class ControlPlane:
         certificates stay, so :meth:`start_component` brings the same one back."""
         index = next(i for i, (n, _p, _l) in enumerate(self._procs) if n == name)
         _name, proc, log = self._procs[index]
-        if proc.poll() is None:
-            proc.kill() if kill else proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        _end(proc, log, kill=kill, grace_s=30)
 
     def start_component(self, name: str, timeout: float = 90.0) -> None:
         """Start a stopped component again with the same arguments (same ports, same
@@ -376,14 +369,7 @@ class ControlPlane:
         unless asked to keep it (ANYTASKTUNE_KEEP_CONTROLPLANE=1)."""
         # One at a time, so etcd outlives the apiserver's shutdown.
         for _name, proc, log in reversed(self._procs):
-            if proc.poll() is None:
-                proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log.close()
+            _end(proc, log, kill=False, grace_s=15)
         self._procs.clear()
         keep = self.keep_workdir if keep_workdir is None else keep_workdir
         if self.workdir and not keep:
@@ -469,3 +455,15 @@ class ControlPlane:
             if time.monotonic() > deadline:
                 raise ControlPlaneError(f"CRDs not Established after {timeout}s: {sorted(pending)}")
             time.sleep(0.2)
+
+
+def _end(proc: subprocess.Popen[bytes], log: Any, *, kill: bool, grace_s: float) -> None:
+    """SIGTERM (or SIGKILL), then SIGKILL if it is still there after grace_s; close its log."""
+    if proc.poll() is None:
+        proc.kill() if kill else proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    log.close()
