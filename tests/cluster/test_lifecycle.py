@@ -71,13 +71,13 @@ def test_suspend_resume_with_the_operator_restarted_between(
                        image=images["TRAINJOB_IMAGE"], max_steps=LONG_RUN_STEPS, epochs=20)
     kube.apply(tft)
     # Suspend once a checkpoint (every 4 steps) is surely in S3.
-    wait_for("step 6 in the driver log", lambda: last_step(cluster, namespace) >= 6 or None, timeout=900, interval=2)
+    reached = wait_for("step 6 in the driver log", lambda: (n := last_step(cluster, namespace)) >= 6 and n or None,
+                       timeout=900, interval=2)
     kube.run("patch", "taskfinetune", "pausing", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":true}}')
     t_suspend = time.monotonic()
-    reached = last_step(cluster, namespace)
 
     def released() -> bool | None:
-        nonlocal reached  # training goes on until KubeRay deletes the cluster: the last step logged
+        nonlocal reached  # training goes on until KubeRay deletes the cluster (and the submitter's log)
         reached = max(reached, last_step(cluster, namespace))
         return status_of(cluster.kube, "pausing", namespace).get("phase") == "Suspended" and \
             not items(cluster, "rayclusters", namespace) and not items(cluster, "pods", namespace) or None
@@ -99,8 +99,9 @@ def test_suspend_resume_with_the_operator_restarted_between(
     resumed = [int(m.group(1)) for m in RESUMED.finditer(training_logs(cluster.kube, namespace))]
     assert resumed, "the resumed run did not start from its S3 checkpoint"
     assert 4 <= resumed[-1] < LONG_RUN_STEPS, resumed  # from a checkpoint, and mid-training
-    cluster.figures["suspend"] = {"last_step_logged": reached, "resumed_at": resumed[-1],
-                                  "steps_lost": max(0, reached - resumed[-1]), "total": LONG_RUN_STEPS}
+    # Steps lost: at most the checkpoint interval; the exact count is not observable here, as
+    # KubeRay deletes the submitter Job (the driver's log) with the cluster.
+    cluster.figures["suspend"] = {"last_step_logged": reached, "resumed_at": resumed[-1], "total": LONG_RUN_STEPS}
 
 
 def test_a_ray_worker_pod_deleted_mid_training(
