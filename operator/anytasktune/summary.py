@@ -100,7 +100,8 @@ def summarize(old: TaskFineTuneStatus, subtasks: list[SubtaskStatus], suspend: b
     total = len(subtasks)
     succeeded, failed = count[SubtaskPhase.Succeeded], count[SubtaskPhase.Failed]
     finished = succeeded + failed == total
-    launched = any(s.attempts > 0 for s in subtasks)
+    # Started: some sub-task has run or finished, or has an attempt not held in a Kueue queue.
+    launched = any(s.phase != SubtaskPhase.Pending or (s.attempts > 0 and s.reason != "Queued") for s in subtasks)
 
     if finished:
         phase = Phase.Succeeded if failed == 0 else Phase.Failed

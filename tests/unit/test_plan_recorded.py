@@ -137,6 +137,7 @@ def test_a_queued_rayjob_is_never_answered_with_set_suspend() -> None:
         reasons.append(sub.reason)
         if obs.suspend:
             assert (sub.phase.value, sub.reason) == ("Pending", "Queued"), (obs.status, sub)
+            assert p.status.phase.value == "Pending", p.status  # nothing runs while queued
             assert f"waiting for admission by Kueue queue {queue}" in (sub.message or "")
     assert [o.suspend for o in rec.observations][0] is True
     assert p.status.subtasks[0].phase.value == "Succeeded", reasons
