@@ -11,7 +11,7 @@ PY          := $(VENV)/bin/python
 # Three distributions (docs/architecture.md), installed together, editable.
 PYPROJECTS  := pyproject.toml contract/pyproject.toml operator/pyproject.toml trainjob/pyproject.toml
 STAMP       := $(VENV)/.installed-$(shell cat $(PYPROJECTS) 2>/dev/null | sha256sum | cut -c1-12)
-PYTEST      := $(PY) -m pytest
+PYTEST      := $(PY) -m pytest --durations=8  # the slowest tests of each tier, to keep the budget honest
 export TORCH_EXTENSIONS_DIR ?= $(ANYTASKTUNE_CACHE)/torch_extensions
 export DS_ACCELERATOR ?= cpu
 
