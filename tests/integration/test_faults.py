@@ -394,7 +394,7 @@ def test_apiserver_and_etcd_restarts(plane: ControlPlane, k: Kubectl, audit: Aud
 # --- churn ---------------------------------------------------------------------------------
 
 CHURN_TFTS = int(os.environ.get("ANYTASKTUNE_CHURN_TFTS", "30"))
-CHURN_ROUNDS = int(os.environ.get("ANYTASKTUNE_CHURN_ROUNDS", "3"))
+CHURN_ROUNDS = int(os.environ.get("ANYTASKTUNE_CHURN_ROUNDS", "5"))
 
 
 def leftovers(reader: Reader, ns: str) -> dict[str, list[str]]:
@@ -483,10 +483,13 @@ def test_churn_drops_the_metrics_of_deleted_taskfinetunes(churn: Churn) -> None:
 
 def test_churn_memory_is_bounded(churn: Churn) -> None:
     """Once warm, the operator's RSS stays flat however many TaskFineTunes come and go:
-    less than 10 MiB more after the last round than after the second (the first rounds
-    grow thread pools and caches: measured +21 MiB from round 1 to 2, then +0.3 MiB)."""
+    less than 10 MiB more after the last round than after the third. The first rounds grow
+    thread pools (threads start as work queues up) to a plateau of ~125 MiB, reached in
+    round 1 on a quiet machine and only in round 3 on a loaded one ([103.6, 105.0, 127.0]
+    failed the old check against round 2); a leak of the size the issue measured (~0.7 MiB
+    per TaskFineTune, 21 MiB a round) would add 40 MiB over the last two rounds."""
     print(f"operator RSS after each churn round (MiB): {[round(r / 1024, 1) for r in churn.rss_kib]}")
-    warm = churn.rss_kib[1] if len(churn.rss_kib) > 2 else churn.rss_kib[0]
+    warm = churn.rss_kib[min(2, len(churn.rss_kib) - 1)]
     assert churn.rss_kib[-1] - warm < 10 * 1024, churn.rss_kib
 
 
