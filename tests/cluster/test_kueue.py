@@ -139,6 +139,7 @@ def test_a_queued_pool_waits_for_quota_then_kueue_admits_it(
     sub = queued["subtasks"][0]
     assert sub["phase"] == "Pending" and sub["reason"] == "Queued", queued
     assert f"waiting for admission by Kueue queue {LOCAL_QUEUE}" in sub["message"], sub
+    assert queued["phase"] == "Pending", queued  # nothing runs: not Running
     cluster.figures["kueue_queued"] = {"phase": queued.get("phase"), "subtask": {k: sub.get(k) for k in ("phase", "reason", "message")},
                                        "workload_pending": conditions.get("QuotaReserved", {}).get("message")}
 
