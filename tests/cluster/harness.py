@@ -408,3 +408,10 @@ def wait_finished(kube: Kube, name: str, namespace: str, timeout: float = 1200) 
         return s if s.get("phase") in FINISHED else None
 
     return wait_for(f"{name} to finish", finished, timeout=timeout, interval=3)
+
+
+def recorded_versions() -> dict[str, str]:
+    """The versions a recorded fixture (tests/fixtures/kuberay) names: KubeRay's from its pinned module."""
+    kuberay = subprocess.run(["go", "list", "-m", "-f", "{{.Version}}", "github.com/ray-project/kuberay/ray-operator"],
+                             cwd=REPO / "hack" / "kuberay", capture_output=True, text=True).stdout.strip()
+    return {"kuberay": kuberay or "v1.4.2", "kubernetes": "v1.32.13", "containerd": "1.6.20", "ray": "2.60.0"}

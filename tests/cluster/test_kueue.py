@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from tests.cluster.conftest import Cluster
-from tests.cluster.harness import REPO, RayJobWatcher, TrainingData, taskfinetune, wait_for
+from tests.cluster.harness import REPO, RayJobWatcher, TrainingData, recorded_versions, taskfinetune, wait_for
 
 pytestmark = pytest.mark.timeout(3600)
 
@@ -192,7 +192,7 @@ def record(rayjob: str, watcher: RayJobWatcher, kueue: str, owners: list[dict[st
             "how": "tests/cluster/test_kueue.py with ANYTASKTUNE_RECORD_KUEUE=1: a TaskFineTune with queueName applied "
                    "to the operator installed with helm; every distinct RayJob (spec.suspend, status without "
                    "status.rayClusterStatus) from a `kubectl get -w` stream",
-            "versions": {"kuberay": "v1.4.2", "kueue": kueue, "kubernetes": "v1.32.13", "containerd": "1.6.20", "ray": "2.60.0"},
+            "versions": {**recorded_versions(), "kueue": kueue},
             "anytasktune": f"commit {commit} (working tree of the run; operator and training image)",
         },
         "scenario": "kueue_admission",
