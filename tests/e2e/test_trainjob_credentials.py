@@ -199,7 +199,9 @@ def test_a_run_longer_than_its_credentials_publishes(pod_identity_env: dict[str,
     log = tmp_path / "trainjob.log"
     with log.open("w") as sink:
         proc = subprocess.Popen([sys.executable, "-m", "anytasktune_trainjob", "--spec", str(tmp_path / "spec.json")],
-                                stdout=sink, stderr=subprocess.STDOUT, env=pod_identity_env)
+                                stdout=sink, stderr=subprocess.STDOUT,
+                                # paced, so that steps remain after the first checkpoint on any machine
+                                env={**pod_identity_env, "ANYTASKTUNE_TEST_STEP_PAUSE_S": "0.5"})
         try:
             resumed = _pause_past_a_session_after_first_checkpoint(proc, admin, log)
             proc.wait(timeout=240)

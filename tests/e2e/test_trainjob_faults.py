@@ -100,6 +100,11 @@ def _keys(s3: Any, uri: str) -> dict[str, Any]:
     return {o["key"][len(u.prefix):]: o for o in store.list_objects(u)}
 
 
+# Steps of at least half a second, so that a fault injected after seeing one checkpoint
+# lands before the next one, on a fast machine too (the tiny model's steps take ~0.05 s).
+PACED = {"ANYTASKTUNE_TEST_STEP_PAUSE_S": "0.5"}
+
+
 class Cli:
     """`python -m anytasktune_trainjob --spec …` in the background, its output in a file."""
 
@@ -158,7 +163,7 @@ def test_outages_during_dataset_download_and_checkpoint_upload_are_survived(runn
     settled = _settled(s3, spec)
     data_key = "s3://anytasktune-faults/data/reviews.jsonl failed"  # its HEAD (run identity), then its GET
     s3.stop(keep_data=True, graceful=False)
-    cli = Cli(spec, tmp_path, s3)
+    cli = Cli(spec, tmp_path, s3, **PACED)  # the outage must come before the next checkpoint
     cli.wait_for(data_key, timeout_s=120)  # reading the dataset met the outage
     time.sleep(3)
     s3.start()
@@ -320,7 +325,7 @@ def test_a_checkpoint_outage_longer_than_the_budget_exits_storage_unavailable(ru
     s3 = running
     spec = _spec(s3, "checkpoint-outage")
     settled = _settled(s3, spec)
-    cli = Cli(spec, tmp_path, s3, ANYTASKTUNE_S3_RETRY_SECONDS="6", ANYTASKTUNE_MAX_FAILURES="0")
+    cli = Cli(spec, tmp_path, s3, ANYTASKTUNE_S3_RETRY_SECONDS="6", ANYTASKTUNE_MAX_FAILURES="0", **PACED)
     _wait_for_key(s3, settled.checkpoint_prefix(), "trainer_state.json", timeout_s=300)
     s3.stop(keep_data=True, graceful=False)
     assert cli.wait(timeout_s=300) == 5, cli.output[-4000:]
@@ -367,7 +372,8 @@ def test_a_killed_ray_worker_resumes_from_the_latest_checkpoint(running: Any, tm
     every, total = 12, 24
     spec = _spec(s3, "worker-kill", training={"maxSteps": total, "checkpointEverySteps": every, "logEverySteps": 1})
     settled = _settled(s3, spec)
-    cli = Cli(spec, tmp_path, s3, ANYTASKTUNE_MAX_FAILURES="1")
+    # a step a second: the kill lands between two checkpoints, whatever this machine's speed
+    cli = Cli(spec, tmp_path, s3, ANYTASKTUNE_MAX_FAILURES="1", ANYTASKTUNE_TEST_STEP_PAUSE_S="1")
     cli.wait_for(f"checkpoint saved at step {every}", timeout_s=300)
     # a reported checkpoint counts once the controller has registered it (it polls the
     # workers every 2 s); then let two more steps run, and kill before the next checkpoint

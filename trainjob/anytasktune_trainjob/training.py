@@ -7,6 +7,7 @@ the driver imports this module's types without them."""
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -223,10 +224,12 @@ def progress_line(m: dict[str, Any]) -> str:
 def train(run: Engine, state: TrainState, data: dict[str, Any], spec: TrainJobSpec, ctx: WorkerContext, *,
           pad_id: int, checkpoints: CheckpointFolder, fault_after_step: int | None = None) -> TrainOutcome:
     """Optimizer steps from `state.step` to the plan's end, advancing `state`;
-    checkpoints when due, a progress report every logEverySteps (a barrier, so not
-    every step). `fault_after_step` (tests) fails once, after that step's checkpoint."""
-    import ray.train
-
+    checkpoints when due, a progress line every logEverySteps. Ray Train hears only of
+    checkpoints: its report() blocks until the controller has polled the previous one
+    (every 2 s), so a metrics-only report per log step capped fast steps at that rate.
+    `fault_after_step` (tests) fails once, after that step's checkpoint;
+    ANYTASKTUNE_TEST_STEP_PAUSE_S (tests) slows each step, to widen a window to act in."""
+    pause_s = float(os.environ.get("ANYTASKTUNE_TEST_STEP_PAUSE_S") or 0)
     training, plan = spec.training, run.plan
     gas = training.gradientAccumulationSteps
     outcome = TrainOutcome()
@@ -235,6 +238,8 @@ def train(run: Engine, state: TrainState, data: dict[str, Any], spec: TrainJobSp
     while state.step < plan.total_steps:
         lr = float(run.scheduler.get_last_lr()[0]) if run.scheduler is not None else training.learningRate
         loss, tokens = train_step(run, data, state.step, spec, ctx, pad_id)
+        if pause_s:
+            time.sleep(pause_s)
         state.step += 1
         state.tokens += tokens
         state.history.append({"step": state.step, "loss": round(loss, 6), "lr": lr})
@@ -246,8 +251,6 @@ def train(run: Engine, state: TrainState, data: dict[str, Any], spec: TrainJobSp
             ctx.log(progress_line(metrics))
         if checkpoint_due(state.step, plan, training.checkpointEverySteps, gas):
             save_checkpoint(run.engine, state, metrics, ctx, spec.run_id(), checkpoints)
-        elif log_now:
-            ray.train.report(metrics)
         if fault_after_step is not None and state.step == int(fault_after_step) and state.start_step < state.step:
             raise RuntimeError(f"injected fault after step {state.step} (ANYTASKTUNE_FAULT_AFTER_STEP)")
     outcome.seconds = time.time() - t_loop
