@@ -63,7 +63,13 @@ test-e2e: setup ## End-to-end: real Ray, DeepSpeed, PEFT and an S3 server, on CP
 	$(PYTEST) tests/e2e -q
 
 .PHONY: test
-test: lint test-unit test-integration test-e2e test-cluster ## Everything CI runs: lint, unit, integration, e2e, cluster (root)
+# Lint and unit first (a quick failure stops there); then the three slow tiers side by side:
+# each waits on Ray, pods and servers more than it computes (e2e alone keeps ~1/3 of 2 cores
+# busy), they share no port, process or folder, and running them together takes ~the
+# slowest one's time instead of their sum. Each tier's output shows, whole, when it ends.
+test: lint test-unit controlplane ## Everything CI runs: lint, unit; then integration, e2e, cluster side by side (root)
+	@echo "== the integration, e2e and cluster tiers, side by side (each one's output shows when it ends)"
+	@$(MAKE) --no-print-directory -j3 --output-sync=target test-integration test-e2e test-cluster
 
 # The fault and fuzz tests' longer variants (not in `make test`), from a random base seed
 # (printed; replay a crash trial with ANYTASKTUNE_CRASH_SEEDS=<seed>, the fuzz with ANYTASKTUNE_FUZZ_SEED).

@@ -40,7 +40,8 @@ HELD_S = 30  # how long the job must stay queued without quota room
 @pytest.fixture(scope="module")
 def kueue(cluster: Cluster) -> Iterator[str]:
     """Kueue in the cluster for this module (hack/cluster/kueue.sh): built and imported on
-    first use, removed at the end unless ANYTASKTUNE_KEEP_CLUSTER=1."""
+    first use, removed at the end unless ANYTASKTUNE_KEEP_CLUSTER=1 or the cluster itself
+    is about to be torn down."""
     t0 = time.monotonic()
     proc = subprocess.run(["bash", str(REPO / "hack/cluster/kueue.sh"), "up"], cwd=REPO, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=3600)
@@ -50,7 +51,8 @@ def kueue(cluster: Cluster) -> Iterator[str]:
     version = subprocess.run(["go", "list", "-m", "-f", "{{.Version}}", "sigs.k8s.io/kueue"], cwd=REPO / "hack" / "kueue",
                              capture_output=True, text=True, env={**os.environ, "GOFLAGS": "-mod=mod"}).stdout.strip()
     yield version or "v0.17.0"
-    if os.environ.get("ANYTASKTUNE_KEEP_CLUSTER") != "1":
+    # A cluster this session started goes next, Kueue with it (these tests run last: conftest).
+    if os.environ.get("ANYTASKTUNE_KEEP_CLUSTER") != "1" and not cluster.started_here:
         for kind, name in (("clusterqueue", CLUSTER_QUEUE), ("resourceflavor", FLAVOR)):
             cluster.kube.run("delete", kind, name, "--ignore-not-found", "--wait=false", check=False)
         subprocess.run(["bash", str(REPO / "hack/cluster/kueue.sh"), "down"], cwd=REPO, timeout=600, check=False)
