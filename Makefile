@@ -62,14 +62,26 @@ test-integration: setup controlplane ## Integration tests against a real kube-ap
 test-e2e: setup ## End-to-end: real Ray, DeepSpeed, PEFT and an S3 server, on CPU
 	$(PYTEST) tests/e2e -q
 
+# The local-mode half of the e2e tier (`anytasktune run`), which `make test` runs after the
+# integration tier, in the same lane.
+E2E_LOCAL := tests/e2e/test_local.py tests/e2e/test_local_identity.py
+
 .PHONY: test
-# Lint and unit first (a quick failure stops there); then the three slow tiers side by side:
-# each waits on Ray, pods and servers more than it computes (e2e alone keeps ~1/3 of 2 cores
-# busy), they share no port, process or folder, and running them together takes ~the
-# slowest one's time instead of their sum. Each tier's output shows, whole, when it ends.
+# Lint and unit first (a quick failure stops there); then three lanes side by side:
+# integration then local mode | the rest of e2e | cluster. Each waits on Ray, pods and
+# servers more than it computes; they share no port, process or folder; so together they
+# take about the longest lane's time instead of the sum (docs/decisions.md). Each lane's
+# output shows, whole, when it ends.
 test: lint test-unit controlplane ## Everything CI runs: lint, unit; then integration, e2e, cluster side by side (root)
-	@echo "== the integration, e2e and cluster tiers, side by side (each one's output shows when it ends)"
-	@$(MAKE) --no-print-directory -j3 --output-sync=target test-integration test-e2e test-cluster
+	@echo "== three lanes side by side: integration then e2e local mode | e2e trainjob | cluster (each lane's output shows when it ends)"
+	@$(MAKE) --no-print-directory -j3 --output-sync=target lane-integration-and-local lane-e2e-trainjob test-cluster
+
+.PHONY: lane-integration-and-local lane-e2e-trainjob
+lane-integration-and-local: setup controlplane
+	$(PYTEST) tests/integration -q
+	$(PYTEST) $(E2E_LOCAL) -q
+lane-e2e-trainjob: setup
+	$(PYTEST) tests/e2e -q $(addprefix --ignore=,$(E2E_LOCAL))
 
 # The fault and fuzz tests' longer variants (not in `make test`), from a random base seed
 # (printed; replay a crash trial with ANYTASKTUNE_CRASH_SEEDS=<seed>, the fuzz with ANYTASKTUNE_FUZZ_SEED).

@@ -144,6 +144,12 @@ class Kube:
         return self.run("logs", "-n", namespace, target, *args, check=False)
 
 
+def items(kube: Kube, kind: str, namespace: str, *selector: str) -> list[str]:
+    """Names of the objects of a kind in the namespace (with a label selector if given)."""
+    args = ["-l", ",".join(selector)] if selector else []
+    return kube.run("get", kind, "-n", namespace, *args, "-o", "name", check=False).split()
+
+
 # -------------------------------------------------------------------------------- S3
 def start_s3(data_dir: Path) -> Any:
     """The project's embedded S3 server (SeaweedFS) bound to the bridge address, so pods

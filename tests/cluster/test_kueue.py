@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from tests.cluster.conftest import Cluster
-from tests.cluster.harness import REPO, RayJobWatcher, TrainingData, recorded_versions, taskfinetune, wait_for
+from tests.cluster.harness import REPO, RayJobWatcher, TrainingData, items, recorded_versions, taskfinetune, wait_for
 
 pytestmark = pytest.mark.timeout(3600)
 
@@ -72,10 +72,6 @@ def queues(namespace: str, cpu: str, memory: str) -> list[dict[str, Any]]:
     lq = {"apiVersion": KUEUE, "kind": "LocalQueue", "metadata": {"name": LOCAL_QUEUE, "namespace": namespace},
           "spec": {"clusterQueue": CLUSTER_QUEUE}}
     return [flavor, cq, lq]
-
-
-def names(cluster: Cluster, kind: str, namespace: str) -> list[str]:
-    return cluster.kube.run("get", kind, "-n", namespace, "-o", "name", check=False).split()
 
 
 def writers(rayjob: dict[str, Any]) -> list[dict[str, Any]]:
@@ -135,8 +131,8 @@ def test_a_queued_pool_waits_for_quota_then_kueue_admits_it(
     assert conditions.get("QuotaReserved", {}).get("status") == "False", conditions
     assert "Admitted" not in conditions or conditions["Admitted"]["status"] == "False", conditions
     assert kube.get("rayjob", rayjob, namespace)["spec"]["suspend"] is True
-    assert names(cluster, "rayclusters", namespace) == []
-    assert names(cluster, "pods", namespace) == []
+    assert items(cluster.kube, "rayclusters", namespace) == []
+    assert items(cluster.kube, "pods", namespace) == []
     queued = dict(kube.get("taskfinetune", "queued", namespace).get("status") or {})
     sub = queued["subtasks"][0]
     assert sub["phase"] == "Pending" and sub["reason"] == "Queued", queued
