@@ -27,8 +27,9 @@ KUBERNETES_SVC_IP="10.217.128.1"
 CLUSTER_DOMAIN="cluster.local"
 FW_CHAIN="ANYTASKTUNE-FORWARD"         # keeps pod traffic on the bridge
 
-# Ports below the ephemeral range (32768+), so the integration tier's free loopback ports
-# never collide with them.
+# Fixed ports below both the range our tests pick their servers' free ports from
+# (anytasktune.s3server.SERVER_PORTS, 20000-29999) and the ephemeral range (32768+), so
+# nothing the other tiers start, or connect from, can take one.
 ETCD_CLIENT_PORT=16379
 ETCD_PEER_PORT=16380
 APISERVER_PORT=16443

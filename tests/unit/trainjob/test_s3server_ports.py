@@ -1,12 +1,74 @@
-"""Free ports for the embedded S3 server's twelve listeners must all differ: a
-collision makes `weed` die at start-up ("bind: address already in use")."""
+"""Ports for the servers we start (the embedded S3 server's eight listeners, the test
+control plane's): all different, free, and outside the kernel's ephemeral range, from which
+every outgoing connection takes its source port. A port chosen there can be taken by any
+connection in the seconds before our server binds it, or while it is down for a restart;
+`weed` then dies at start-up ("bind: address already in use")."""
 
 from __future__ import annotations
 
-from anytasktune.s3server import free_ports
+import socket
+from pathlib import Path
+
+import pytest
+
+from anytasktune.s3server import SERVER_PORTS, free_ports
 
 
-def test_free_ports_are_distinct() -> None:
+def _ephemeral_range() -> tuple[int, int]:
+    low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    return int(low), int(high)
+
+
+def test_free_ports_are_distinct_and_below_the_ephemeral_range() -> None:
+    low, _ = _ephemeral_range()
     for _ in range(50):
         ports = free_ports(12)
         assert len(set(ports)) == 12
+        assert all(SERVER_PORTS[0] <= p < SERVER_PORTS[1] and p < low for p in ports), ports
+
+
+def test_a_port_in_use_is_never_handed_out() -> None:
+    holders = []
+    try:
+        for port in range(SERVER_PORTS[0], SERVER_PORTS[0] + 200):
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                s.close()
+                continue
+            holders.append(s)
+        held = {s.getsockname()[1] for s in holders}
+        for _ in range(20):
+            assert not held & set(free_ports(8))
+    finally:
+        for s in holders:
+            s.close()
+
+
+def test_a_port_taken_before_weed_binds_it_is_chosen_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real `weed`: the first choice includes a port another program listens on."""
+    from anytasktune import s3server
+
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    choices: list[list[int]] = []
+    real = s3server.free_ports
+
+    def first_with_a_taken_port(count: int, host: str = "127.0.0.1") -> list[int]:
+        ports = real(count, host)
+        if not choices:
+            ports[0] = blocker.getsockname()[1]  # the master's http port
+        choices.append(ports)
+        return ports
+
+    monkeypatch.setattr(s3server, "free_ports", first_with_a_taken_port)
+    try:
+        with s3server.EmbeddedS3(buckets=["ports"]) as s3:
+            assert len(choices) == 2, choices
+            assert s3.port in choices[1]
+            assert [b["Name"] for b in s3.client().list_buckets()["Buckets"]] == ["ports"]
+            assert "address already in use" in s3.log_path.read_text(errors="replace")
+    finally:
+        blocker.close()
