@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -414,6 +415,15 @@ def wait_finished(kube: Kube, name: str, namespace: str, timeout: float = 1200) 
         return s if s.get("phase") in FINISHED else None
 
     return wait_for(f"{name} to finish", finished, timeout=timeout, interval=3)
+
+
+def recorded_where(kueue: str | None = None) -> str:
+    """Where a recorded fixture (tests/fixtures/kuberay) was taken, in words."""
+    v = recorded_versions()
+    operators = f"the KubeRay operator {v['kuberay']}" + (f" and Kueue {kueue} as Deployments in it (hack/cluster/kueue.sh)"
+                                                           if kueue else " as a Deployment in it")
+    return (f"make cluster: single-node Kubernetes {v['kubernetes']} (containerd {v['containerd']}, runc 1.1.5) on a "
+            f"2-core Debian 12 VM ({platform.machine()}), {operators}, images built by hack/images/build.sh")
 
 
 def recorded_versions() -> dict[str, str]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import time
 from collections.abc import Iterator
@@ -25,7 +24,16 @@ from typing import Any
 import pytest
 
 from tests.cluster.conftest import Cluster
-from tests.cluster.harness import REPO, RayJobWatcher, TrainingData, items, recorded_versions, taskfinetune, wait_for
+from tests.cluster.harness import (
+    REPO,
+    RayJobWatcher,
+    TrainingData,
+    items,
+    recorded_versions,
+    recorded_where,
+    taskfinetune,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(3600)
 
@@ -183,9 +191,7 @@ def record(rayjob: str, watcher: RayJobWatcher, kueue: str, owners: list[dict[st
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     doc = {
         "recorded": {
-            "where": "make cluster: single-node Kubernetes v1.32.13 (containerd 1.6.20, runc 1.1.5) on a 2-core "
-                     f"Debian 12 VM ({platform.machine()}), the KubeRay operator v1.4.2 and Kueue {kueue} as "
-                     "Deployments in it (hack/cluster/kueue.sh), images built by hack/images/build.sh",
+            "where": recorded_where(kueue),
             "when": watcher.events[0]["observed"] if watcher.events else "",
             "how": "tests/cluster/test_kueue.py with ANYTASKTUNE_RECORD_KUEUE=1: a TaskFineTune with queueName applied "
                    "to the operator installed with helm; every distinct RayJob (spec.suspend, status without "
