@@ -1,5 +1,5 @@
-"""A TaskFineTune's life on the real cluster beyond the happy path: a Ray pod deleted
-mid-training, then suspend and resume with the operator restarted in between.
+"""A TaskFineTune's life on the real cluster beyond the happy path: a broken dataset, deletion,
+a Ray pod deleted mid-training, then suspend and resume with the operator restarted in between.
 
 Everything is real (API server, kubelet, containerd, KubeRay v1.4.2, Ray, the operator installed
 with helm, a Pod Security "restricted" namespace); nothing here writes a RayJob status.
@@ -35,6 +35,37 @@ RESUMED = re.compile(r"resumed from checkpoint at step (\d+)/(\d+)")
 
 def last_step(cluster: Cluster, namespace: str) -> int:
     return max((int(m.group(1)) for m in STEP.finditer(training_logs(cluster.kube, namespace))), default=0)
+
+
+def test_a_broken_dataset_fails_alone_and_deletion_removes_everything(
+    cluster: Cluster, operator: str, namespace: str, images: dict[str, str], s3: Any, training_data: TrainingData,
+) -> None:
+    kube = cluster.kube
+    tft = taskfinetune("mixed", namespace, data=training_data, endpoint=s3.endpoint,
+                       subtasks={"sentiment": "sentiment", "broken": "broken"}, image=images["TRAINJOB_IMAGE"])
+    kube.apply(tft)
+    final = wait_finished(cluster.kube, "mixed", namespace)
+    by_name = {s["name"]: s for s in final["subtasks"]}
+    broken, good = by_name["broken"], by_name["sentiment"]
+    assert good["phase"] == "Succeeded", good  # the other sub-task is not stopped
+    assert broken["phase"] == "Failed", broken
+    assert broken["failureClass"] == "DataContract", broken
+    assert broken["attempts"] == 1, broken  # bad data is not retried
+    # the file and the line (the 41st: 40 good records, then a cut one)
+    assert "broken.jsonl" in broken["message"] and re.search(r"line 41\b|:41\b", broken["message"]), broken["message"]
+    rayjobs = items(cluster.kube, "rayjobs", namespace)
+    assert len(rayjobs) == 2, rayjobs  # one attempt each, nothing relaunched
+
+    t0 = time.monotonic()
+    kube.run("delete", "taskfinetune", "mixed", "-n", namespace, "--wait=true", timeout=300)
+
+    def leftovers() -> dict[str, list[str]]:
+        return {kind: names for kind in ("rayjobs", "rayclusters", "pods", "jobs", "services")
+                if (names := items(cluster.kube, kind, namespace))} | (
+            {"configmaps": cms} if (cms := items(cluster.kube, "configmaps", namespace, "app.kubernetes.io/managed-by")) else {})
+
+    wait_for("the TaskFineTune's children to be gone", lambda: not leftovers() or None, timeout=300, interval=2)
+    cluster.figures["delete_to_nothing_left_s"] = round(time.monotonic() - t0, 1)
 
 
 def test_a_worker_pod_lost_then_suspend_and_resume_with_the_operator_restarted_between(
