@@ -195,6 +195,7 @@ class EmbeddedS3:
         binary = self._binary or find_weed_binary()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "data").mkdir(exist_ok=True)
+        atexit.register(self.stop)  # idempotent: a server left running at exit is stopped once
         fresh = not self._ports  # a restart keeps its ports (its clients know them)
         for attempt in range(1, 4 if fresh else 2):
             if fresh:
@@ -207,7 +208,6 @@ class EmbeddedS3:
                 self._args(binary), stdout=self._log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 cwd=self.data_dir, start_new_session=True,
             )
-            atexit.register(self.stop)
             try:
                 self._wait_ready(timeout_s)
                 for bucket in self.buckets:
