@@ -245,6 +245,7 @@ class EmbeddedS3:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+        self._remove_sockets()
         if self._own_dir and not keep_data:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
@@ -268,7 +269,7 @@ class EmbeddedS3:
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
         }]})
         args = [
-            binary, "server",
+            binary, "-logtostderr", "server",  # into weed.log; glog writes files to /tmp by default
             f"-dir={self.data_dir / 'data'}",
             f"-ip={self.host}", f"-ip.bind={self.host}",
             "-s3", f"-s3.config={config}",
@@ -300,6 +301,15 @@ class EmbeddedS3:
             except OSError:
                 time.sleep(0.2)
         raise TimeoutError(f"S3 gateway not ready after {timeout_s}s; see {self.log_path}:\n{self._tail()}")
+
+    def _remove_sockets(self) -> None:
+        """weed leaves a unix socket per gRPC/S3 port in /tmp (the path is built in, named
+        after the port); remove ours once it has stopped, or they pile up by thousands."""
+        ports = {str(p) for pair in self._ports.values() for p in pair}
+        for folder in {Path("/tmp"), Path(tempfile.gettempdir())}:
+            for path in folder.glob("seaweedfs-*.sock"):
+                if path.stem.rsplit("-", 1)[-1] in ports:
+                    path.unlink(missing_ok=True)
 
     def _log_since(self, offset: int) -> str:
         try:

@@ -72,3 +72,28 @@ def test_a_port_taken_before_weed_binds_it_is_chosen_again(monkeypatch: pytest.M
             assert "address already in use" in s3.log_path.read_text(errors="replace")
     finally:
         blocker.close()
+
+
+def test_a_stopped_server_leaves_nothing_in_the_temporary_directory() -> None:
+    """The real `weed`: its glog files and its local unix sockets (named after its
+    ports) used to pile up in /tmp, thousands of files over a test run."""
+    import tempfile
+
+    from anytasktune import s3server
+
+    def ours(ports: set[int]) -> list[Path]:
+        found = []
+        for folder in {Path(tempfile.gettempdir()), Path("/tmp")}:
+            found += [p for p in folder.glob("seaweedfs-*.sock") if p.stem.rsplit("-", 1)[-1] in ports]
+            found += [p for p in folder.glob("weed.*") if p.stat().st_mtime >= started]
+        return found
+
+    started = __import__("time").time() - 1
+    s3 = s3server.EmbeddedS3(buckets=["tidy"]).start()
+    ports = {str(p) for pair in s3._ports.values() for p in pair}
+    s3.stop(keep_data=True)  # a restart on the same ports works with the sockets gone
+    s3.start()
+    assert [b["Name"] for b in s3.client().list_buckets()["Buckets"]] == ["tidy"]
+    s3.stop()
+    assert ours(ports) == []
+    assert not s3.data_dir.exists()
