@@ -20,7 +20,8 @@ help: ## Show this help
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(STAMP): $(PYPROJECTS)
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(PY) || { bash hack/check-disk.sh "A new virtualenv (torch with its CUDA libraries, then pip's downloads)" \
+	    $(VENV) 6 $${TMPDIR:-/tmp} 3 && $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install -q -U pip setuptools wheel
 	$(PY) -m pip install -q -e ./contract -e "./operator[operator,local,dev]" -e ./trainjob
 	@rm -f $(VENV)/.installed-*; touch $@
