@@ -4,6 +4,7 @@ the `training`, `evaluation` and `timings` parts of manifest.json."""
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,20 @@ class RunFacts:
     world: int
 
 
+def step_time_stats(seconds: list[float]) -> dict[str, float | int] | None:
+    """The attempt's step times: the first (warm-up: allocations, lazy inits) apart, and
+    the steady state after it as median and 10th/90th percentiles."""
+    if not seconds:
+        return None
+    steady = sorted(seconds[1:]) or list(seconds)
+
+    def pct(q: float) -> float:
+        return steady[min(len(steady) - 1, int(q * len(steady)))]
+
+    return {"first": seconds[0], "median": statistics.median(steady), "p10": pct(0.1), "p90": pct(0.9),
+            "steadySteps": len(seconds) - 1}
+
+
 def training_summary(spec: TrainJobSpec, facts: RunFacts, state: TrainState, outcome: TrainOutcome) -> dict[str, Any]:
     t, plan = spec.training, facts.plan
     steps_run = plan.total_steps - state.start_step
@@ -60,6 +75,8 @@ def training_summary(spec: TrainJobSpec, facts: RunFacts, state: TrainState, out
         "tokensPerSecond": (outcome.tokens_this_run / outcome.seconds
                             if outcome.seconds > 0 and outcome.tokens_this_run else None),
         "stepsPerSecond": steps_run / outcome.seconds if outcome.seconds > 0 and steps_run > 0 else None,
+        "stepSeconds": step_time_stats(outcome.step_seconds),
+        "peakHostMemoryMiB": outcome.peak_host_mib, "peakGpuMemoryMiB": outcome.peak_gpu_mib,
         "trainableParams": facts.trainable, "totalParams": facts.total_params,
         "lossHistory": state.history[-LOSS_HISTORY:], "deepspeedConfig": facts.ds_config,
     }

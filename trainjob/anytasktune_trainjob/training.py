@@ -179,6 +179,20 @@ class TrainOutcome:
     last_loss: float = float("nan")
     tokens_this_run: int = 0
     seconds: float = 0.0
+    step_seconds: list[float] = field(default_factory=list)  # each train_step alone (no checkpoint, no log)
+    peak_host_mib: float | None = None  # this process's peak resident memory, at the loop's end
+    peak_gpu_mib: float | None = None  # torch's peak allocation on this worker's GPU
+
+
+def peak_memory_mib(device: Any) -> tuple[float, float | None]:
+    """(host peak RSS, GPU peak allocation) of this process, in MiB."""
+    import resource
+
+    import torch
+
+    host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    gpu = torch.cuda.max_memory_allocated(device) / 2**20 if getattr(device, "type", "") == "cuda" else None
+    return host, gpu
 
 
 def train_step(run: Engine, data: dict[str, Any], step: int, spec: TrainJobSpec, ctx: WorkerContext,
@@ -237,7 +251,9 @@ def train(run: Engine, state: TrainState, data: dict[str, Any], spec: TrainJobSp
     t_loop = time.time()
     while state.step < plan.total_steps:
         lr = float(run.scheduler.get_last_lr()[0]) if run.scheduler is not None else training.learningRate
+        t_step = time.perf_counter()
         loss, tokens = train_step(run, data, state.step, spec, ctx, pad_id)
+        outcome.step_seconds.append(time.perf_counter() - t_step)
         if pause_s:
             time.sleep(pause_s)
         state.step += 1
@@ -254,4 +270,5 @@ def train(run: Engine, state: TrainState, data: dict[str, Any], spec: TrainJobSp
         if fault_after_step is not None and state.step == int(fault_after_step) and state.start_step < state.step:
             raise RuntimeError(f"injected fault after step {state.step} (ANYTASKTUNE_FAULT_AFTER_STEP)")
     outcome.seconds = time.time() - t_loop
+    outcome.peak_host_mib, outcome.peak_gpu_mib = peak_memory_mib(ctx.device)
     return outcome

@@ -14,7 +14,7 @@ import pytest
 
 from anytasktune_contract.trainspec import TrainingConfig, TrainJobSpec
 from anytasktune_trainjob.evaluation import class_labels, examples, merge_scores, shard
-from anytasktune_trainjob.summary import Clock, RunFacts, summarise, timings
+from anytasktune_trainjob.summary import Clock, RunFacts, step_time_stats, summarise, timings
 from anytasktune_trainjob.training import (
     TrainOutcome,
     TrainState,
@@ -131,12 +131,15 @@ def test_summarise_a_resumed_attempt() -> None:
                        start_step=6, resumed_from=6)
     gathered = [_rows({i: "negative" for i in range(6)}, {i: "positive" for i in range(6)}, (12.0, 3.0), 6)]
     clock = Clock({"start": 0.0, "loaded": 1.0, "ready": 3.0, "trained": 10.0, "saved": 10.5, "evaluated": 12.0})
-    summary = summarise(spec, facts, state, TrainOutcome(0.1, 2000, 4.0), gathered, _held(6), clock)
+    outcome = TrainOutcome(0.1, 2000, 4.0, [1.5, 0.5, 0.75, 0.5], 812.0, None)
+    summary = summarise(spec, facts, state, outcome, gathered, _held(6), clock)
     t = summary["training"]
     assert (t["startStep"], t["resumedFromStep"], t["steps"], t["stepsThisAttempt"]) == (6, 6, 10, 4)
     assert (t["tokens"], t["tokensThisAttempt"], t["tokensPerSecond"], t["stepsPerSecond"]) == (5000, 2000, 500.0, 1.0)
     assert (t["worldSize"], t["zeroStage"], t["precision"], t["finalLoss"]) == (2, 2, "fp32", 0.1)
     assert (t["trainableParams"], t["totalParams"]) == (100, 1000)
+    assert t["stepSeconds"] == {"first": 1.5, "median": 0.5, "p10": 0.5, "p90": 0.75, "steadySteps": 3}
+    assert (t["peakHostMemoryMiB"], t["peakGpuMemoryMiB"]) == (812.0, None)
     assert len(t["lossHistory"]) == 10
     ev = summary["evaluation"]
     assert ev["metrics"] == ["accuracy"] and ev["samples"] == 6
@@ -176,9 +179,21 @@ def test_summarise_an_attempt_that_had_nothing_left_to_train() -> None:
     assert t["training"]["finalLoss"] == 0.25
     assert t["training"]["stepsThisAttempt"] == 0
     assert t["training"]["tokensPerSecond"] is None and t["training"]["stepsPerSecond"] is None
+    assert t["training"]["stepSeconds"] is None
     assert examples(_held(1), {"base": ["a"], "adapter": ["a"]})[0]["reference"] == "positive"
     assert timings(Clock({"start": 0.0, "loaded": 2.0, "ready": 2.0, "trained": 2.0, "saved": 2.0,
                           "evaluated": 2.0}), TrainOutcome())["modelDownloadSeconds"] == 2.0
+
+
+@pytest.mark.parametrize(("seconds", "expected"), [
+    ([], None),
+    ([2.0], {"first": 2.0, "median": 2.0, "p10": 2.0, "p90": 2.0, "steadySteps": 0}),
+    ([9.0, 1.0, 3.0], {"first": 9.0, "median": 2.0, "p10": 1.0, "p90": 3.0, "steadySteps": 2}),
+    # the first step (warm-up) never counts in the steady state, however slow
+    ([60.0] + [1.0] * 9 + [5.0], {"first": 60.0, "median": 1.0, "p10": 1.0, "p90": 5.0, "steadySteps": 10}),
+])
+def test_step_time_stats(seconds: list[float], expected: dict[str, float] | None) -> None:
+    assert step_time_stats(seconds) == expected
 
 
 # --- the tiny model: LoRA, adapter files, one evaluation pass ------------------------------
