@@ -18,6 +18,10 @@ import tinymodel  # noqa: E402
 
 BUCKET = "anytasktune-e2e"
 INSTRUCTION = "Classify the sentiment of the review as positive or negative."
+# Steps of at least half a second (the trainjob sleeps after each, tests only), so that a
+# fault injected after seeing one checkpoint lands before the next one, on a fast machine
+# too (the tiny model's steps take ~0.05 s).
+PACED = {"ANYTASKTUNE_TEST_STEP_PAUSE_S": "0.5"}
 
 
 @pytest.fixture(scope="session")

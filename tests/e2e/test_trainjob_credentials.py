@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import INSTRUCTION, make_spec
+from conftest import INSTRUCTION, PACED, make_spec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
 
@@ -201,7 +201,7 @@ def test_a_run_longer_than_its_credentials_publishes(pod_identity_env: dict[str,
         proc = subprocess.Popen([sys.executable, "-m", "anytasktune_trainjob", "--spec", str(tmp_path / "spec.json")],
                                 stdout=sink, stderr=subprocess.STDOUT,
                                 # paced, so that steps remain after the first checkpoint on any machine
-                                env={**pod_identity_env, "ANYTASKTUNE_TEST_STEP_PAUSE_S": "0.5"})
+                                env={**pod_identity_env, **PACED})
         try:
             resumed = _pause_past_a_session_after_first_checkpoint(proc, admin, log)
             proc.wait(timeout=240)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import INSTRUCTION, make_spec
+from conftest import INSTRUCTION, PACED, make_spec
 
 from anytasktune_contract.failures import FAILURE_MARKER, StorageUnavailableError
 
@@ -99,10 +99,6 @@ def _keys(s3: Any, uri: str) -> dict[str, Any]:
     store = open_store(StorageSettings(s3.endpoint, "us-east-1", "path"), 60)
     return {o["key"][len(u.prefix):]: o for o in store.list_objects(u)}
 
-
-# Steps of at least half a second, so that a fault injected after seeing one checkpoint
-# lands before the next one, on a fast machine too (the tiny model's steps take ~0.05 s).
-PACED = {"ANYTASKTUNE_TEST_STEP_PAUSE_S": "0.5"}
 
 
 class Cli:
