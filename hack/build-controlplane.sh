@@ -118,6 +118,8 @@ else
 
   # KubeRay CRDs: straight out of the pinned module, never hand-written.
   cd "$here/kuberay"
+  # `go list -m` alone prints "" for a module not in the module cache yet (a cold machine).
+  go mod download github.com/ray-project/kuberay/ray-operator
   kuberay_dir="$(go list -m -f '{{.Dir}}' github.com/ray-project/kuberay/ray-operator)"
   [[ -d "$kuberay_dir/config/crd/bases" ]] || { log "error: no CRDs under '$kuberay_dir'"; exit 1; }
   rm -f "$crds"/*.yaml

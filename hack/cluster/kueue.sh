@@ -51,7 +51,7 @@ poll() {
 
 render() {
   local src
-  src="$(cd "$repo/hack/kueue" && GOFLAGS=-mod=mod go list -m -f '{{.Dir}}' sigs.k8s.io/kueue)"
+  src="$(module_dir "$repo/hack/kueue" sigs.k8s.io/kueue)"
   rm -rf "$kq"; mkdir -p "$kq/overlay"
   cp -r "$src/config" "$kq/config"; chmod -R u+w "$kq/config"
   cat >"$kq/overlay/controller_manager_config.yaml" <<'EOF'

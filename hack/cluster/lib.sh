@@ -115,3 +115,7 @@ our_chains() {  # our_chains <iptables|ip6tables>
   done
   return 0
 }
+
+# The source folder of a module pinned by the go.mod in folder $1. `go list -m` alone
+# prints "" for a module not yet in the module cache (a cold machine): download it first.
+module_dir() { (cd "$1" && GOFLAGS=-mod=mod go mod download "$2" && GOFLAGS=-mod=mod go list -m -f '{{.Dir}}' "$2"); }

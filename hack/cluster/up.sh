@@ -386,7 +386,7 @@ phase "kube-proxy and CoreDNS ready"
 # ------------------------------------------------------------- KubeRay, as users run it
 # The upstream kustomize base of the pinned module (config/default: CRDs, RBAC, the
 # operator Deployment), with our image, never pulled, in its own namespace.
-kuberay_src="$(cd "$repo/hack/kuberay" && GOFLAGS=-mod=mod go list -m -f '{{.Dir}}' github.com/ray-project/kuberay/ray-operator)"
+kuberay_src="$(module_dir "$repo/hack/kuberay" github.com/ray-project/kuberay/ray-operator)"
 kdir="$STATE/kuberay"
 rm -rf "$kdir"; mkdir -p "$kdir/overlay"
 cp -r "$kuberay_src/config" "$kdir/config"; chmod -R u+w "$kdir/config"
