@@ -546,10 +546,37 @@ class History:
         return sorted(out, key=lambda w: w[0])
 
     def creates(self, resource: str) -> Counter[str]:
-        """How often each name was created (201) in this namespace."""
-        return Counter(e["objectRef"]["name"] for e in self.events
-                       if e["verb"] == "create" and (e.get("objectRef") or {}).get("resource") == resource
-                       and not (e["objectRef"].get("subresource")) and e["responseStatus"]["code"] == 201)
+        """How often each name was created in this namespace: its 201s, and a create the
+        API server answered 504 that was stored all the same. When the client goes away
+        mid-request (an operator SIGKILLed), the API server answers 504 ("context
+        canceled") at once while its store finishes the create regardless; the audit log
+        then shows no 201 for an object that exists. Such a create counts when what
+        follows proves the object was stored: a later create of the name refused 409, or
+        a later successful write to the object (the stand-in's status updates)."""
+        counts: Counter[str] = Counter()
+        cancelled: list[tuple[int, str]] = []  # (position, name)
+        for i, e in enumerate(self.events):
+            ref = e.get("objectRef") or {}
+            if e["verb"] == "create" and ref.get("resource") == resource and not ref.get("subresource"):
+                code = e["responseStatus"]["code"]
+                if code == 201:
+                    counts[ref["name"]] += 1
+                elif code == 504:
+                    cancelled.append((i, ref["name"]))
+        for i, name in cancelled:
+            if not counts[name] and self._stored_after(i, resource, name):
+                counts[name] += 1
+        return +counts
+
+    def _stored_after(self, position: int, resource: str, name: str) -> bool:
+        for e in self.events[position + 1:]:
+            ref = e.get("objectRef") or {}
+            if ref.get("resource") != resource or ref.get("name") != name:
+                continue
+            code = e["responseStatus"]["code"]
+            if (e["verb"] == "create" and code == 409) or (e["verb"] in ("update", "patch") and 200 <= code < 300):
+                return True
+        return False
 
     def deletes(self, resource: str, agent_prefix: str = "") -> list[str]:
         return [e["objectRef"]["name"] for e in self.events
