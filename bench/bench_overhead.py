@@ -1,0 +1,294 @@
+"""Benchmark: what the trainjob's machinery costs a LoRA training step at the demo's real
+shape, SmolLM2-135M-Instruct, the same batches (same records, tokenizer, sequence length,
+micro-batch, steps) through
+
+    plain  a minimal loop: PyTorch + PEFT LoRA + torch.optim.AdamW, nothing else
+    loop   the trainjob's own loop in one process: build_lora_model, build_engine
+           (DeepSpeed ZeRO-2, world size 1, gloo), train(); no checkpoint (they need
+           Ray Train's session: their cost is in `ray`)
+    ray    the whole trainjob under Ray Train: runner.run() with its data from a real S3
+           server, one Ray Train worker, its checkpoint, evaluation and publication
+
+Each variant runs in a fresh process, in interleaved rounds (plain, loop, ray, plain, …),
+so load from other processes hits all of them alike. Steady state is each run's median
+step time after its first step (the trainjob records every step's time); the ratios are
+taken within a round, then their median and range over the rounds are printed.
+
+    .venv/bin/python bench/bench_overhead.py [--rounds 3] [--steps 12] [--batch 2] [--seq 192]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ("plain", "loop", "ray")
+BUCKET = "anytasktune-bench"
+WORDS = ("the service was quick and friendly but the room felt small and the view over the old harbour "
+         "made up for the noise from the street below while breakfast came late every single morning").split()
+
+
+def records(n: int, seed: int = 3) -> list[dict[str, str]]:
+    rng = random.Random(seed)
+    return [{"input": " ".join(rng.choice(WORDS) for _ in range(rng.randint(55, 75))),
+             "output": rng.choice(["positive", "negative"])} for _ in range(n)]
+
+
+def spec_doc(args: argparse.Namespace, endpoint: str, subtask: str) -> dict[str, Any]:
+    return {
+        "taskFineTune": "bench-overhead", "domain": "reviews", "subtask": subtask,
+        "instruction": "Classify the sentiment of the review as positive or negative.",
+        "taskType": "classification",
+        "baseModel": {"uri": f"s3://{BUCKET}/models/smollm2/"},
+        "dataset": {"uri": f"s3://{BUCKET}/data/reviews.jsonl", "format": "taskfinetune"},
+        "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "targetModules": ["q_proj", "v_proj"]},
+        "training": {"epochs": 1, "maxSteps": args.steps, "learningRate": 2e-4, "microBatchSize": args.batch,
+                     "gradientAccumulationSteps": 1, "maxSeqLength": args.seq, "warmupRatio": 0.0,
+                     "checkpointEverySteps": 0, "logEverySteps": 5, "seed": 7},
+        "deepspeed": {"zeroStage": 2, "offloadOptimizer": False, "precision": "auto"},
+        "evaluation": {"holdout": 0.15, "maxNewTokens": 2, "batchSize": 8, "maxSamples": 8},
+        "dataContract": {"minSamples": 10, "maxTruncatedFraction": 1.0, "maxDuplicateFraction": 0.0},
+        "storage": {"endpoint": endpoint, "region": "us-east-1", "addressingStyle": "path"},
+        "outputPrefix": f"s3://{BUCKET}/runs/{subtask}",
+        "scaling": {"numWorkers": 1, "useGpu": False, "cpusPerWorker": args.threads},
+    }
+
+
+# --- the children: one variant each, a RESULT line on stdout --------------------------------------
+def child_plain(job: dict[str, Any], threads: int) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from anytasktune_contract.trainspec import TrainJobSpec
+    from anytasktune_trainjob import encoding
+    from anytasktune_trainjob.zero import micro_batch, plan_steps
+
+    torch.set_num_threads(threads)
+    spec = TrainJobSpec.from_json(job["spec"])
+    t_import = time.perf_counter()
+    torch.manual_seed(spec.training.seed)
+    model: Any = AutoModelForCausalLM.from_pretrained(job["model_dir"], dtype=torch.float32)
+    lora = spec.lora
+    model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                             target_modules=list(lora.targetModules), task_type="CAUSAL_LM"))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=spec.training.learningRate)
+    t_model = time.perf_counter()
+    ids, labels = job["payload"]["train_ids"], job["payload"]["train_labels"]
+    plan = plan_steps(len(ids), 1, spec.training)
+    model.train()
+    steps, tokens = [], 0
+    for step in range(plan.total_steps):
+        t = time.perf_counter()
+        idx = micro_batch(plan, step, 0, spec.training.microBatchSize, spec.training.seed)
+        batch = encoding.pad_batch([(ids[i], labels[i]) for i in idx], job["pad_id"])
+        tensors = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+        out = model(**tensors)
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        float(out.loss.detach())
+        steps.append(time.perf_counter() - t)
+        tokens += int(tensors["attention_mask"].sum())
+    return {"steps": steps, "tokens": tokens, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "startup": {"imports": t_import - t0, "model + LoRA": t_model - t_import}}
+
+
+def child_loop(job: dict[str, Any], threads: int) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(job["port"]))
+    from anytasktune_trainjob.worker import setup_worker_env
+
+    setup_worker_env(False)
+    import torch
+    import torch.distributed as dist
+
+    from anytasktune_contract.trainspec import TrainJobSpec
+    from anytasktune_trainjob import training
+    from anytasktune_trainjob.worker import worker_context
+
+    torch.set_num_threads(threads)
+    spec = TrainJobSpec.from_json(job["spec"])
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    ctx = worker_context(spec, 0, 1, 0)
+    t_import = time.perf_counter()
+    lora = training.build_lora_model(spec, job["model_dir"], ctx.dtype)
+    t_model = time.perf_counter()
+    run = training.build_engine(lora.model, spec, 1, len(job["payload"]["train_ids"]))
+    t_ds = time.perf_counter()
+    training.checkpoint_due = lambda *a, **k: False  # type: ignore[assignment]  # a checkpoint needs Ray Train's session
+    outcome = training.train(run, training.TrainState(), job["payload"], spec, ctx, pad_id=job["pad_id"],
+                             checkpoints=None)  # type: ignore[arg-type]
+    dist.destroy_process_group()
+    return {"steps": outcome.step_seconds, "tokens": outcome.tokens_this_run, "peak_mib": outcome.peak_host_mib,
+            "startup": {"imports": t_import - t0, "model + LoRA": t_model - t_import, "DeepSpeed init": t_ds - t_model}}
+
+
+def child_ray(job: dict[str, Any], threads: int) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    import ray
+
+    from anytasktune_contract.trainspec import TrainJobSpec
+    from anytasktune_trainjob.runner import run
+
+    t_import = time.perf_counter()
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray.init(num_cpus=threads, include_dashboard=False, log_to_driver=False)
+    t_ray = time.perf_counter()
+    result = run(TrainJobSpec.from_json(job["spec"]), log=lambda _msg: None)
+    t_done = time.perf_counter()
+    ray.shutdown()
+    m = result.manifest
+    t, tm = m["training"], m["timings"]
+    worker = tm["modelDownloadSeconds"] + tm["setupSeconds"] + tm["trainSeconds"] + tm["saveSeconds"] + tm["evalSeconds"]
+    return {
+        "step_stats": t["stepSeconds"], "tokens": t["tokensThisAttempt"], "peak_mib": t["peakHostMemoryMiB"],
+        "startup": {"imports": t_import - t0, "ray.init": t_ray - t_import, "data (S3, tokenize)": tm["dataSeconds"],
+                    "Ray Train workers, checkpoint, result": tm["rayTrainSeconds"] - worker,
+                    "model from S3": tm["modelDownloadSeconds"], "model + LoRA + DeepSpeed init": tm["setupSeconds"],
+                    "after training (adapter, evaluation)": tm["saveSeconds"] + tm["evalSeconds"],
+                    "publish + manifest": (t_done - t_ray) - tm["dataSeconds"] - tm["rayTrainSeconds"]},
+        "train_seconds": tm["trainSeconds"],
+    }
+
+
+CHILDREN = {"plain": child_plain, "loop": child_loop, "ray": child_ray}
+
+
+# --- the parent -----------------------------------------------------------------------------------
+def prepare(args: argparse.Namespace, workdir: Path) -> tuple[Any, Path]:
+    """The embedded S3 server with the model and the dataset; the converted model folder."""
+    sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
+    import tinymodel
+
+    from anytasktune.basemodels import prepare_smollm2
+    from anytasktune.s3server import EmbeddedS3
+
+    model_dir = prepare_smollm2()
+    s3 = EmbeddedS3(workdir / "s3", buckets=[BUCKET]).start()
+    os.environ.update(s3.env())  # the trainjob's storage (here and in the children) finds its keys there
+    client = s3.client()
+    tinymodel.upload_folder(client, model_dir, BUCKET, "models/smollm2")
+    client.put_object(Bucket=BUCKET, Key="data/reviews.jsonl", Body=tinymodel.to_jsonl(records(args.records)).encode())
+    return s3, model_dir
+
+
+def round_job(args: argparse.Namespace, s3: Any, model_dir: Path, n: int) -> dict[str, Any]:
+    """One round's spec and its prepared data (the trainjob's own prepare_data)."""
+    from anytasktune.s3server import free_ports
+    from anytasktune_contract.storage import StorageSettings
+    from anytasktune_contract.trainspec import TrainJobSpec
+    from anytasktune_trainjob.runner import prepare_data
+    from anytasktune_trainjob.store import open_store
+
+    spec = TrainJobSpec.model_validate(spec_doc(args, s3.endpoint, f"overhead-r{n}"))
+    storage = open_store(StorageSettings.from_spec(spec.storage), 30.0)
+    prepared = prepare_data(spec, storage, log=lambda _m: None)
+    return {"spec": spec.to_json(), "payload": prepared.payload, "pad_id": prepared.pad_id,
+            "model_dir": str(model_dir), "port": free_ports(1)[0]}
+
+
+def run_child(variant: str, job_file: Path, threads: int, env: dict[str, str]) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, __file__, "--child", variant, "--job", str(job_file),
+                           "--threads", str(threads)], capture_output=True, text=True, env=env)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{variant} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def steady(result: dict[str, Any]) -> tuple[float, float, float]:
+    """(median, p10, p90) of the steady-state step time."""
+    if result.get("step_stats"):
+        s = result["step_stats"]
+        return s["median"], s["p10"], s["p90"]
+    xs = sorted(result["steps"][1:])
+    return statistics.median(xs), xs[int(0.1 * len(xs))], xs[min(len(xs) - 1, int(0.9 * len(xs)))]
+
+
+def first_step(result: dict[str, Any]) -> float:
+    return result["step_stats"]["first"] if result.get("step_stats") else result["steps"][0]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--seq", type=int, default=192)
+    ap.add_argument("--records", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
+    ap.add_argument("--child", choices=VARIANTS)
+    ap.add_argument("--job")
+    args = ap.parse_args()
+
+    if args.child:
+        with open(args.job, "rb") as f:
+            job = pickle.load(f)
+        print("RESULT " + json.dumps(CHILDREN[args.child](job, args.threads)), flush=True)
+        return
+
+    results: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
+    with tempfile.TemporaryDirectory(prefix="anytasktune-bench-") as tmp:
+        workdir = Path(tmp)
+        s3, model_dir = prepare(args, workdir)
+        try:
+            env = {**os.environ, "DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false"}
+            for n in range(1, args.rounds + 1):
+                job_file = workdir / f"round{n}.pickle"
+                job_file.write_bytes(pickle.dumps(round_job(args, s3, model_dir, n)))
+                order = VARIANTS if n % 2 else tuple(reversed(VARIANTS))  # no variant always goes first
+                for variant in order:
+                    r = run_child(variant, job_file, args.threads, env)
+                    results[variant].append(r)
+                    med, p10, p90 = steady(r)
+                    print(f"round {n} {variant:5s}: steady step {med * 1000:7.1f} ms (p10 {p10 * 1000:.1f}, "
+                          f"p90 {p90 * 1000:.1f}), first {first_step(r) * 1000:.0f} ms, {r['tokens']} tokens, "
+                          f"peak {r['peak_mib']:.0f} MiB", flush=True)
+        finally:
+            s3.stop()
+    report(args, results)
+
+
+def report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -> None:
+    import torch
+
+    def spread(xs: list[float]) -> str:
+        return f"{statistics.median(xs):.3f} ({min(xs):.3f}–{max(xs):.3f})"
+
+    plain = [steady(r)[0] for r in results["plain"]]
+    tokens_per_step = results["plain"][0]["tokens"] / args.steps
+    print(f"\nSmolLM2-135M-Instruct + LoRA r=16 (q_proj, v_proj), fp32 on CPU, micro-batch {args.batch}, "
+          f"sequences up to {args.seq} tokens (~{tokens_per_step:.0f} tokens a step), {args.steps} steps, "
+          f"{args.rounds} interleaved rounds, {args.threads} threads; torch {torch.__version__}")
+    print("\n| variant | steady step, median of rounds (ms) | tokens/s | ratio to plain, median (range) | "
+          "first step (ms) | peak RSS (MiB) |")
+    print("|---|---|---|---|---|---|")
+    for v in VARIANTS:
+        meds = [steady(r)[0] for r in results[v]]
+        ratios = [m / p for m, p in zip(meds, plain, strict=True)]
+        print(f"| {v} | {statistics.median(meds) * 1000:.1f} | {tokens_per_step / statistics.median(meds):,.0f} | "
+              f"{spread(ratios)} | {statistics.median(first_step(r) for r in results[v]) * 1000:.0f} | "
+              f"{statistics.median(r['peak_mib'] for r in results[v]):.0f} |")
+    print("\nStart-up (median of rounds, seconds):\n")
+    for v in VARIANTS:
+        parts = results[v][0]["startup"].keys()
+        print(f"- {v}: " + ", ".join(f"{k} {statistics.median(r['startup'][k] for r in results[v]):.1f}"
+                                      for k in parts))
+
+
+if __name__ == "__main__":
+    main()
