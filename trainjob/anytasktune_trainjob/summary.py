@@ -115,6 +115,8 @@ def evaluation_summary(spec: TrainJobSpec, gathered: list[list[dict[str, Any]]],
 def timings(clock: Clock, outcome: TrainOutcome) -> dict[str, float]:
     return {
         "modelDownloadSeconds": clock.between("start", "loaded"), "setupSeconds": clock.between("loaded", "ready"),
+        # setupSeconds in two: the base model loaded with LoRA applied, then DeepSpeed's engine
+        "modelLoadSeconds": clock.between("loaded", "model"), "deepspeedInitSeconds": clock.between("model", "ready"),
         "trainSeconds": outcome.seconds, "saveSeconds": clock.between("trained", "saved"),
         "evalSeconds": clock.between("saved", "evaluated"),
     }

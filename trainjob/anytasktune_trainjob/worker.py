@@ -92,6 +92,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     clock.mark("loaded")
 
     lora = build_lora_model(spec, model_dir, ctx.dtype)
+    clock.mark("model")
     run = build_engine(lora.model, spec, ctx.world, len(data["train_ids"]))
     facts = RunFacts(run.plan, run.ds_config, lora.trainable, lora.total, ctx.precision, ctx.world)
     clock.mark("ready")

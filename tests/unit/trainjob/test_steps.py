@@ -130,7 +130,7 @@ def test_summarise_a_resumed_attempt() -> None:
     state = TrainState(step=10, tokens=5000, history=[{"step": s, "loss": 1.0 / s, "lr": 0.1} for s in range(1, 11)],
                        start_step=6, resumed_from=6)
     gathered = [_rows({i: "negative" for i in range(6)}, {i: "positive" for i in range(6)}, (12.0, 3.0), 6)]
-    clock = Clock({"start": 0.0, "loaded": 1.0, "ready": 3.0, "trained": 10.0, "saved": 10.5, "evaluated": 12.0})
+    clock = Clock({"start": 0.0, "loaded": 1.0, "model": 2.5, "ready": 3.0, "trained": 10.0, "saved": 10.5, "evaluated": 12.0})
     outcome = TrainOutcome(0.1, 2000, 4.0, [1.5, 0.5, 0.75, 0.5], 812.0, None)
     summary = summarise(spec, facts, state, outcome, gathered, _held(6), clock)
     t = summary["training"]
@@ -150,8 +150,9 @@ def test_summarise_a_resumed_attempt() -> None:
     assert ev["intervals"]["accuracy"] == {"base": [0.0, 0.0], "adapter": [1.0, 1.0], "lift": [1.0, 1.0]}
     assert ev["verdict"] == "adapter wins" and ev["verdictRule"]["threshold"] == 0.0
     assert ev["bootstrap"]["paired"] is True and ev["perRecord"]["accuracy"]["base"] == [0.0] * 6
-    assert summary["timings"] == {"modelDownloadSeconds": 1.0, "setupSeconds": 2.0, "trainSeconds": 4.0,
-                                  "saveSeconds": 0.5, "evalSeconds": 1.5}
+    assert summary["timings"] == {"modelDownloadSeconds": 1.0, "setupSeconds": 2.0, "modelLoadSeconds": 1.5,
+                                  "deepspeedInitSeconds": 0.5, "trainSeconds": 4.0, "saveSeconds": 0.5,
+                                  "evalSeconds": 1.5}
 
 
 def test_a_small_mixed_lift_is_inconclusive_and_min_lift_raises_the_bar() -> None:
@@ -161,7 +162,7 @@ def test_a_small_mixed_lift_is_inconclusive_and_min_lift_raises_the_bar() -> Non
     gathered = [_rows(base, adapter, (8.0, 8.0), 8)]
     held = {"references": ["positive"] * 8, "prompt_text": ["p"] * 8}
     ev = summarise(spec, _facts(spec), TrainState(step=1), TrainOutcome(), gathered, held,
-                   Clock({k: 0.0 for k in ("start", "loaded", "ready", "trained", "saved", "evaluated")}))["evaluation"]
+                   Clock({k: 0.0 for k in ("start", "loaded", "model", "ready", "trained", "saved", "evaluated")}))["evaluation"]
     assert ev["lift"]["accuracy"] == pytest.approx(0.125)  # a lift of +0.125 on 8 records …
     lo, hi = ev["intervals"]["accuracy"]["lift"]
     assert lo < 0.0 < 0.125 < hi and ev["verdict"] == "inconclusive"  # … that the held-out set cannot confirm
@@ -175,13 +176,13 @@ def test_summarise_an_attempt_that_had_nothing_left_to_train() -> None:
     state = TrainState(step=10, tokens=5000, history=[{"step": 10, "loss": 0.25, "lr": 0.0}], start_step=10,
                        resumed_from=10)
     t = summarise(spec, _facts(spec), state, TrainOutcome(), [_rows({0: "a"}, {0: "a"}, (1.0, 1.0), 1)],
-                  _held(1), Clock({k: 0.0 for k in ("start", "loaded", "ready", "trained", "saved", "evaluated")}))
+                  _held(1), Clock({k: 0.0 for k in ("start", "loaded", "model", "ready", "trained", "saved", "evaluated")}))
     assert t["training"]["finalLoss"] == 0.25
     assert t["training"]["stepsThisAttempt"] == 0
     assert t["training"]["tokensPerSecond"] is None and t["training"]["stepsPerSecond"] is None
     assert t["training"]["stepSeconds"] is None
     assert examples(_held(1), {"base": ["a"], "adapter": ["a"]})[0]["reference"] == "positive"
-    assert timings(Clock({"start": 0.0, "loaded": 2.0, "ready": 2.0, "trained": 2.0, "saved": 2.0,
+    assert timings(Clock({"start": 0.0, "loaded": 2.0, "model": 2.0, "ready": 2.0, "trained": 2.0, "saved": 2.0,
                           "evaluated": 2.0}), TrainOutcome())["modelDownloadSeconds"] == 2.0
 
 
