@@ -240,6 +240,12 @@ make_image() {
   if fresh "$name"; then
     log "${REF[$name]} up to date ($(archive_of "$name"))"
   else
+    # The Ray images hold PyPI's CUDA torch: their wheels, layers, temporary files and
+    # archive take ~11 GiB (ray-base) and ~6 GiB (trainjob); fail before, not halfway.
+    case $name in
+      ray-base) bash "$root/hack/check-disk.sh" "Building the ray-base image" "$out" 11 ;;
+      trainjob) bash "$root/hack/check-disk.sh" "Building the trainjob image" "$out" 6 ;;
+    esac
     "build_$fn"
   fi
   DONE[$name]=1
