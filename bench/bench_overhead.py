@@ -24,7 +24,6 @@ import json
 import os
 import pickle
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -75,6 +74,8 @@ def child_plain(job: dict[str, Any], threads: int) -> dict[str, Any]:
 
     from anytasktune_contract.trainspec import TrainJobSpec
     from anytasktune_trainjob import encoding
+    from anytasktune_trainjob.summary import step_time_stats
+    from anytasktune_trainjob.training import peak_memory_mib
     from anytasktune_trainjob.zero import micro_batch, plan_steps
 
     torch.set_num_threads(threads)
@@ -103,7 +104,7 @@ def child_plain(job: dict[str, Any], threads: int) -> dict[str, Any]:
         float(out.loss.detach())
         steps.append(time.perf_counter() - t)
         tokens += int(tensors["attention_mask"].sum())
-    return {"steps": steps, "tokens": tokens, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    return {"step_stats": step_time_stats(steps), "tokens": tokens, "peak_mib": peak_memory_mib(torch.device("cpu"))[0],
             "startup": {"imports": t_import - t0, "model + LoRA": t_model - t_import}}
 
 
@@ -118,6 +119,7 @@ def child_loop(job: dict[str, Any], threads: int) -> dict[str, Any]:
 
     from anytasktune_contract.trainspec import TrainJobSpec
     from anytasktune_trainjob import training
+    from anytasktune_trainjob.summary import step_time_stats
     from anytasktune_trainjob.worker import worker_context
 
     torch.set_num_threads(threads)
@@ -133,7 +135,7 @@ def child_loop(job: dict[str, Any], threads: int) -> dict[str, Any]:
     outcome = training.train(run, training.TrainState(), job["payload"], spec, ctx, pad_id=job["pad_id"],
                              checkpoints=None)  # type: ignore[arg-type]
     dist.destroy_process_group()
-    return {"steps": outcome.step_seconds, "tokens": outcome.tokens_this_run, "peak_mib": outcome.peak_host_mib,
+    return {"step_stats": step_time_stats(outcome.step_seconds), "tokens": outcome.tokens_this_run, "peak_mib": outcome.peak_host_mib,
             "startup": {"imports": t_import - t0, "model + LoRA": t_model - t_import, "DeepSpeed init": t_ds - t_model}}
 
 
@@ -162,7 +164,6 @@ def child_ray(job: dict[str, Any], threads: int) -> dict[str, Any]:
                     "DeepSpeed init": tm["deepspeedInitSeconds"],
                     "after training (adapter, evaluation)": tm["saveSeconds"] + tm["evalSeconds"],
                     "publish + manifest": (t_done - t_ray) - tm["dataSeconds"] - tm["rayTrainSeconds"]},
-        "train_seconds": tm["trainSeconds"],
     }
 
 
@@ -212,16 +213,13 @@ def run_child(variant: str, job_file: Path, threads: int, env: dict[str, str]) -
 
 
 def steady(result: dict[str, Any]) -> tuple[float, float, float]:
-    """(median, p10, p90) of the steady-state step time."""
-    if result.get("step_stats"):
-        s = result["step_stats"]
-        return s["median"], s["p10"], s["p90"]
-    xs = sorted(result["steps"][1:])
-    return statistics.median(xs), xs[int(0.1 * len(xs))], xs[min(len(xs) - 1, int(0.9 * len(xs)))]
+    """(median, p10, p90) of the steady-state step time (the trainjob's own step_time_stats)."""
+    s = result["step_stats"]
+    return s["median"], s["p10"], s["p90"]
 
 
 def first_step(result: dict[str, Any]) -> float:
-    return result["step_stats"]["first"] if result.get("step_stats") else result["steps"][0]
+    return float(result["step_stats"]["first"])
 
 
 def main() -> None:

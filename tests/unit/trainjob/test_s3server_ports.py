@@ -78,17 +78,18 @@ def test_a_stopped_server_leaves_nothing_in_the_temporary_directory() -> None:
     """The real `weed`: its glog files and its local unix sockets (named after its
     ports) used to pile up in /tmp, thousands of files over a test run."""
     import tempfile
+    import time
 
     from anytasktune import s3server
 
-    def ours(ports: set[int]) -> list[Path]:
+    def ours(ports: set[str]) -> list[Path]:
         found = []
         for folder in {Path(tempfile.gettempdir()), Path("/tmp")}:
             found += [p for p in folder.glob("seaweedfs-*.sock") if p.stem.rsplit("-", 1)[-1] in ports]
             found += [p for p in folder.glob("weed.*") if p.stat().st_mtime >= started]
         return found
 
-    started = __import__("time").time() - 1
+    started = time.time() - 1
     s3 = s3server.EmbeddedS3(buckets=["tidy"]).start()
     ports = {str(p) for pair in s3._ports.values() for p in pair}
     s3.stop(keep_data=True)  # a restart on the same ports works with the sockets gone
