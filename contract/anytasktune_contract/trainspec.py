@@ -127,6 +127,8 @@ class DeepSpeedConfig(Strict):
 
 
 COMPARE_API_KEY_ENV = "ANYTASKTUNE_COMPARE_API_KEY"  # the general model's key, in the pods by secretKeyRef only
+SPEC_ENV = "ANYTASKTUNE_SPEC"  # the spec JSON, where no --spec is given
+SPEC_B64_ENV = "ANYTASKTUNE_SPEC_B64"  # the same, base64: shell-safe in a Ray job's runtime env (Shared cluster mode)
 
 
 class SecretKeyRef(Strict):

@@ -73,6 +73,7 @@ class ObservedJob:
     created: str | None = None
     deleting: bool = False
     cluster_alive: bool = False  # its RayCluster still exists (holds nodes until deleted)
+    shared: bool = False  # runs on the TaskFineTune's shared RayCluster (spec.clusterSelector)
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any], live_clusters: frozenset[str] = frozenset()) -> ObservedJob:
@@ -99,6 +100,7 @@ class ObservedJob:
             created=meta.get("creationTimestamp"),
             deleting=bool(meta.get("deletionTimestamp")),
             cluster_alive=name in live_clusters,
+            shared=bool((obj.get("spec") or {}).get("clusterSelector")),
         )
 
     @property

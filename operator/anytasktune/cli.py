@@ -16,8 +16,9 @@ from typing import Any
 
 import yaml
 
+from anytasktune.actions import Launch
 from anytasktune.config import OperatorConfig
-from anytasktune.plan import Launch, plan
+from anytasktune.plan import plan
 from anytasktune.spec import GROUP, PLURAL, VERSION, Phase, TaskFineTune
 from anytasktune.validation import Problem, load_documents, validate_file
 from anytasktune_contract.failures import FailureClass

@@ -25,11 +25,11 @@ from datetime import datetime, timezone
 from typing import Any
 
 from anytasktune import metrics
+from anytasktune.actions import Plan
 from anytasktune.config import OperatorConfig
 from anytasktune.executor import ManifestReads, reconcile
 from anytasktune.kube import KubeClient, KubeExecutor
-from anytasktune.plan import Plan
-from anytasktune.spec import TaskFineTune
+from anytasktune.spec import ClusterMode, TaskFineTune
 from anytasktune_contract.backoff import Backoff
 from anytasktune_contract.storage import ObjectStore, StorageSettings
 
@@ -226,10 +226,11 @@ class Controller:
         if tft is None or tft["metadata"].get("deletionTimestamp"):
             self.reads.pop((namespace, name), None)
             return None  # ownerReferences let the garbage collector remove the children
-        jobs, clusters = self.client.observe(namespace, name)
+        shared = ((tft.get("spec") or {}).get("cluster") or {}).get("mode") == ClusterMode.Shared.value
+        jobs, clusters, shared_cluster = self.client.observe(namespace, name, shared)
         reads = self.reads.setdefault((namespace, name), ManifestReads(self.config.manifest_backoff))
         executor = KubeExecutor(self.client, tft, clusters, lambda uri: self._start_read(tft, reads, uri), self.writers)
-        result = reconcile(tft, jobs, reads, datetime.now(timezone.utc), self.config, executor)
+        result = reconcile(tft, jobs, reads, datetime.now(timezone.utc), self.config, executor, shared_cluster)
         metrics.observe_status(namespace, name, result.status)
         return result
 

@@ -17,9 +17,10 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from anytasktune.actions import CreateCluster, DeleteCluster, DeleteJob, Launch, ManifestRead, ObservedCluster, Plan, ReadManifest, ReleaseCluster, SetSuspend
 from anytasktune.attempt import ObservedJob
 from anytasktune.config import OperatorConfig
-from anytasktune.plan import DeleteJob, Launch, ManifestRead, Plan, ReadManifest, ReleaseCluster, SetSuspend, plan
+from anytasktune.plan import plan
 from anytasktune.records import record_fields
 from anytasktune.spec import TaskFineTuneStatus
 from anytasktune.summary import Event
@@ -35,6 +36,8 @@ class Executor(Protocol):
     def create_all(self, launches: list[Launch]) -> None: ...  # several at once where the backend can
     def delete_job(self, name: str) -> None: ...
     def release_cluster(self, job: str) -> None: ...
+    def create_cluster(self, raycluster: dict[str, Any]) -> None: ...  # the shared RayCluster
+    def delete_cluster(self, name: str) -> None: ...
     def set_suspend(self, name: str, suspend: bool) -> None: ...
     def read_manifest(self, uri: str) -> None: ...  # starts a read; the outcome goes to ManifestReads
     def post_event(self, event: Event) -> None: ...
@@ -51,6 +54,9 @@ def status_body(status: TaskFineTuneStatus) -> dict[str, Any]:
 
 def apply(result: Plan, old_status: Mapping[str, Any] | None, executor: Executor) -> bool:
     """Carry out a plan; True when the status changed (and was written)."""
+    for action in result.actions:  # the shared cluster first: its RayJobs wait for it
+        if isinstance(action, CreateCluster):
+            executor.create_cluster(action.raycluster)
     launches = [a for a in result.actions if isinstance(a, Launch)]
     if launches:
         executor.create_all(launches)
@@ -64,6 +70,8 @@ def apply(result: Plan, old_status: Mapping[str, Any] | None, executor: Executor
                 executor.set_suspend(action.name, action.suspend)
             case ReadManifest():
                 executor.read_manifest(action.uri)
+            case DeleteCluster():
+                executor.delete_cluster(action.name)
     new_status = status_body(result.status)
     changed = new_status != status_body(TaskFineTuneStatus.model_validate(old_status or {}))
     if changed:  # write only on change: no churn, no self-triggered passes
@@ -74,9 +82,9 @@ def apply(result: Plan, old_status: Mapping[str, Any] | None, executor: Executor
 
 
 def reconcile(obj: Mapping[str, Any], jobs: list[ObservedJob], reads: ManifestReads, now: datetime,
-              config: OperatorConfig, executor: Executor) -> Plan:
+              config: OperatorConfig, executor: Executor, cluster: ObservedCluster | None = None) -> Plan:
     """One pass: plan once from what was observed, then apply."""
-    result = plan(obj, jobs, reads.snapshot(), now, config)
+    result = plan(obj, jobs, reads.snapshot(), now, config, cluster)
     apply(result, obj.get("status"), executor)
     return result
 

@@ -73,11 +73,12 @@ APPLICATION_RULES: tuple[Rule, ...] = (
          "one RayJob per sub-task attempt: kopf watches them (list, watch) to react to KubeRay's status; "
          "each pass lists a TaskFineTune's RayJobs by label; creates new attempts; patches spec.suspend; "
          "deletes superseded or removed attempts."),
-    Rule("ray.io", ("rayclusters",), ("list", "watch", "delete"),
+    Rule("ray.io", ("rayclusters",), ("list", "watch", "create", "delete"),
          "the Ray cluster KubeRay creates for each attempt (it carries the RayJob's labels): a finished "
          "attempt's cluster still holds nodes until ttlSecondsAfterFinished, so it counts against "
          "maxParallelSubtasks (list, watch) and is deleted before a retry or when a waiting sub-task "
-         "needs its slot (delete). Never created or modified."),
+         "needs its slot (delete). In cluster.mode Shared, the one RayCluster of a TaskFineTune: "
+         "created while the pool has work, deleted when it is done or suspended. Never modified."),
     Rule("", ("configmaps",), ("create",),
          "the resolved training spec of each attempt, mounted by the RayJob's pods. Created once "
          "(a 409 counts as done), never read, updated or deleted (the garbage collector does that)."),

@@ -13,9 +13,9 @@ import kubernetes
 from kubernetes.client.rest import ApiException
 
 from anytasktune import metrics
+from anytasktune.actions import Launch, ObservedCluster
 from anytasktune.attempt import ObservedJob
-from anytasktune.plan import Launch
-from anytasktune.render import LABEL_MANAGED_BY, LABEL_TFT, MANAGER
+from anytasktune.render import LABEL_MANAGED_BY, LABEL_SHARED_CLUSTER, LABEL_TFT, MANAGER
 from anytasktune.spec import GROUP, KIND, PLURAL, VERSION
 from anytasktune.summary import Event
 
@@ -66,21 +66,26 @@ class KubeClient:
         resp: dict[str, Any] = self.custom.list_namespaced_custom_object(*RAY, namespace, plural, label_selector=selector)  # type: ignore[assignment]
         return list(resp.get("items", []))
 
-    def observe(self, namespace: str, tft: str) -> tuple[list[ObservedJob], dict[str, str]]:
-        """The TaskFineTune's RayJobs, and RayJob name -> its live RayCluster's name.
+    def observe(self, namespace: str, tft: str, shared: bool = False) -> tuple[list[ObservedJob], dict[str, str], ObservedCluster | None]:
+        """The TaskFineTune's RayJobs, RayJob name -> its own live RayCluster's name, and
+        the shared RayCluster (cluster.mode Shared) if it exists.
 
-        Clusters matter only for finished (or vanishing) attempts, whose cluster may
-        outlive them: while every attempt is unfinished, the second LIST is skipped."""
+        Clusters matter for finished (or vanishing) attempts, whose cluster may outlive
+        them, and in Shared mode: otherwise the second LIST is skipped."""
         rayjobs = self._children("rayjobs", namespace, tft)
         jobs = [ObservedJob.from_object(o) for o in rayjobs]
-        if not any(j.state.is_terminal or j.deleting for j in jobs):
-            return jobs, {}
-        clusters = {
-            c["metadata"]["labels"].get(ORIGINATED_FROM, ""): c["metadata"]["name"]
-            for c in self._children("rayclusters", namespace, tft)
-        }
+        if not shared and not any(j.state.is_terminal or j.deleting or j.shared for j in jobs):
+            return jobs, {}, None
+        clusters: dict[str, str] = {}
+        shared_cluster: ObservedCluster | None = None
+        for c in self._children("rayclusters", namespace, tft):
+            meta = c["metadata"]
+            if (meta.get("labels") or {}).get(LABEL_SHARED_CLUSTER) == "true":
+                shared_cluster = ObservedCluster(meta["name"], deleting=bool(meta.get("deletionTimestamp")))
+            elif origin := (meta.get("labels") or {}).get(ORIGINATED_FROM):
+                clusters[origin] = meta["name"]
         live = frozenset(clusters)
-        return [ObservedJob.from_object(o, live) for o in rayjobs], clusters
+        return [ObservedJob.from_object(o, live) for o in rayjobs], clusters, shared_cluster
 
     def post_event(self, tft: dict[str, Any], event: Event) -> None:
         meta = tft["metadata"]
@@ -153,6 +158,18 @@ class KubeExecutor:
             return
         try:
             self.client.custom.delete_namespaced_custom_object(*RAY, self.namespace, "rayclusters", cluster, propagation_policy="Background")
+        except ApiException as err:
+            _ok(err, 404)
+
+    def create_cluster(self, raycluster: dict[str, Any]) -> None:
+        try:
+            self.client.custom.create_namespaced_custom_object(*RAY, self.namespace, "rayclusters", raycluster)
+        except ApiException as err:
+            _ok(err, 409)
+
+    def delete_cluster(self, name: str) -> None:
+        try:
+            self.client.custom.delete_namespaced_custom_object(*RAY, self.namespace, "rayclusters", name, propagation_policy="Background")
         except ApiException as err:
             _ok(err, 404)
 

@@ -21,84 +21,30 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from anytasktune.actions import (
+    Action,
+    DeleteJob,
+    Launch,
+    ManifestRead,
+    ObservedCluster,
+    Plan,
+    ReadManifest,
+    ReleaseCluster,
+    SetSuspend,
+)
 from anytasktune.attempt import AttemptState, ObservedJob, failure_class, format_time, parse_time
 from anytasktune.config import OperatorConfig
 from anytasktune.records import apply_record
 from anytasktune.render import child_name, render_configmap, render_rayjob
 from anytasktune.resolve import ResolveError, resolve_subtask
-from anytasktune.spec import SubtaskPhase, SubtaskStatus, TaskFineTune, TaskFineTuneSpec, TaskFineTuneStatus
+from anytasktune.sharedcluster import shared_cluster, shared_compare_secret
+from anytasktune.spec import ClusterMode, SubtaskPhase, SubtaskStatus, TaskFineTune, TaskFineTuneSpec, TaskFineTuneStatus
 from anytasktune.summary import Event, invalid_status, outcome_message, summarize, transition_events
 from anytasktune.validation import describe
 from anytasktune_contract.failures import FailureClass, explanation, same_error
 from anytasktune_contract.trainspec import TrainJobSpec
 
 MANIFEST_NAME = "manifest.json"
-
-# --- what the executor tells the planner about S3 -----------------------------
-
-
-@dataclass(frozen=True)
-class ManifestRead:
-    """The latest read of one run's manifest.json (kept by the executor between passes)."""
-
-    manifest: Mapping[str, Any] | None = None
-    error: str = ""
-    failures: int = 0  # consecutive failed reads
-    next_try: datetime | None = None  # no new read before this (backoff)
-    in_flight: bool = False
-
-
-# --- what to do --------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Launch:
-    subtask: str
-    name: str
-    configmap: dict[str, Any]
-    rayjob: dict[str, Any]
-    retry_of: str | None = None  # failure class of the attempt this one retries
-
-
-@dataclass(frozen=True)
-class DeleteJob:
-    name: str
-    reason: str  # Superseded | SubtaskRemoved | Suspended
-
-
-@dataclass(frozen=True)
-class SetSuspend:
-    name: str
-    suspend: bool
-
-
-@dataclass(frozen=True)
-class ReleaseCluster:
-    """Delete the Ray cluster of a finished attempt (the RayJob, its record, stays)."""
-
-    job: str
-    reason: str  # BeforeRetry | CapacityNeeded
-
-
-@dataclass(frozen=True)
-class ReadManifest:
-    subtask: str
-    uri: str
-
-
-Action = Launch | DeleteJob | SetSuspend | ReleaseCluster | ReadManifest
-
-
-@dataclass
-class Plan:
-    actions: list[Action] = field(default_factory=list)
-    status: TaskFineTuneStatus = field(default_factory=TaskFineTuneStatus)
-    events: list[Event] = field(default_factory=list)
-    requeue_after: float | None = None
-
-    def requeue(self, seconds: float) -> None:
-        self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)
-
 
 # --- one pass ------------------------------------------------------------------
 
@@ -113,10 +59,16 @@ class Pool:
     tft: TaskFineTune
     config: OperatorConfig
     now: datetime
+    cluster: ObservedCluster | None = None  # the shared RayCluster
 
     @property
     def spec(self) -> TaskFineTuneSpec:
         return self.tft.spec
+
+    @property
+    def shared(self) -> bool:
+        """cluster.mode Shared: every sub-task runs on the pool's one RayCluster."""
+        return self.spec.cluster.mode == ClusterMode.Shared
 
     @property
     def kueue(self) -> bool:
@@ -145,6 +97,7 @@ def plan(
     manifests: Mapping[str, ManifestRead],
     now: datetime,
     config: OperatorConfig,
+    cluster: ObservedCluster | None = None,
 ) -> Plan:
     meta = obj.get("metadata", {})
     generation = int(meta.get("generation", 0) or 0)
@@ -154,7 +107,7 @@ def plan(
     except ValidationError as err:
         status, events = invalid_status(old, generation, describe(err), now)
         return Plan(status=status, events=events)
-    pool = Pool(meta["name"], meta.get("namespace", "default"), meta.get("uid", ""), tft, config, now)
+    pool = Pool(meta["name"], meta.get("namespace", "default"), meta.get("uid", ""), tft, config, now, cluster)
     out = Plan()
 
     by_subtask: dict[str, list[ObservedJob]] = {}
@@ -170,8 +123,10 @@ def plan(
         decide(pool, subtask.name, sorted(by_subtask.get(subtask.name, []), key=lambda j: j.attempt), previous.get(subtask.name), manifests)
         for subtask in pool.spec.subtasks
     ]
+    secret = shared_compare_secret(pool, decisions)
     allocate(pool, decisions, observed, out)
     out.actions += suspension(pool, [j for j in observed if j.subtask in wanted])
+    shared_cluster(pool, decisions, observed, secret, out)
     for d in decisions:
         out.actions += d.actions
         out.events += d.events
@@ -341,6 +296,10 @@ def allocate(pool: Pool, decisions: list[Decision], observed: list[ObservedJob],
         if pool.spec.suspend:
             st.reason, st.message = "Suspended", "suspended"
             continue
+        if pool.shared and pool.cluster is not None and pool.cluster.deleting:
+            st.reason, st.message = "WaitingForCluster", f"waiting for Ray cluster {pool.cluster.name} to be deleted before a new one starts"
+            out.requeue(pool.config.release_poll_seconds)
+            continue
         if d.predecessor is not None and d.predecessor.cluster_alive:  # released by `decide`
             st.reason, st.message = "ReleasingCluster", f"retry after {d.retry_of}: waiting for RayJob {d.predecessor.name}'s Ray cluster to be deleted"
             out.requeue(pool.config.release_poll_seconds)
@@ -388,9 +347,14 @@ def suspension(pool: Pool, jobs: list[ObservedJob]) -> list[Action]:
     Without Kueue: spec.suspend on the RayJob (KubeRay deletes the cluster; a resume
     starts a new one and the trainjob continues from its S3 checkpoint). With Kueue,
     spec.suspend is Kueue's (suspended at creation, lifted on admission), so the
-    operator never writes it: suspending the pool deletes its unfinished attempts
-    instead (not failures; the next attempt resumes from the checkpoint)."""
-    live = [j for j in jobs if not j.state.is_terminal and not j.deleting]
-    if pool.kueue:
-        return [DeleteJob(j.name, "Suspended") for j in live] if pool.spec.suspend else []
-    return [SetSuspend(j.name, pool.spec.suspend) for j in live if j.suspend != pool.spec.suspend]
+    operator never writes it; and KubeRay refuses it on a RayJob that runs on the shared
+    cluster. In both cases suspending the pool deletes its unfinished attempts instead
+    (not failures; the next attempt resumes from the checkpoint)."""
+    actions: list[Action] = []
+    for j in (j for j in jobs if not j.state.is_terminal and not j.deleting):
+        if pool.kueue or j.shared:
+            if pool.spec.suspend:
+                actions.append(DeleteJob(j.name, "Suspended"))
+        elif j.suspend != pool.spec.suspend:
+            actions.append(SetSuspend(j.name, pool.spec.suspend))
+    return actions

@@ -3,15 +3,23 @@
 A launch is a ConfigMap holding the resolved TrainJobSpec and a KubeRay `ray.io/v1`
 RayJob whose entrypoint runs the trainjob module against that spec. Both are named
 `<taskfinetune>-<subtask>-<n>`, owned by the TaskFineTune and labelled back to it.
+
+In cluster.mode PerSubtask the RayJob carries its own Ray cluster (`rayClusterSpec`) and
+its pods mount the ConfigMap. In Shared mode one RayCluster per TaskFineTune
+(`<taskfinetune>-ray`, `render_shared_cluster`) runs every sub-task: the RayJob names it
+with `clusterSelector` and hands the spec to its Ray job through the runtime env (the
+cluster's pods exist before any sub-task, so they cannot mount its ConfigMap).
 """
 
 from __future__ import annotations
 
+import base64
+import json
 from typing import Any
 
 from anytasktune.config import OperatorConfig
-from anytasktune.spec import GROUP, KIND, VERSION, TaskFineTuneSpec
-from anytasktune_contract.trainspec import COMPARE_API_KEY_ENV, TrainJobSpec
+from anytasktune.spec import GROUP, KIND, VERSION, ClusterMode, TaskFineTuneSpec
+from anytasktune_contract.trainspec import COMPARE_API_KEY_ENV, SPEC_B64_ENV, SecretKeyRef, TrainJobSpec
 
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_TFT = f"{GROUP}/taskfinetune"
@@ -19,6 +27,8 @@ LABEL_SUBTASK = f"{GROUP}/subtask"
 LABEL_RUN_ID = f"{GROUP}/run-id"  # the spec id (TrainJobSpec.spec_id); the key predates the name
 LABEL_ATTEMPT = f"{GROUP}/attempt"
 LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+LABEL_SHARED_CLUSTER = f"{GROUP}/shared-cluster"  # on the one RayCluster of a Shared-mode TaskFineTune
+RAY_CLUSTER_SELECTOR = "ray.io/cluster"  # KubeRay's clusterSelector key: the RayCluster's name
 MANAGER = "anytasktune"
 SPEC_FILE = "spec.json"
 RAY_UID = 1000  # the training image's non-root user
@@ -30,6 +40,10 @@ SUBMITTER_RESOURCES: dict[str, Any] = {"requests": {"cpu": "100m", "memory": "25
 
 def child_name(tft: str, subtask: str, n: int) -> str:
     return f"{tft}-{subtask}-{n}"
+
+
+def shared_cluster_name(tft: str) -> str:
+    return f"{tft}-ray"
 
 
 def owner_reference(tft: str, uid: str) -> dict[str, Any]:
@@ -143,7 +157,7 @@ def _pod_template(
     image: str,
     spec: TaskFineTuneSpec,
     config: OperatorConfig,
-    configmap: str,
+    configmap: str | None,
     resources: dict[str, Any],
     labels: dict[str, str],
     scheduling: bool,
@@ -155,22 +169,17 @@ def _pod_template(
         "image": image,
         "env": _env(spec),
         "resources": resources,
-        "volumeMounts": [
-            {"name": "trainjob-spec", "mountPath": config.spec_mount_path, "readOnly": True},
-            {"name": "dshm", "mountPath": "/dev/shm"},  # torch dataloaders and NCCL need more than 64Mi
-        ],
+        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],  # torch dataloaders and NCCL need more than 64Mi
     }
+    volumes: list[dict[str, Any]] = [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+    if configmap is not None:
+        container["volumeMounts"].insert(0, {"name": "trainjob-spec", "mountPath": config.spec_mount_path, "readOnly": True})
+        volumes.insert(0, {"name": "trainjob-spec", "configMap": {"name": configmap}})
     if cluster.imagePullPolicy:
         container["imagePullPolicy"] = cluster.imagePullPolicy
     if container_security:
         container["securityContext"] = container_security
-    pod: dict[str, Any] = {
-        "containers": [container],
-        "volumes": [
-            {"name": "trainjob-spec", "configMap": {"name": configmap}},
-            {"name": "dshm", "emptyDir": {"medium": "Memory"}},
-        ],
-    }
+    pod: dict[str, Any] = {"containers": [container], "volumes": volumes}
     if pod_security:
         pod["securityContext"] = pod_security
     if cluster.serviceAccountName:
@@ -196,6 +205,47 @@ def render_configmap(
     }
 
 
+def _ray_cluster_spec(spec: TaskFineTuneSpec, config: OperatorConfig, image: str, configmap: str | None,
+                      labels: dict[str, str], worker_pods: int, compare_secret: SecretKeyRef | None) -> dict[str, Any]:
+    common: dict[str, Any] = {"image": image, "spec": spec, "config": config, "configmap": configmap, "labels": labels}
+    cluster: dict[str, Any] = {
+        "rayVersion": spec.cluster.rayVersion,
+        "headGroupSpec": {
+            # The head schedules but does not train: workers hold all the CPUs/GPUs.
+            "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
+            "template": _pod_template(container_name="ray-head", resources=_head_resources(spec), scheduling=False, **common),
+        },
+        "workerGroupSpecs": [
+            {
+                "groupName": "workers",
+                "replicas": worker_pods,
+                "minReplicas": worker_pods,
+                "maxReplicas": worker_pods,
+                "rayStartParams": {},
+                "template": _pod_template(container_name="ray-worker", resources=_worker_resources(spec), scheduling=True, **common),
+            }
+        ],
+    }
+    if compare_secret is not None:  # the general model's key: the driver (head) only
+        head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+        head["env"].append({"name": COMPARE_API_KEY_ENV, "valueFrom": {"secretKeyRef": {
+            "name": compare_secret.name, "key": compare_secret.key}}})
+    return cluster
+
+
+def spec_runtime_env(train: TrainJobSpec) -> str:
+    """A RayJob runtimeEnvYAML (JSON is YAML) giving the Ray job its spec. Base64: KubeRay's
+    submitter puts the runtime env into a bash command line inside "...", where bash still
+    expands `$` and backquotes that an instruction may contain."""
+    encoded = base64.b64encode(train.to_json().encode("utf-8")).decode("ascii")
+    return json.dumps({"env_vars": {SPEC_B64_ENV: encoded}})
+
+
+def compare_secret(train: TrainJobSpec) -> SecretKeyRef | None:
+    compare = train.evaluation.compareWith
+    return compare.apiKeySecret if compare is not None else None
+
+
 def render_rayjob(
     tft: str,
     namespace: str,
@@ -212,44 +262,55 @@ def render_rayjob(
     if spec.queueName:
         metadata["labels"][LABEL_KUEUE_QUEUE] = spec.queueName
     image = cluster.image or config.training_image
-    common: dict[str, Any] = {"image": image, "spec": spec, "config": config, "configmap": name, "labels": labels}
+    entrypoint = f"python -m {config.trainjob_module}"
     rayjob_spec: dict[str, Any] = {
-        "entrypoint": f"python -m {config.trainjob_module} --spec {config.spec_mount_path}/{SPEC_FILE}",
-        "shutdownAfterJobFinishes": True,
-        "ttlSecondsAfterFinished": cluster.ttlSecondsAfterFinished,
         "backoffLimit": 0,  # retries are ours: classified, resumed from checkpoints
         "submissionMode": "K8sJobMode",  # KubeRay's default, explicit: docs/decisions.md
         "submitterPodTemplate": _submitter_template(image, spec, config, labels),
-        "rayClusterSpec": {
-            "rayVersion": cluster.rayVersion,
-            "headGroupSpec": {
-                # The head schedules but does not train: workers hold all the CPUs/GPUs.
-                "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
-                "template": _pod_template(container_name="ray-head", resources=_head_resources(spec), scheduling=False, **common),
-            },
-            "workerGroupSpecs": [
-                {
-                    "groupName": "workers",
-                    "replicas": cluster.workers,
-                    "minReplicas": cluster.workers,
-                    "maxReplicas": cluster.workers,
-                    "rayStartParams": {},
-                    "template": _pod_template(container_name="ray-worker", resources=_worker_resources(spec), scheduling=True, **common),
-                }
-            ],
-        },
     }
+    if cluster.mode == ClusterMode.Shared:
+        # On the TaskFineTune's RayCluster, which outlives the job: KubeRay must not shut it
+        # down (and refuses a TTL without shutdown). The spec travels in the Ray job's env.
+        rayjob_spec |= {
+            "entrypoint": entrypoint,
+            "clusterSelector": {RAY_CLUSTER_SELECTOR: shared_cluster_name(tft)},
+            "shutdownAfterJobFinishes": False,
+            "runtimeEnvYAML": spec_runtime_env(train),
+        }
+    else:
+        rayjob_spec |= {
+            "entrypoint": f"{entrypoint} --spec {config.spec_mount_path}/{SPEC_FILE}",
+            "shutdownAfterJobFinishes": True,
+            "ttlSecondsAfterFinished": cluster.ttlSecondsAfterFinished,
+            "rayClusterSpec": _ray_cluster_spec(spec, config, image, name, labels, cluster.workers, compare_secret(train)),
+        }
     own = next((s.activeDeadlineSeconds for s in spec.subtasks if s.name == train.subtask), None)
     deadline = own or cluster.activeDeadlineSeconds  # the sub-task's own deadline wins
     if deadline:
         rayjob_spec["activeDeadlineSeconds"] = deadline
-    compare = train.evaluation.compareWith
-    if compare is not None and compare.apiKeySecret is not None:  # the general model's key: the driver (head) only
-        head = rayjob_spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
-        head["env"].append({"name": COMPARE_API_KEY_ENV, "valueFrom": {"secretKeyRef": {
-            "name": compare.apiKeySecret.name, "key": compare.apiKeySecret.key}}})
     if spec.queueName:
         # Kueue's contract for a RayJob: created suspended; Kueue lifts spec.suspend on
         # admission, and the operator never writes it afterwards (plan.suspension).
         rayjob_spec["suspend"] = True
     return {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": metadata, "spec": rayjob_spec}
+
+
+def shared_worker_pods(spec: TaskFineTuneSpec) -> int:
+    """Room for every sub-task that may run at once: maxParallelSubtasks (or the pool, if
+    smaller) times the workers of one sub-task; each Ray Train worker takes a whole pod's CPUs."""
+    return spec.cluster.workers * min(spec.maxParallelSubtasks, len(spec.subtasks))
+
+
+def render_shared_cluster(tft: str, namespace: str, uid: str, spec: TaskFineTuneSpec, config: OperatorConfig,
+                          secret: SecretKeyRef | None) -> dict[str, Any]:
+    """The one RayCluster of a Shared-mode TaskFineTune: head and worker pods as a
+    sub-task's own cluster would have them, without a spec mount."""
+    name = shared_cluster_name(tft)
+    labels = {LABEL_MANAGED_BY: MANAGER, LABEL_TFT: tft, LABEL_SHARED_CLUSTER: "true"}
+    image = spec.cluster.image or config.training_image
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayCluster",
+        "metadata": _metadata(name, namespace, labels, owner_reference(tft, uid)),
+        "spec": _ray_cluster_spec(spec, config, image, None, labels, shared_worker_pods(spec), secret),
+    }

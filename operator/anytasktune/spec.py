@@ -244,9 +244,19 @@ class HeadShape(Strict):
     memory: str = Field("8Gi", pattern=QUANTITY)
 
 
-class ClusterShape(Strict):
-    """The Ray cluster each sub-task's RayJob runs on."""
+class ClusterMode(str, Enum):
+    PerSubtask = "PerSubtask"
+    Shared = "Shared"
 
+
+class ClusterShape(Strict):
+    """The Ray cluster(s) the sub-tasks' RayJobs run on."""
+
+    mode: ClusterMode = Field(
+        ClusterMode.PerSubtask,
+        description="PerSubtask: each attempt's RayJob starts its own Ray cluster and removes it when done. "
+        "Shared: one RayCluster per TaskFineTune (<name>-ray, workers x maxParallelSubtasks worker pods) "
+        "runs every sub-task's Ray job; it is removed when the pool is done or suspended.")
     workers: int = Field(1, ge=1, le=256, description="Ray Train workers (one worker pod each).")
     gpusPerWorker: int = Field(1, ge=0, le=16, description="nvidia.com/gpu per worker; 0 trains on CPU.")
     cpusPerWorker: str = Field("8", pattern=QUANTITY)
@@ -259,7 +269,7 @@ class ClusterShape(Strict):
         default_factory=dict, max_length=32, description="Node labels the workers must have (label keys and values).")
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
     serviceAccountName: str | None = Field(None, max_length=253, pattern=DNS_SUBDOMAIN)
-    ttlSecondsAfterFinished: int = Field(600, ge=0, le=7 * 24 * 3600, description="Keep the finished Ray cluster this long.")
+    ttlSecondsAfterFinished: int = Field(600, ge=0, le=7 * 24 * 3600, description="PerSubtask mode: keep a finished attempt's Ray cluster this long.")
     activeDeadlineSeconds: int | None = Field(None, ge=60, description="Fail an attempt that runs longer than this.")
 
     model_config = {
@@ -295,6 +305,13 @@ class TaskFineTuneSpec(Strict):
                 message="sub-task names must be unique",
                 check=lambda v: len({s["name"] for s in v.get("subtasks", [])}) == len(v.get("subtasks", [])),
                 field_path=".subtasks",
+            ),
+            CelRule(
+                rule="!has(self.queueName) || !has(self.cluster) || !has(self.cluster.mode) || self.cluster.mode != 'Shared'",
+                message="cluster.mode Shared cannot be used with queueName: Kueue admits a RayJob by lifting its "
+                "spec.suspend, and KubeRay refuses suspend for RayJobs that run on an existing RayCluster",
+                check=lambda v: not v.get("queueName") or (v.get("cluster") or {}).get("mode", "PerSubtask") != "Shared",
+                field_path=".cluster.mode",
             ),
         )
     }

@@ -5,14 +5,16 @@ behave, and the RayJobs we render are accepted by KubeRay's real CRD schema."""
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from anytasktune.actions import CreateCluster, Launch, Plan
 from anytasktune.config import OperatorConfig
-from anytasktune.plan import Launch, plan
+from anytasktune.plan import plan
 from tests.integration.helpers import Kubectl, taskfinetune
 from tests.unit.test_validation import EXAMPLES, INVALID, expectations
 
@@ -76,29 +78,31 @@ def test_printer_columns(k: Kubectl) -> None:
     assert row.split()[:4] == ["columns", "legal", "Running", "1/3"]
 
 
-def rendered_launches(example: Path) -> list[Launch]:
+def rendered_plan(example: Path) -> Plan:
     obj: dict[str, Any] = yaml.safe_load(example.read_text())
     obj["metadata"].update(namespace="crd-tests", uid="00000000-0000-0000-0000-000000000001", generation=1)
-    from datetime import datetime, timezone
+    return plan(obj, [], {}, datetime.now(timezone.utc), OperatorConfig())
 
-    result = plan(obj, [], {}, datetime.now(timezone.utc), OperatorConfig())
-    return [a for a in result.actions if isinstance(a, Launch)]
+
+def rendered_launches(example: Path) -> list[Launch]:
+    return [a for a in rendered_plan(example).actions if isinstance(a, Launch)]
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_rendered_rayjobs_are_accepted_by_kuberays_crd(k: Kubectl, path: Path) -> None:
     launches = rendered_launches(path)
     assert launches
-    for launch in launches:
-        for obj in (launch.configmap, launch.rayjob):
-            # Strict server-side validation: unknown or mistyped fields are errors.
-            proc = k.run("apply", "--dry-run=server", "--validate=strict", "-f", "-", input=json.dumps(obj), check=False)
-            assert proc.returncode == 0, f"{obj['kind']} {obj['metadata']['name']} rejected: {proc.stderr}"
+    objects = [obj for launch in launches for obj in (launch.configmap, launch.rayjob)]
+    objects += [a.raycluster for a in rendered_plan(path).actions if isinstance(a, CreateCluster)]  # cluster.mode Shared
+    for obj in objects:
+        # Strict server-side validation: unknown or mistyped fields are errors.
+        proc = k.run("apply", "--dry-run=server", "--validate=strict", "-f", "-", input=json.dumps(obj), check=False)
+        assert proc.returncode == 0, f"{obj['kind']} {obj['metadata']['name']} rejected: {proc.stderr}"
 
 
 def test_kuberay_crd_would_reject_a_broken_rayjob(k: Kubectl) -> None:
     """The dry run above is meaningful: the same path rejects a mistyped RayJob."""
-    launch = rendered_launches(EXAMPLES[0])[0]
+    launch = rendered_launches(next(p for p in EXAMPLES if p.stem == "legal-assistant"))[0]
     broken = json.loads(json.dumps(launch.rayjob))
     broken["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] = "two"
     proc = k.run("apply", "--dry-run=server", "--validate=strict", "-f", "-", input=json.dumps(broken), check=False)

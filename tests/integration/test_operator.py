@@ -144,6 +144,46 @@ def test_suspend_and_resume(k: Kubectl, operator: OperatorProcess) -> None:
     wait_for("Resumed event", lambda: "Resumed" in reasons(k, ns, "pausable"))
 
 
+SHARED = {"mode": "Shared", "workers": 1, "gpusPerWorker": 1}
+
+
+def test_shared_cluster_mode_runs_the_pool_on_one_raycluster_removed_when_done(k: Kubectl, operator: OperatorProcess) -> None:
+    ns = k.namespace("shared")
+    k.apply(taskfinetune("pool", ["one", "two", "three"], maxParallelSubtasks=2, cluster=SHARED), ns)
+    wait_for("the shared RayCluster", lambda: k.rayclusters(ns) == ["pool-ray"])
+    jobs = wait_for("two RayJobs", lambda: len(j := k.rayjobs(ns)) == 2 and j)
+    assert {n: j["spec"]["clusterSelector"] for n, j in jobs.items()} == {
+        "pool-one-1": {"ray.io/cluster": "pool-ray"}, "pool-two-1": {"ray.io/cluster": "pool-ray"}}
+    cluster = k.json("get", "raycluster", "pool-ray", "-n", ns)
+    assert cluster["spec"]["workerGroupSpecs"][0]["replicas"] == 2  # 1 worker x 2 sub-tasks at once
+
+    crash = failure_line(FailureClass.DataContract, "s3://datasets/one.jsonl:3: field 'output' is empty")
+    k.set_rayjob_status(ns, "pool-one-1", **failed(crash))  # one sub-task fails for good
+    k.set_rayjob_status(ns, "pool-two-1", **SUCCEEDED)
+    wait_for("the third on the same cluster", lambda: "pool-three-1" in k.rayjobs(ns))
+    assert k.rayclusters(ns) == ["pool-ray"]  # a sub-task's failure leaves the others' cluster up
+    k.set_rayjob_status(ns, "pool-three-1", **SUCCEEDED)
+    wait_for("the RayCluster deleted when the pool is done", lambda: k.rayclusters(ns) == [], timeout=30)
+    tft = k.tft(ns, "pool")
+    assert (tft["status"]["succeeded"], tft["status"]["failed"]) == (2, 1)
+    assert {"ClusterCreated", "ClusterDeleted"} <= set(reasons(k, ns, "pool"))
+
+
+def test_suspending_a_shared_pool_deletes_its_attempts_then_its_cluster(k: Kubectl, operator: OperatorProcess) -> None:
+    ns = k.namespace("shared-suspend")
+    k.apply(taskfinetune("paused", ["one"], cluster=SHARED), ns)
+    wait_for("launch", lambda: "paused-one-1" in k.rayjobs(ns) and k.rayclusters(ns) == ["paused-ray"])
+    k.set_rayjob_status(ns, "paused-one-1", **RUNNING)
+    k.run("patch", "tft", "paused", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":true}}')
+    # KubeRay refuses spec.suspend on a RayJob with a clusterSelector: the attempt is deleted instead.
+    wait_for("attempt and cluster gone", lambda: not k.rayjobs(ns) and not k.rayclusters(ns), timeout=30)
+    wait_for("Suspended", lambda: k.tft(ns, "paused")["status"]["phase"] == "Suspended")
+    k.run("patch", "tft", "paused", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":false}}')
+    # The deleted attempt left no RayJob to count: the new one may take its name again (it
+    # resumes from the checkpoint in S3, not from anything the old RayJob held).
+    wait_for("a new attempt on a new cluster", lambda: list(k.rayjobs(ns)) == ["paused-one-1"] and k.rayclusters(ns) == ["paused-ray"])
+
+
 def test_spec_update_supersedes_the_running_attempt(k: Kubectl, operator: OperatorProcess) -> None:
     ns = k.namespace("update")
     k.apply(taskfinetune("evolving", ["kw"]), ns)

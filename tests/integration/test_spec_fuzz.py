@@ -36,9 +36,10 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 from kubernetes.client.rest import ApiException
 
+from anytasktune.actions import Launch
 from anytasktune.attempt import ObservedJob
 from anytasktune.config import OperatorConfig
-from anytasktune.plan import Launch, plan
+from anytasktune.plan import plan
 from anytasktune.render import SPEC_FILE
 from anytasktune.spec import GROUP, MAX_NAME_PLUS_SUBTASK, PLURAL, VERSION
 from anytasktune.validation import crd_schema, validate_object

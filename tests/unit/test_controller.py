@@ -7,9 +7,9 @@ import asyncio
 import threading
 
 from anytasktune import metrics
+from anytasktune.actions import Plan
 from anytasktune.config import OperatorConfig
 from anytasktune.controller import Controller, WorkQueue
-from anytasktune.plan import Plan
 from anytasktune.spec import SubtaskPhase, SubtaskStatus, TaskFineTuneStatus
 
 

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 from lupa import lua51
 
+from anytasktune.actions import Launch
 from anytasktune.attempt import ObservedJob
 from anytasktune.config import OperatorConfig
-from anytasktune.plan import Launch, plan
+from anytasktune.plan import plan
 from anytasktune.spec import TaskFineTuneStatus
 from anytasktune_contract.failures import FailureClass, failure_line
 

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
+from anytasktune.actions import DeleteJob, Launch, ManifestRead, SetSuspend
 from anytasktune.attempt import ObservedJob, failure_class, format_time
 from anytasktune.config import OperatorConfig, ReadRule, StorageReadPolicy
-from anytasktune.plan import DeleteJob, Launch, ManifestRead, SetSuspend, plan
+from anytasktune.plan import plan
 from anytasktune.resolve import resolve_subtask
 from anytasktune.spec import TaskFineTune
 from anytasktune_contract.failures import FailureClass, failure_line

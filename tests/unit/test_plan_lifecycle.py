@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
+from anytasktune.actions import DeleteJob, Launch, ManifestRead, ReadManifest, ReleaseCluster, SetSuspend
 from anytasktune.attempt import AttemptState, ObservedJob, attempt_state, format_time
-from anytasktune.plan import DeleteJob, Launch, ManifestRead, ReadManifest, ReleaseCluster, SetSuspend, plan
+from anytasktune.plan import plan
 from anytasktune_contract.failures import FailureClass, failure_line
 from tests.unit.test_plan import CONFIG, NOW, job, launches, phases, run_id, tft
 

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
+from anytasktune.actions import DeleteJob, Launch, SetSuspend
 from anytasktune.attempt import ObservedJob, parse_time
-from anytasktune.plan import DeleteJob, Launch, SetSuspend, plan
+from anytasktune.plan import plan
 from anytasktune.render import child_labels
 from tests.fixtures.kuberay import HERE, Recording, all_recordings, load
 from tests.unit.test_plan import CONFIG, run_id, tft

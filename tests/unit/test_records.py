@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from anytasktune.plan import ManifestRead, ReadManifest, plan
+from anytasktune.actions import ManifestRead, ReadManifest
+from anytasktune.plan import plan
 from anytasktune.records import record_fields
 from tests.unit.test_plan import CONFIG, NOW, evaluated, job, tft
 

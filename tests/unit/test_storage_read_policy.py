@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
+from anytasktune.actions import ReadManifest
 from anytasktune.config import OperatorConfig, StorageReadPolicy
-from anytasktune.plan import ReadManifest, plan
+from anytasktune.plan import plan
 from tests.unit.test_plan import NOW, job, tft
 
 POLICY = StorageReadPolicy.parse("""[

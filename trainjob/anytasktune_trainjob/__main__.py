@@ -1,10 +1,12 @@
 """`python -m anytasktune_trainjob --spec <path | s3://bucket/key>` (or the spec JSON
-in $ANYTASKTUNE_SPEC). On failure the LAST line printed is
+in $ANYTASKTUNE_SPEC, or base64 in $ANYTASKTUNE_SPEC_B64). On failure the LAST line printed is
 `anytasktune_contract.trainspec.failure_line(...)` and the exit code is the class's code."""
 
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import json
 import os
 import signal
@@ -14,9 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from anytasktune_contract.failures import FailureClass, InvalidSpecError, TrainJobError, classify, failure_line
-from anytasktune_contract.trainspec import TrainJobSpec
-
-SPEC_ENV = "ANYTASKTUNE_SPEC"
+from anytasktune_contract.trainspec import SPEC_B64_ENV, SPEC_ENV, TrainJobSpec
 
 
 def load_spec(ref: str | None) -> TrainJobSpec:
@@ -39,8 +39,13 @@ def load_spec(ref: str | None) -> TrainJobSpec:
             text = path.read_text(encoding="utf-8")
     elif os.environ.get(SPEC_ENV):
         text = os.environ[SPEC_ENV]
+    elif os.environ.get(SPEC_B64_ENV):
+        try:
+            text = base64.b64decode(os.environ[SPEC_B64_ENV], validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError) as exc:
+            raise InvalidSpecError(f"${SPEC_B64_ENV} is not base64 of UTF-8 JSON: {exc}") from None
     else:
-        raise InvalidSpecError(f"no spec: pass --spec <path|s3://…> or set ${SPEC_ENV}")
+        raise InvalidSpecError(f"no spec: pass --spec <path|s3://…> or set ${SPEC_ENV} (or ${SPEC_B64_ENV})")
     try:
         return TrainJobSpec.from_json(text)
     except ValidationError as exc:

@@ -43,7 +43,8 @@
 # the Ray cluster KubeRay creates for each attempt (it carries the RayJob's labels): a finished
 # attempt's cluster still holds nodes until ttlSecondsAfterFinished, so it counts against
 # maxParallelSubtasks (list, watch) and is deleted before a retry or when a waiting sub-task needs
-# its slot (delete). Never created or modified.
+# its slot (delete). In cluster.mode Shared, the one RayCluster of a TaskFineTune: created while
+# the pool has work, deleted when it is done or suspended. Never modified.
 - apiGroups:
   - ray.io
   resources:
@@ -51,6 +52,7 @@
   verbs:
   - list
   - watch
+  - create
   - delete
 # the resolved training spec of each attempt, mounted by the RayJob's pods. Created once (a 409
 # counts as done), never read, updated or deleted (the garbage collector does that).

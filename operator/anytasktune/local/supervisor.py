@@ -24,10 +24,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from anytasktune.actions import Launch, Plan
 from anytasktune.attempt import ObservedJob, format_time
 from anytasktune.config import OperatorConfig, ReadRule, StorageReadPolicy
 from anytasktune.executor import ManifestReads, reconcile
-from anytasktune.plan import Launch, Plan
 from anytasktune.render import LABEL_ATTEMPT, LABEL_RUN_ID, LABEL_SUBTASK, SPEC_FILE
 from anytasktune.spec import Phase
 from anytasktune.summary import Event
@@ -157,6 +157,12 @@ class LocalExecutor:
     def release_cluster(self, job: str) -> None:
         """Nothing to release: every process is a driver on the one local Ray cluster."""
 
+    def create_cluster(self, raycluster: dict[str, Any]) -> None:
+        """Never asked for: `run_until_done` plans every pool as PerSubtask (see `one_local_cluster`)."""
+
+    def delete_cluster(self, name: str) -> None:
+        """Never asked for, as `create_cluster`."""
+
     def set_suspend(self, name: str, suspend: bool) -> None:
         job = self.jobs.get(name)
         if job is None or job.suspended == suspend:
@@ -200,8 +206,17 @@ class LocalExecutor:
                 os.killpg(job.proc.pid, signal.SIGKILL)
 
 
+def one_local_cluster(obj: dict[str, Any]) -> dict[str, Any]:
+    """Locally every sub-task is a driver on the one local Ray cluster, whatever cluster.mode
+    says: a Shared pool is planned as PerSubtask, which here means the same thing."""
+    spec = dict(obj.get("spec") or {})
+    spec["cluster"] = {**(spec.get("cluster") or {}), "mode": "PerSubtask"}
+    return {**obj, "spec": spec}
+
+
 def run_until_done(obj: dict[str, Any], executor: LocalExecutor, refresh: Callable[[], None], interval: float = 1.0) -> None:
     """Passes every `interval` seconds until the pool ends (or is suspended) and nothing runs."""
+    obj = one_local_cluster(obj)
     while True:
         result: Plan = reconcile({**obj, "status": executor.status}, executor.observe(), executor.reads,
                                  datetime.now(timezone.utc), LOCAL_CONFIG, executor)

@@ -156,6 +156,20 @@ def test_load_spec_from_file_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyP
         load_spec(str(path))
 
 
+def test_load_spec_from_base64_env_as_a_shared_cluster_rayjob_gives_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import base64
+
+    from anytasktune_trainjob.__main__ import load_spec
+
+    doc = {**_spec_doc(), "subtask": "b64", "instruction": 'Keep "$HOME" and `cmd`: é'}
+    monkeypatch.setenv("ANYTASKTUNE_SPEC_B64", base64.b64encode(json.dumps(doc).encode()).decode())
+    spec = load_spec(None)
+    assert (spec.subtask, spec.instruction) == ("b64", doc["instruction"])
+    monkeypatch.setenv("ANYTASKTUNE_SPEC_B64", "not base64!")
+    with pytest.raises(X.InvalidSpecError, match="ANYTASKTUNE_SPEC_B64 is not base64"):
+        load_spec(None)
+
+
 def test_cli_prints_failure_line_last_and_exits_with_class_code(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     import anytasktune_trainjob.__main__ as cli
