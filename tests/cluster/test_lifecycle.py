@@ -1,5 +1,6 @@
-"""A TaskFineTune's life on the real cluster beyond the happy path: a broken dataset, deletion,
-a Ray pod deleted mid-training, then suspend and resume with the operator restarted in between.
+"""A TaskFineTune's life on the real cluster beyond the happy path: a broken dataset on a shared
+Ray cluster (cluster.mode Shared), deletion, a Ray pod deleted mid-training, then suspend and
+resume with the operator restarted in between.
 
 Everything is real (API server, kubelet, containerd, KubeRay v1.4.2, Ray, the operator installed
 with helm, a Pod Security "restricted" namespace); nothing here writes a RayJob status.
@@ -37,14 +38,23 @@ def last_step(cluster: Cluster, namespace: str) -> int:
     return max((int(m.group(1)) for m in STEP.finditer(training_logs(cluster.kube, namespace))), default=0)
 
 
-def test_a_broken_dataset_fails_alone_and_deletion_removes_everything(
+def test_a_broken_dataset_fails_alone_on_a_shared_cluster_which_goes_when_the_pool_is_done(
     cluster: Cluster, operator: str, namespace: str, images: dict[str, str], s3: Any, training_data: TrainingData,
 ) -> None:
+    """cluster.mode Shared: both sub-tasks run as their own RayJobs on the pool's one RayCluster.
+    The broken one fails (not retried) without disturbing the other or the cluster; the
+    operator deletes the cluster once both are done; deleting the TaskFineTune removes the rest."""
     kube = cluster.kube
     tft = taskfinetune("mixed", namespace, data=training_data, endpoint=s3.endpoint,
-                       subtasks={"sentiment": "sentiment", "broken": "broken"}, image=images["TRAINJOB_IMAGE"])
+                       subtasks={"sentiment": "sentiment", "broken": "broken"}, image=images["TRAINJOB_IMAGE"], mode="Shared")
+    t0 = time.monotonic()
     kube.apply(tft)
+    first = wait_for("a training step in a driver log", lambda: STEP.search(training_logs(kube, namespace)) and time.monotonic() - t0,
+                     timeout=900, interval=2)
+    cluster.figures["shared_apply_to_first_step_s"] = round(first, 1)
+    heads = wait_for("the shared head pod", lambda: items(kube, "pods", namespace, "ray.io/cluster=mixed-ray,ray.io/node-type=head"))
     final = wait_finished(cluster.kube, "mixed", namespace)
+    cluster.figures["shared_apply_to_finished_s"] = round(time.monotonic() - t0, 1)
     by_name = {s["name"]: s for s in final["subtasks"]}
     broken, good = by_name["broken"], by_name["sentiment"]
     assert good["phase"] == "Succeeded", good  # the other sub-task is not stopped
@@ -53,8 +63,17 @@ def test_a_broken_dataset_fails_alone_and_deletion_removes_everything(
     assert broken["attempts"] == 1, broken  # bad data is not retried
     # the file and the line (the 41st: 40 good records, then a cut one)
     assert "broken.jsonl" in broken["message"] and re.search(r"line 41\b|:41\b", broken["message"]), broken["message"]
-    rayjobs = items(cluster.kube, "rayjobs", namespace)
-    assert len(rayjobs) == 2, rayjobs  # one attempt each, nothing relaunched
+    rayjobs = kube.get("rayjobs", namespace=namespace)["items"]
+    assert len(rayjobs) == 2, [j["metadata"]["name"] for j in rayjobs]  # one attempt each, nothing relaunched
+    assert {j["status"].get("rayClusterName") for j in rayjobs} == {"mixed-ray"}, [j["status"] for j in rayjobs]
+
+    # The pool is done: the operator deletes the shared cluster (its pods included), nothing
+    # having restarted it meanwhile.
+    restarts = kube.run("get", heads[0], "-n", namespace, "-o", "jsonpath={.status.containerStatuses[*].restartCount}", check=False)
+    assert all(n == "0" for n in restarts.split()), restarts
+    wait_for("the shared RayCluster deleted", lambda: not items(kube, "rayclusters", namespace) or None, timeout=120, interval=2)
+    events = kube.get("events", namespace=namespace)["items"]
+    assert {"ClusterCreated", "ClusterDeleted"} <= {e["reason"] for e in events if e["involvedObject"]["name"] == "mixed"}
 
     t0 = time.monotonic()
     kube.run("delete", "taskfinetune", "mixed", "-n", namespace, "--wait=true", timeout=300)
