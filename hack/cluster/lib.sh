@@ -55,6 +55,21 @@ need_root() { [[ $(id -u) == 0 ]] || die "must run as root (network, cgroups, co
 
 pidfile() { echo "$RUN/$1.pid"; }
 
+# start <name> <binary> <args...>: in its own session, log in $LOGS, PID in $RUN.
+start() {
+  local name=$1 pid i; shift
+  setsid "$@" </dev/null >>"$LOGS/$name.log" 2>&1 &
+  pid=$!
+  echo "$pid" >"$(pidfile "$name")"
+  # Until the forked shell has exec'd the daemon, /proc/$pid/cmdline is this script's and
+  # `alive` would call a starting daemon dead (it did, on a busy machine): wait for the exec.
+  for (( i = 0; i < 500; i++ )); do
+    [[ -d /proc/$pid ]] || return 0  # exited: wait_for reports it, with its log
+    [[ "$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" == *"$name"* ]] && return 0
+    sleep 0.01
+  done
+}
+
 # alive <daemon>: its PID file names a live process running our binary.
 alive() {
   local f pid

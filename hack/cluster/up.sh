@@ -187,12 +187,6 @@ else
 fi
 
 # ------------------------------------------------------------------------ the daemons
-# start <name> <binary> <args...>: in its own session, log in $LOGS, PID in $RUN.
-start() {
-  local name=$1; shift
-  setsid "$@" </dev/null >>"$LOGS/$name.log" 2>&1 &
-  echo $! >"$(pidfile "$name")"
-}
 # wait_for <what> <seconds> <daemon> <command...>: poll until the command succeeds.
 wait_for() {
   local what=$1 timeout=$2 daemon=$3 deadline

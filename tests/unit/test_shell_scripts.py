@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -47,3 +49,27 @@ def test_no_script_ends_a_pipe_early_under_pipefail() -> None:
     assert any(p.name == "build-controlplane.sh" for p in scripts)
     offences = {str(p.relative_to(ROOT)): o for p in scripts if (o := _offences(p.read_text(errors="replace")))}
     assert offences == {}
+
+
+def test_a_daemon_is_alive_the_moment_start_returns(tmp_path: Path) -> None:
+    """hack/cluster: `start` backgrounds a daemon and `wait_for` checks `alive` (the PID's
+    command line names the daemon) after its first probe. Until the forked shell has exec'd
+    the daemon, that command line is the script's own: on a busy machine a probe refused at
+    once made up.sh report "coredns exited" for a CoreDNS that was starting fine. Here the
+    fork is held before its exec by its log being a FIFO that nobody reads for 0.3 s."""
+    daemon = tmp_path / "fake-daemon"  # `sleep` under a daemon's name: its command line names it
+    shutil.copy(shutil.which("sleep") or "/bin/sleep", daemon)
+    script = tmp_path / "run.sh"  # a file, not `bash -c`: that command line would name the daemon too
+    script.write_text(f"""
+set -euo pipefail
+source {ROOT}/hack/cluster/lib.sh
+RUN={tmp_path}/run LOGS={tmp_path}/logs
+mkdir -p "$RUN" "$LOGS"
+mkfifo "$LOGS/fake-daemon.log"
+(sleep 0.3; cat "$LOGS/fake-daemon.log" >/dev/null) &
+start fake-daemon {daemon} 5
+alive fake-daemon || {{ echo "not alive right after start"; exit 1; }}
+kill "$(cat "$(pidfile fake-daemon)")"
+""")
+    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
