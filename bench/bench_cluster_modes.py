@@ -28,18 +28,19 @@ from tests.cluster.harness import STEP, TrainingData, items, status_of, taskfine
 
 MODES = ("PerSubtask", "Shared")
 SUBTASKS = {"s1": "sentiment", "s2": "sentiment-b", "s3": "sentiment", "s4": "sentiment-b"}
-LABEL_SUBTASK = "anytasktune.io/subtask"
 pytestmark = pytest.mark.timeout(7200)  # rounds of ~3-4 min runs, after the tier's setup
 METRICS = (("first_step_s", "first step (pool)"), ("all_stepped_s", "every sub-task stepped"),
            ("all_succeeded_s", "all Succeeded"))
 
 
 def _first_steps(cluster: Cluster, namespace: str, seen: dict[str, float], t0: float) -> None:
-    """Record when each sub-task's driver log (its submitter Job follows `ray job logs`) first shows a step."""
+    """Record when each sub-task's driver log first shows a step: KubeRay's submitter Job,
+    named as its RayJob (`pool-<sub-task>-<attempt>`), follows `ray job logs`."""
     kube = cluster.kube
     for job in kube.get("jobs", namespace=namespace)["items"]:
-        sub = job["metadata"].get("labels", {}).get(LABEL_SUBTASK)
-        if sub and sub not in seen and STEP.search(kube.logs(namespace, f"job/{job['metadata']['name']}")):
+        name = job["metadata"]["name"]
+        sub = name.removeprefix("pool-").rpartition("-")[0]
+        if sub in SUBTASKS and sub not in seen and STEP.search(kube.logs(namespace, f"job/{name}")):
             seen[sub] = time.monotonic() - t0
 
 
