@@ -22,9 +22,10 @@ records per step); the median and range over rounds are printed. Quality: every 
 is exported in PEFT's format, loaded by the trainjob's evaluation (`evaluation.load_models`,
 `evaluate_pass`) and scored on its sub-task's held-out records (answer-token loss, accuracy),
 packed against separate, within LOSS_TOL and ACCURACY_TOL_RECORDS. Their weights are
-compared too, but are no criterion: the packed batches are padded wider, so rounding
-differs, and where it flips the sign of an almost-zero gradient element Adam's early steps
-turn that into a full step the other way: a handful of elements may end up ~lr apart.
+compared too, but are no criterion: a packed batch is padded to its longest record of any
+sub-task, so rounding differs; where it flips the sign of an almost-zero gradient element,
+Adam turns that into a full step the other way, and over the steps the trajectories drift
+apart (up to ~lr per element) as much as two separate runs padded differently do.
 
     .venv/bin/python bench/bench_packed.py [--rounds 3] [--steps 32] [--batch 4] [--records 120]
 """
@@ -291,7 +292,7 @@ def main() -> None:
 
     variants = [f"packed-{KS[0]}", "separate-0", "separate-1", f"packed-{KS[1]}", "separate-2", "separate-3"]
     results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
-    load_before = os.getloadavg()
+    loads = [os.getloadavg()[0]]  # the 1-minute load average before the benchmark and before each run
     with tempfile.TemporaryDirectory(prefix="anytasktune-bench-packed-") as tmp:
         workdir = Path(tmp)
         job = prepare(args, workdir)
@@ -301,22 +302,23 @@ def main() -> None:
             order = variants if n % 2 else list(reversed(variants))  # no variant always goes first
             for variant in order:
                 out = workdir / f"round{n}" / variant
+                loads.append(os.getloadavg()[0])
                 r = run_child(variant, job_file, out, args.threads)
                 r["folders"] = {name: str(out / name) for name in r["eval"]}
                 results[variant].append(r)
                 s = r["step_stats"]
                 print(f"round {n} {variant:10s}: steady step {s['median'] * 1000:7.1f} ms (p10 {s['p10'] * 1000:.1f}, "
-                      f"p90 {s['p90'] * 1000:.1f}), {r['tokens']} tokens, peak {r['peak_mib']:.0f} MiB, "
+                      f"p90 {s['p90'] * 1000:.1f}), load {loads[-1]:.1f}, {r['tokens']} tokens, peak {r['peak_mib']:.0f} MiB, "
                       + ", ".join(f"{name} loss {e['eval_loss']:.4f} acc {e['accuracy']:.3f}" for name, e in r["eval"].items()),
                       flush=True)
         diffs = {(k, n, name): weight_diff(Path(results[f"packed-{k}"][n]["folders"][name]),
                                            Path(results[f"separate-{i}"][n]["folders"][name]))
                  for k in KS for n in range(args.rounds) for i, name in enumerate(SUBTASKS[:k])}
-    report(args, job, results, diffs, load_before)
+    report(args, job, results, diffs, loads)
 
 
 def report(args: argparse.Namespace, job: dict[str, Any], results: dict[str, list[dict[str, Any]]],
-           diffs: dict[tuple[int, int, str], tuple[float, int, int]], load_before: tuple[float, float, float]) -> None:
+           diffs: dict[tuple[int, int, str], tuple[float, int, int]], loads: list[float]) -> None:
     import torch
 
     def med(r: dict[str, Any]) -> float:
@@ -334,7 +336,7 @@ def report(args: argparse.Namespace, job: dict[str, Any], results: dict[str, lis
     print(f"\nLlama-shaped base from a config ({job['params'] / 1e6:.1f}M parameters, vocab {job['vocab']}), LoRA r={LORA['r']} "
           f"on {'/'.join(LORA['targetModules'])}, fp32 on CPU, {args.threads} threads; micro-batch {args.batch} per sub-task, "
           f"{args.steps} steps, {args.rounds} interleaved rounds; torch {torch.__version__}; "
-          f"load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after")
+          f"1-minute load average {loads[0]:.2f} before, {max(loads[1:]):.2f} at most before a run, {os.getloadavg()[0]:.2f} after")
     print("\n| K | packed step (ms) | K separate steps, summed (ms) | speedup packed vs K separate, median (range) | "
           "tokens/s packed | tokens/s separate | padding packed / separate | peak RSS packed (MiB) | "
           "separate: sum / max (MiB) |")

@@ -24,7 +24,7 @@ LORA = LoraConfig(r=4, alpha=8, dropout=0.0, targetModules=["q_proj", "v_proj"])
 # sub-task's rows, a loss averaged over the whole batch, another schedule) moves them by
 # ~1e-3 (the lr). One exception is allowed for: rounding can flip the sign of a gradient
 # element that is almost exactly zero, and Adam's first steps turn that into a full step of
-# the other sign (seen once in ~200k elements at the bench-packed shape), so up to
+# the other sign (once in ~200k elements after 4 steps at the bench-packed shape), so up to
 # MAX_FLIPPED of each tensor's elements may lie outside WEIGHT_TOL.
 WEIGHT_TOL = {"rtol": 1e-4, "atol": 2e-6}
 MAX_FLIPPED = 0.005
