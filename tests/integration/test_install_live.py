@@ -244,6 +244,17 @@ def test_helm_install_namespaced_runs_a_full_lifecycle_on_minimal_rbac(
         assert "pool-alpha-1" in {c["metadata"]["name"] for c in k.json("get", "configmaps", "-n", team)["items"]}
         assert op.get(op.liveness_port, "/healthz")  # kopf's liveness endpoint answers
         assert "anytasktune_rayjobs_created_total 4.0" in op.get(op.metrics_port, "/metrics")
+
+        # cluster.mode Shared: the operator creates the pool's RayCluster (create rayclusters),
+        # its pods pass Pod Security "restricted", and it is deleted when the pool is done.
+        k.apply(taskfinetune("shared", ["gamma"], cluster={"mode": "Shared", "workers": 1, "gpusPerWorker": 1}), team)
+        wait_for("the shared RayCluster", lambda: "shared-ray" in k.rayclusters(team))
+        raycluster = k.json("get", "raycluster", "shared-ray", "-n", team)["spec"]
+        for group in (raycluster["headGroupSpec"], *raycluster["workerGroupSpecs"]):
+            assert admit_pod(k, "anytasktune-system", group["template"]["spec"]).returncode == 0
+        wait_for("its RayJob", lambda: "shared-gamma-1" in k.rayjobs(team))
+        k.set_rayjob_status(team, "shared-gamma-1", **SUCCEEDED)
+        wait_for("the shared RayCluster deleted", lambda: "shared-ray" not in k.rayclusters(team))
     finally:
         op.stop()
         print(op.logs())
@@ -272,6 +283,7 @@ def test_helm_install_namespaced_runs_a_full_lifecycle_on_minimal_rbac(
     # helm uninstall keeps the CRD, and with it the TaskFineTunes.
     helm_run(helm, "uninstall", "anytasktune", "--namespace", "anytasktune-system")
     assert k.tft(team, "pool")["status"]["phase"] == "Succeeded"
+    assert k.tft(team, "shared")["status"]["phase"] == "Succeeded"
     assert not [r for r in k.json("get", "roles", "-n", team)["items"] if r["metadata"]["name"].startswith("anytasktune")]
 
 
