@@ -128,6 +128,7 @@ class DeepSpeedConfig(Strict):
 
 COMPARE_API_KEY_ENV = "ANYTASKTUNE_COMPARE_API_KEY"  # the general model's key, in the pods by secretKeyRef only
 SPEC_ENV = "ANYTASKTUNE_SPEC"  # the spec JSON, where no --spec is given
+DEADLINE_ENV = "ANYTASKTUNE_DEADLINE_SECONDS"  # the driver stops itself after this long (Shared cluster mode)
 SPEC_B64_ENV = "ANYTASKTUNE_SPEC_B64"  # the same, base64: shell-safe in a Ray job's runtime env (Shared cluster mode)
 
 

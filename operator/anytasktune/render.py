@@ -19,7 +19,7 @@ from typing import Any
 
 from anytasktune.config import OperatorConfig
 from anytasktune.spec import GROUP, KIND, VERSION, ClusterMode, TaskFineTuneSpec
-from anytasktune_contract.trainspec import COMPARE_API_KEY_ENV, SPEC_B64_ENV, SecretKeyRef, TrainJobSpec
+from anytasktune_contract.trainspec import COMPARE_API_KEY_ENV, DEADLINE_ENV, SPEC_B64_ENV, SecretKeyRef, TrainJobSpec
 
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_TFT = f"{GROUP}/taskfinetune"
@@ -233,12 +233,16 @@ def _ray_cluster_spec(spec: TaskFineTuneSpec, config: OperatorConfig, image: str
     return cluster
 
 
-def spec_runtime_env(train: TrainJobSpec) -> str:
+def spec_runtime_env(train: TrainJobSpec, deadline: int | None) -> str:
     """A RayJob runtimeEnvYAML (JSON is YAML) giving the Ray job its spec. Base64: KubeRay's
     submitter puts the runtime env into a bash command line inside "...", where bash still
-    expands `$` and backquotes that an instruction may contain."""
-    encoded = base64.b64encode(train.to_json().encode("utf-8")).decode("ascii")
-    return json.dumps({"env_vars": {SPEC_B64_ENV: encoded}})
+    expands `$` and backquotes that an instruction may contain. With a deadline the driver
+    stops itself once it passes: KubeRay marks a RayJob on an existing cluster Failed at its
+    activeDeadlineSeconds but leaves its Ray job running on the shared cluster."""
+    env_vars = {SPEC_B64_ENV: base64.b64encode(train.to_json().encode("utf-8")).decode("ascii")}
+    if deadline:
+        env_vars[DEADLINE_ENV] = str(deadline)
+    return json.dumps({"env_vars": env_vars})
 
 
 def compare_secret(train: TrainJobSpec) -> SecretKeyRef | None:
@@ -268,6 +272,10 @@ def render_rayjob(
         "submissionMode": "K8sJobMode",  # KubeRay's default, explicit: docs/decisions.md
         "submitterPodTemplate": _submitter_template(image, spec, config, labels),
     }
+    own = next((s.activeDeadlineSeconds for s in spec.subtasks if s.name == train.subtask), None)
+    deadline = own or cluster.activeDeadlineSeconds  # the sub-task's own deadline wins
+    if deadline:
+        rayjob_spec["activeDeadlineSeconds"] = deadline
     if cluster.mode == ClusterMode.Shared:
         # On the TaskFineTune's RayCluster, which outlives the job: KubeRay must not shut it
         # down (and refuses a TTL without shutdown). The spec travels in the Ray job's env.
@@ -275,7 +283,7 @@ def render_rayjob(
             "entrypoint": entrypoint,
             "clusterSelector": {RAY_CLUSTER_SELECTOR: shared_cluster_name(tft)},
             "shutdownAfterJobFinishes": False,
-            "runtimeEnvYAML": spec_runtime_env(train),
+            "runtimeEnvYAML": spec_runtime_env(train, deadline),
         }
     else:
         rayjob_spec |= {
@@ -284,10 +292,6 @@ def render_rayjob(
             "ttlSecondsAfterFinished": cluster.ttlSecondsAfterFinished,
             "rayClusterSpec": _ray_cluster_spec(spec, config, image, name, labels, cluster.workers, compare_secret(train)),
         }
-    own = next((s.activeDeadlineSeconds for s in spec.subtasks if s.name == train.subtask), None)
-    deadline = own or cluster.activeDeadlineSeconds  # the sub-task's own deadline wins
-    if deadline:
-        rayjob_spec["activeDeadlineSeconds"] = deadline
     if spec.queueName:
         # Kueue's contract for a RayJob: created suspended; Kueue lifts spec.suspend on
         # admission, and the operator never writes it afterwards (plan.suspension).

@@ -16,7 +16,7 @@ from anytasktune.local.supervisor import one_local_cluster
 from anytasktune.plan import plan
 from anytasktune.render import LABEL_SHARED_CLUSTER, shared_worker_pods
 from anytasktune.spec import TaskFineTune
-from anytasktune_contract.trainspec import SPEC_B64_ENV, TrainJobSpec
+from anytasktune_contract.trainspec import DEADLINE_ENV, SPEC_B64_ENV, TrainJobSpec
 from tests.unit.test_plan import CONFIG, NOW, job, tft
 
 SHARED = {"mode": "Shared", "workers": 2, "gpusPerWorker": 0, "cpusPerWorker": "2", "memoryPerWorker": "4Gi"}
@@ -47,6 +47,19 @@ def test_a_shared_rayjob_names_the_pools_cluster_and_carries_its_spec_in_the_run
     train = TrainJobSpec.from_json(base64.b64decode(env[SPEC_B64_ENV]).decode("utf-8"))
     assert train.instruction == obj["spec"]["subtasks"][0]["instruction"]
     assert train.to_json() == launch.configmap["data"]["spec.json"]
+
+
+@pytest.mark.parametrize(("own", "pool", "want"), [(None, None, None), (7200, None, "7200"), (None, 3600, "3600"), (600, 3600, "600")])
+def test_a_shared_rayjobs_driver_is_told_its_deadline_to_stop_itself(own: int | None, pool: int | None, want: str | None) -> None:
+    """KubeRay v1.4.2 fails a RayJob on an existing cluster at activeDeadlineSeconds without
+    stopping its Ray job: the driver gets the deadline and stops itself."""
+    obj = tft(1, cluster={**SHARED, **({"activeDeadlineSeconds": pool} if pool else {})})
+    if own:
+        obj["spec"]["subtasks"][0]["activeDeadlineSeconds"] = own
+    launch = next(a for a in plan(obj, [], {}, NOW, CONFIG, CLUSTER).actions if isinstance(a, Launch))
+    env = json.loads(launch.rayjob["spec"]["runtimeEnvYAML"])["env_vars"]
+    assert env.get(DEADLINE_ENV) == want
+    assert launch.rayjob["spec"].get("activeDeadlineSeconds") == (int(want) if want else None)
 
 
 @pytest.mark.parametrize(("subtasks", "parallel", "workers", "pods"), [(3, 2, 2, 4), (1, 4, 2, 2), (5, 5, 1, 5), (8, 3, 3, 9)])

@@ -11,12 +11,13 @@ import json
 import os
 import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Any
 
 from anytasktune_contract.failures import FailureClass, InvalidSpecError, TrainJobError, classify, failure_line
-from anytasktune_contract.trainspec import SPEC_B64_ENV, SPEC_ENV, TrainJobSpec
+from anytasktune_contract.trainspec import DEADLINE_ENV, SPEC_B64_ENV, SPEC_ENV, TrainJobSpec
 
 
 def load_spec(ref: str | None) -> TrainJobSpec:
@@ -54,6 +55,28 @@ def load_spec(ref: str | None) -> TrainJobSpec:
         raise InvalidSpecError(f"invalid spec JSON: {exc}") from None
 
 
+def stop_at_deadline(value: str) -> threading.Timer:
+    """$ANYTASKTUNE_DEADLINE_SECONDS (a Shared-cluster RayJob's activeDeadlineSeconds): KubeRay
+    marks such a RayJob Failed at its deadline but does not stop its Ray job, which would keep
+    a worker pod of the shared cluster from the retry. So the driver stops itself, a little
+    after KubeRay's clock (which started before the driver did); its Ray Train workers go with it."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise InvalidSpecError(f"${DEADLINE_ENV} is not a number of seconds: {value!r}") from None
+
+    def expire() -> None:
+        message = f"activeDeadlineSeconds ({seconds:g} s) passed: the driver stops its Ray job"
+        print(f"[anytasktune] error: {message}", file=sys.stderr, flush=True)
+        print(failure_line(FailureClass.DeadlineExceeded, message), flush=True)
+        os._exit(FailureClass.DeadlineExceeded.exit_code)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 def _on_sigterm(signum: int, frame: Any) -> None:
     raise TrainJobError(f"terminated by signal {signum}", FailureClass.Preempted)
 
@@ -67,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
+        if os.environ.get(DEADLINE_ENV):
+            stop_at_deadline(os.environ[DEADLINE_ENV])
         spec = load_spec(args.spec)
         print(f"[anytasktune] spec {spec.taskFineTune}/{spec.subtask} {spec.spec_id()} -> {spec.outputPrefix}/",
               flush=True)

@@ -170,6 +170,25 @@ def test_load_spec_from_base64_env_as_a_shared_cluster_rayjob_gives_it(monkeypat
         load_spec(None)
 
 
+def test_a_driver_past_its_deadline_stops_itself_with_the_failure_line(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import threading
+
+    import anytasktune_trainjob.__main__ as cli
+
+    exited = threading.Event()
+    codes: list[int] = []
+    monkeypatch.setattr(cli.os, "_exit", lambda code: (codes.append(code), exited.set()))
+    timer = cli.stop_at_deadline("0.2")
+    assert exited.wait(5), "the deadline never fired"
+    timer.cancel()
+    assert codes == [X.FailureClass.DeadlineExceeded.exit_code]
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith(f"{FAILURE_MARKER} class=DeadlineExceeded: activeDeadlineSeconds (0.2 s) passed"), last
+    with pytest.raises(X.InvalidSpecError, match="ANYTASKTUNE_DEADLINE_SECONDS is not a number"):
+        cli.stop_at_deadline("two hours")
+
+
 def test_cli_prints_failure_line_last_and_exits_with_class_code(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     import anytasktune_trainjob.__main__ as cli
