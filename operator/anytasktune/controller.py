@@ -178,8 +178,13 @@ class Controller:
         self.read_pool.shutdown()
         self.writers.shutdown(wait=False, cancel_futures=True)
 
-    def enqueue(self, namespace: str, name: str, delay: float = 0.0) -> None:
-        self._deleted.discard((namespace, name))  # a TaskFineTune of that name (again)
+    def enqueue(self, namespace: str, name: str, delay: float = 0.0, *, exists: bool = False) -> None:
+        """Queue a pass. `exists`: the TaskFineTune's own event says it exists (again), so a
+        deletion noted while a pass was in flight no longer applies. Its children's events and
+        finished reads say nothing of the kind: the garbage collector deletes its RayJobs after
+        it, and their events must not keep a deleted TaskFineTune's state and metrics."""
+        if exists:
+            self._deleted.discard((namespace, name))
         self.queue.add((namespace, name), delay)
 
     def forget(self, namespace: str, name: str) -> None:

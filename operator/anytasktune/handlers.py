@@ -55,7 +55,7 @@ async def on_taskfinetune(*, type: str, name: str, namespace: str | None, body: 
     if type == "DELETED":
         memo.controller.forget(namespace, name)
     elif not own_status_write(type, body):
-        memo.controller.enqueue(namespace, name)
+        memo.controller.enqueue(namespace, name, exists=True)
 
 
 def own_status_write(type: str | None, body: Mapping[str, Any]) -> bool:
