@@ -37,13 +37,18 @@ METRICS = (("first_step_s", "first step (pool)"), ("all_stepped_s", "every sub-t
            ("second_wave_startup_s", "the same, for the 2 that waited for a slot (median)"))
 
 
+def subtask_of(job: str) -> str:
+    """The sub-task of a RayJob (or of its submitter Job, which KubeRay names the same): pool-<sub-task>-<attempt>."""
+    return job.removeprefix("pool-").rpartition("-")[0]
+
+
 def _first_steps(cluster: Cluster, namespace: str, seen: dict[str, float], t0: float) -> None:
     """Record when each sub-task's driver log first shows a step: KubeRay's submitter Job,
     named as its RayJob (`pool-<sub-task>-<attempt>`), follows `ray job logs`."""
     kube = cluster.kube
     for job in kube.get("jobs", namespace=namespace)["items"]:
         name = job["metadata"]["name"]
-        sub = name.removeprefix("pool-").rpartition("-")[0]
+        sub = subtask_of(name)
         if sub in SUBTASKS and sub not in seen and STEP.search(kube.logs(namespace, f"job/{name}")):
             seen[sub] = time.monotonic() - t0
 
@@ -83,7 +88,7 @@ def _one_run_in(cluster: Cluster, s3: Any, data: TrainingData, image: str, mode:
     result = {"mode": mode, "first_step_s": min(seen.values()), "all_stepped_s": max(seen.values()),
               "all_succeeded_s": time.monotonic() - t0}
     # When each attempt was launched (its RayJob's creation; the API server's clock is this host's).
-    created = {j["metadata"]["name"].removeprefix("pool-").rpartition("-")[0]:
+    created = {subtask_of(j["metadata"]["name"]):
                datetime.strptime(j["metadata"]["creationTimestamp"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp() - wall0
                for j in kube.get("rayjobs", namespace=namespace)["items"]}
     startups = sorted((seen[sub] - created[sub], created[sub]) for sub in SUBTASKS)

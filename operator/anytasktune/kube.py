@@ -154,12 +154,8 @@ class KubeExecutor:
 
     def release_cluster(self, job: str) -> None:
         cluster = self.clusters.get(job)
-        if cluster is None:
-            return
-        try:
-            self.client.custom.delete_namespaced_custom_object(*RAY, self.namespace, "rayclusters", cluster, propagation_policy="Background")
-        except ApiException as err:
-            _ok(err, 404)
+        if cluster is not None:
+            self.delete_cluster(cluster)
 
     def create_cluster(self, raycluster: dict[str, Any]) -> None:
         try:
