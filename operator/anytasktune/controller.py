@@ -7,6 +7,9 @@ resync safety net, and manifest reads kept off the reconcile path.
 - **Supervised.** Any error in a pass (API errors, a connection refused while the API
   server restarts, a bug) is logged, counted and retried with backoff; the resync loop
   survives every error too.
+- **Children from memory.** A pass reads the TaskFineTune's RayJobs and RayClusters from
+  `informer.ChildCache` (list-then-watch, with expectations for the pass's own writes)
+  and LISTs them only while that cache may be behind. Its events queue the parents.
 - **S3 never blocks a pass.** A manifest read runs on a small pool, at most
   `READS_PER_NAMESPACE` at once per namespace, so one tenant's slow or black-holed
   endpoint occupies at most that many threads and delays no one else's passes.
@@ -28,6 +31,7 @@ from anytasktune import metrics
 from anytasktune.actions import Plan
 from anytasktune.config import OperatorConfig
 from anytasktune.executor import ManifestReads, reconcile
+from anytasktune.informer import ChildCache
 from anytasktune.kube import KubeClient, KubeExecutor
 from anytasktune.spec import ClusterMode, TaskFineTune
 from anytasktune_contract.backoff import Backoff
@@ -159,6 +163,7 @@ class Controller:
         self._deleted: set[Key] = set()  # deleted while a pass may be in flight
         self._loop: asyncio.AbstractEventLoop | None = None
         self._resync: asyncio.Task[None] | None = None
+        self.cache: ChildCache | None = None
 
     @property
     def client(self) -> KubeClient:
@@ -168,12 +173,16 @@ class Controller:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self.cache = ChildCache(self.client.custom, self.config.watch_namespaces, self._enqueue_threadsafe)
+        self.cache.start()
         self.queue.start()
         self._resync = asyncio.create_task(self._resync_forever())
 
     async def stop(self) -> None:
         if self._resync is not None:
             self._resync.cancel()
+        if self.cache is not None:
+            self.cache.stop()
         await self.queue.stop()
         self.read_pool.shutdown()
         self.writers.shutdown(wait=False, cancel_futures=True)
@@ -198,6 +207,8 @@ class Controller:
     def _drop(self, key: Key) -> None:
         self.reads.pop(key, None)
         self._errors.pop(key, None)
+        if self.cache is not None:
+            self.cache.forget(key)
         metrics.forget_status(*key)
 
     # --- one pass ----------------------------------------------------------------
@@ -232,9 +243,11 @@ class Controller:
             self.reads.pop((namespace, name), None)
             return None  # ownerReferences let the garbage collector remove the children
         shared = ((tft.get("spec") or {}).get("cluster") or {}).get("mode") == ClusterMode.Shared.value
-        jobs, clusters, shared_cluster = self.client.observe(namespace, name, shared)
+        cached = self.cache.observe(namespace, name) if self.cache is not None else None
+        metrics.CHILD_READS.labels(source="cache" if cached is not None else "list").inc()
+        jobs, clusters, shared_cluster = cached if cached is not None else self.client.observe(namespace, name, shared)
         reads = self.reads.setdefault((namespace, name), ManifestReads(self.config.manifest_backoff))
-        executor = KubeExecutor(self.client, tft, clusters, lambda uri: self._start_read(tft, reads, uri), self.writers)
+        executor = KubeExecutor(self.client, tft, clusters, lambda uri: self._start_read(tft, reads, uri), self.writers, self.cache)
         result = reconcile(tft, jobs, reads, datetime.now(timezone.utc), self.config, executor, shared_cluster)
         metrics.observe_status(namespace, name, result.status)
         return result

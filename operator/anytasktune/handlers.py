@@ -4,7 +4,9 @@ Run with `kopf run --standalone -m anytasktune.handlers --all-namespaces` (or
 `anytasktune operator`). Only watch-event handlers are used, so kopf writes no
 annotations and no finalizers on our objects: deleting a TaskFineTune can never
 wedge, and its children go with it through ownerReferences. Every event only queues
-a pass (`controller.Controller`); no handler calls the API server itself.
+a pass (`controller.Controller`); no handler calls the API server itself. RayJobs and
+RayClusters are not watched through kopf: the controller's own list-then-watch cache
+(`informer.py`) holds them and queues their parents.
 """
 
 from __future__ import annotations
@@ -19,10 +21,7 @@ from anytasktune import metrics
 from anytasktune.config import OperatorConfig
 from anytasktune.controller import Controller
 from anytasktune.redact import protect_credentials
-from anytasktune.render import LABEL_MANAGED_BY, LABEL_TFT, MANAGER
 from anytasktune.spec import GROUP, PLURAL, VERSION
-
-OURS = {LABEL_MANAGED_BY: MANAGER}
 
 
 @kopf.on.startup()
@@ -64,16 +63,3 @@ def own_status_write(type: str | None, body: Mapping[str, Any]) -> bool:
     events, timed requeues and the resync bring every other change."""
     meta, status = body.get("metadata", {}), body.get("status") or {}
     return type == "MODIFIED" and not meta.get("deletionTimestamp") and meta.get("generation") == status.get("observedGeneration")
-
-
-@kopf.on.event("ray.io", "v1", "rayjobs", labels=OURS)
-async def on_rayjob(*, labels: Mapping[str, str], namespace: str | None, memo: Any, **_: Any) -> None:
-    if (parent := labels.get(LABEL_TFT)) and namespace:
-        memo.controller.enqueue(namespace, parent)
-
-
-@kopf.on.event("ray.io", "v1", "rayclusters", labels=OURS)
-async def on_raycluster(*, labels: Mapping[str, str], namespace: str | None, memo: Any, **_: Any) -> None:
-    """A released cluster is gone: the retry waiting for it may launch now."""
-    if (parent := labels.get(LABEL_TFT)) and namespace:
-        memo.controller.enqueue(namespace, parent)

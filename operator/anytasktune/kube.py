@@ -4,8 +4,9 @@ that applies a plan through the API server (blocking calls; run in worker thread
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
 
@@ -13,16 +14,13 @@ import kubernetes
 from kubernetes.client.rest import ApiException
 
 from anytasktune import metrics
-from anytasktune.actions import Launch, ObservedCluster
-from anytasktune.attempt import ObservedJob
-from anytasktune.render import LABEL_MANAGED_BY, LABEL_SHARED_CLUSTER, LABEL_TFT, MANAGER
+from anytasktune.actions import Launch
+from anytasktune.informer import RAY, SELECTOR, ChildCache, Children, Want, assemble, cluster_record, job_record
+from anytasktune.render import LABEL_TFT
 from anytasktune.spec import GROUP, KIND, PLURAL, VERSION
 from anytasktune.summary import Event
 
 log = logging.getLogger("anytasktune")
-RAY = ("ray.io", "v1")
-# KubeRay labels the RayCluster it creates for a RayJob with the RayJob's name.
-ORIGINATED_FROM = "ray.io/originated-from-cr-name"
 
 
 def _ok(err: ApiException, *statuses: int) -> None:
@@ -62,30 +60,20 @@ class KubeClient:
         return [(o["metadata"]["namespace"], o["metadata"]["name"]) for r in responses for o in r.get("items", [])]  # type: ignore[attr-defined]
 
     def _children(self, plural: str, namespace: str, tft: str) -> list[dict[str, Any]]:
-        selector = f"{LABEL_MANAGED_BY}={MANAGER},{LABEL_TFT}={tft}"
-        resp: dict[str, Any] = self.custom.list_namespaced_custom_object(*RAY, namespace, plural, label_selector=selector)  # type: ignore[assignment]
+        resp: dict[str, Any] = self.custom.list_namespaced_custom_object(*RAY, namespace, plural, label_selector=f"{SELECTOR},{LABEL_TFT}={tft}")  # type: ignore[assignment]
         return list(resp.get("items", []))
 
-    def observe(self, namespace: str, tft: str, shared: bool = False) -> tuple[list[ObservedJob], dict[str, str], ObservedCluster | None]:
+    def observe(self, namespace: str, tft: str, shared: bool = False) -> Children:
         """The TaskFineTune's RayJobs, RayJob name -> its own live RayCluster's name, and
-        the shared RayCluster (cluster.mode Shared) if it exists.
+        the shared RayCluster (cluster.mode Shared) if it exists, LISTed from the API
+        server (`ChildCache.observe` answers the same from memory).
 
         Clusters matter for finished (or vanishing) attempts, whose cluster may outlive
         them, and in Shared mode: otherwise the second LIST is skipped."""
-        rayjobs = self._children("rayjobs", namespace, tft)
-        jobs = [ObservedJob.from_object(o) for o in rayjobs]
+        jobs = [job_record(o) for o in self._children("rayjobs", namespace, tft)]
         if not shared and not any(j.state.is_terminal or j.deleting or j.shared for j in jobs):
             return jobs, {}, None
-        clusters: dict[str, str] = {}
-        shared_cluster: ObservedCluster | None = None
-        for c in self._children("rayclusters", namespace, tft):
-            meta = c["metadata"]
-            if (meta.get("labels") or {}).get(LABEL_SHARED_CLUSTER) == "true":
-                shared_cluster = ObservedCluster(meta["name"], deleting=bool(meta.get("deletionTimestamp")))
-            elif origin := (meta.get("labels") or {}).get(ORIGINATED_FROM):
-                clusters[origin] = meta["name"]
-        live = frozenset(clusters)
-        return [ObservedJob.from_object(o, live) for o in rayjobs], clusters, shared_cluster
+        return assemble(jobs, [cluster_record(c) for c in self._children("rayclusters", namespace, tft)])
 
     def post_event(self, tft: dict[str, Any], event: Event) -> None:
         meta = tft["metadata"]
@@ -111,7 +99,8 @@ class KubeExecutor:
     """Applies one pass's plan for one TaskFineTune through the API server."""
 
     def __init__(self, client: KubeClient, tft: dict[str, Any], clusters: dict[str, str],
-                 start_read: Callable[[str], None], writers: ThreadPoolExecutor | None = None) -> None:
+                 start_read: Callable[[str], None], writers: ThreadPoolExecutor | None = None,
+                 cache: ChildCache | None = None) -> None:
         self.client = client
         self.tft = tft
         self.namespace: str = tft["metadata"]["namespace"]
@@ -119,6 +108,23 @@ class KubeExecutor:
         self.clusters = clusters  # RayJob name -> RayCluster name
         self.start_read = start_read
         self.writers = writers
+        self.cache = cache
+
+    @contextmanager
+    def _expecting(self, want: Want, name: str) -> Iterator[None]:
+        """Tell the cache what this write will change before it is made (its event may
+        arrive before the call returns); withdrawn when the write fails. A 409 on create
+        and a 404 on delete are no failure: the API server already holds what we want."""
+        if self.cache is None:
+            yield
+            return
+        expectation = self.cache.expect((self.namespace, self.name), want, name)
+        try:
+            yield
+        except BaseException as err:
+            if not (isinstance(err, ApiException) and err.status in (404, 409)):
+                self.cache.withdraw((self.namespace, self.name), expectation)
+            raise
 
     def create_all(self, launches: list[Launch]) -> None:
         """Each launch's two writes in order, launches side by side: a pool of 10
@@ -138,7 +144,8 @@ class KubeExecutor:
         except ApiException as err:
             _ok(err, 409)
         try:
-            self.client.custom.create_namespaced_custom_object(*RAY, self.namespace, "rayjobs", launch.rayjob)
+            with self._expecting(Want.JobExists, launch.rayjob["metadata"]["name"]):
+                self.client.custom.create_namespaced_custom_object(*RAY, self.namespace, "rayjobs", launch.rayjob)
         except ApiException as err:
             _ok(err, 409)
             return
@@ -148,7 +155,8 @@ class KubeExecutor:
 
     def delete_job(self, name: str) -> None:
         try:
-            self.client.custom.delete_namespaced_custom_object(*RAY, self.namespace, "rayjobs", name, propagation_policy="Background")
+            with self._expecting(Want.JobGone, name):
+                self.client.custom.delete_namespaced_custom_object(*RAY, self.namespace, "rayjobs", name, propagation_policy="Background")
         except ApiException as err:
             _ok(err, 404)
 
@@ -159,18 +167,21 @@ class KubeExecutor:
 
     def create_cluster(self, raycluster: dict[str, Any]) -> None:
         try:
-            self.client.custom.create_namespaced_custom_object(*RAY, self.namespace, "rayclusters", raycluster)
+            with self._expecting(Want.ClusterExists, raycluster["metadata"]["name"]):
+                self.client.custom.create_namespaced_custom_object(*RAY, self.namespace, "rayclusters", raycluster)
         except ApiException as err:
             _ok(err, 409)
 
     def delete_cluster(self, name: str) -> None:
         try:
-            self.client.custom.delete_namespaced_custom_object(*RAY, self.namespace, "rayclusters", name, propagation_policy="Background")
+            with self._expecting(Want.ClusterGone, name):
+                self.client.custom.delete_namespaced_custom_object(*RAY, self.namespace, "rayclusters", name, propagation_policy="Background")
         except ApiException as err:
             _ok(err, 404)
 
     def set_suspend(self, name: str, suspend: bool) -> None:
-        self.client.custom.patch_namespaced_custom_object(*RAY, self.namespace, "rayjobs", name, {"spec": {"suspend": suspend}})
+        with self._expecting(Want.JobSuspended if suspend else Want.JobResumed, name):
+            self.client.custom.patch_namespaced_custom_object(*RAY, self.namespace, "rayjobs", name, {"spec": {"suspend": suspend}})
 
     def read_manifest(self, uri: str) -> None:
         self.start_read(uri)

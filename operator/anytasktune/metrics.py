@@ -13,9 +13,11 @@ RAYJOBS_CREATED = Counter("anytasktune_rayjobs_created_total", "RayJobs created 
 RETRIES = Counter("anytasktune_retries_total", "Sub-task attempts relaunched, by failure class", ["failure_class"])
 RECONCILE_SECONDS = Histogram("anytasktune_reconcile_duration_seconds", "Duration of one reconcile pass")
 ERRORS = Counter("anytasktune_errors_total", "Errors talking to the API server or S3", ["target"])
+CHILD_READS = Counter("anytasktune_child_reads_total",
+                      "Reconcile passes by where they read the RayJobs and RayClusters: cache or list", ["source"])
 
 ALL_METRICS = ("anytasktune_subtasks", "anytasktune_rayjobs_created_total", "anytasktune_retries_total",
-               "anytasktune_reconcile_duration_seconds", "anytasktune_errors_total")
+               "anytasktune_reconcile_duration_seconds", "anytasktune_errors_total", "anytasktune_child_reads_total")
 
 
 def observe_status(namespace: str, name: str, status: TaskFineTuneStatus) -> None:

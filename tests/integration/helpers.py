@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,6 +64,11 @@ def serving(plane: P) -> Iterator[P]:
         yield plane
     finally:
         plane.stop()
+
+
+def metrics_text(port: int) -> str:
+    """The operator's Prometheus metrics page."""
+    return str(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode())
 
 
 def helm_command(bin_dir: Path, home: Path, kubeconfig: Path | None = None) -> list[str]:

@@ -32,7 +32,6 @@ import os
 import random
 import threading
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -56,7 +55,7 @@ from tests.integration.faults import (
     random_kills,
     random_script,
 )
-from tests.integration.helpers import REPO_ROOT, Kubectl, serving, taskfinetune, wait_for
+from tests.integration.helpers import REPO_ROOT, Kubectl, metrics_text, serving, taskfinetune, wait_for
 from tests.kube.controlplane import ControlPlane
 
 
@@ -285,10 +284,6 @@ def test_operator_sigkilled_at_random_moments(plane: ControlPlane, k: Kubectl, a
     assert sum(kinds.values()) >= 2 * len(trials), kinds
     if len(trials) >= 5:
         assert set(kinds) == {"timer", "created", "terminal"}, kinds
-
-
-def metrics_text(port: int) -> str:
-    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
 
 
 # --- kube-apiserver and etcd restarted ----------------------------------------------------

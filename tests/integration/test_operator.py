@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import pytest
 
 from anytasktune_contract.failures import FailureClass, failure_line
-from tests.integration.helpers import RUNNING, SUCCEEDED, Kubectl, OperatorProcess, failed, operator_serving, s3_serving, taskfinetune, wait_for
+from tests.integration.helpers import RUNNING, SUCCEEDED, Kubectl, OperatorProcess, failed, metrics_text, operator_serving, s3_serving, taskfinetune, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +105,7 @@ def test_lifecycle_parallelism_success_retry_and_backoff(k: Kubectl, operator: O
     time.sleep(5)
     assert k.tft(ns, "pool")["metadata"]["resourceVersion"] == version
 
-    metrics = urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).read().decode()
+    metrics = metrics_text(operator.metrics_port)
     assert 'anytasktune_retries_total{failure_class="OutOfMemory"} 1.0' in metrics
     assert 'anytasktune_subtasks{namespace="lifecycle",phase="Failed",taskfinetune="pool"} 1.0' in metrics
 
@@ -303,6 +302,20 @@ def test_deleting_the_taskfinetune_leaves_nothing_behind(k: Kubectl, operator: O
     wait_for("RayJobs collected", lambda: k.rayjobs(ns) == {})
     wait_for("ConfigMaps collected", lambda: [c for c in k.json("get", "configmaps", "-n", ns)["items"]
                                             if c["metadata"]["name"].startswith("doomed-")] == [])
+
+
+def test_passes_read_rayjobs_from_the_watch_and_see_one_deleted_behind_their_back(k: Kubectl, operator: OperatorProcess) -> None:
+    """The operator's RayJob cache (informer.py) follows deletions: a RayJob deleted by
+    hand is launched again by the event's pass, not left for the cache to remember."""
+    ns = k.namespace("cache")
+    k.apply(taskfinetune("pool", ["only"]), ns)
+    first = wait_for("launch", lambda: k.rayjobs(ns).get("pool-only-1"))
+    k.run("delete", "rayjob", "pool-only-1", "-n", ns, "--wait=true")
+    again = wait_for("launched again", lambda: (j := k.rayjobs(ns).get("pool-only-1")) and j["metadata"]["uid"] != first["metadata"]["uid"] and j)
+    assert again["metadata"]["labels"]["anytasktune.io/subtask"] == "only"
+    reads = {line.split('source="')[1].split('"')[0]: float(line.split()[-1])
+             for line in metrics_text(operator.metrics_port).splitlines() if line.startswith("anytasktune_child_reads_total{")}
+    assert reads.get("cache", 0) > reads.get("list", 0), reads  # LISTs only while a pass's own writes are in flight
 
 
 def test_s3_outage_is_retried_with_backoff_and_shown_in_status_and_events(k: Kubectl, operator: OperatorProcess) -> None:
