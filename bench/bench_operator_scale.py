@@ -14,6 +14,7 @@ records when each sub-task's status reflects the change. Printed per variant and
   divided by the number of RayJob status changes it had to reflect.
 
     .venv/bin/python bench/bench_operator_scale.py --sizes 10,100 [--baseline ef68e83] [--rounds 1]
+        [--profile DIR]   # py-spy (on PATH) samples this tree's operator: DIR/<namespace>.txt, collapsed stacks
 
 Read ratios between the two variants measured in the same run, not absolute seconds:
 the machine is shared. Nothing here is a timed assertion.
@@ -132,7 +133,7 @@ def drive(pool: ThreadPoolExecutor, fn: Callable[[str], None], names: list[str])
     return written
 
 
-def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path) -> dict[str, Any]:
+def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path, profile: Path | None = None) -> dict[str, Any]:
     # Each variant with its own CRD: the API server's defaults must be the ones its models know.
     cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(tree / "manifests" / "crd"))
     time.sleep(2)
@@ -145,6 +146,11 @@ def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path)
     _, audit_offset = cp.audit_events()
     op.start()
     time.sleep(4)  # kopf's start-up; its watches open before the first apply
+    sampler = None
+    if profile is not None and tree == ROOT and op.proc is not None:
+        profile.mkdir(parents=True, exist_ok=True)
+        sampler = subprocess.Popen(["py-spy", "record", "--rate", "100", "--format", "raw", "--pid", str(op.proc.pid),
+                                    "--output", str(profile / f"{namespace}.txt")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     recorder = Recorder(custom, namespace)
     names = [f"p{i}" for i in range(n)]
     jobs = [f"{t}-s{i}-1" for t in names for i in range(SUBTASKS)]
@@ -174,6 +180,9 @@ def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path)
         rss = peak_rss_mib(op.proc.pid) if op.proc else float("nan")
     finally:
         recorder.stop.set()
+        if sampler is not None:
+            sampler.send_signal(2)  # py-spy writes its file on SIGINT
+            sampler.wait(30)
         op.stop()
         pool.shutdown()
     events, _ = cp.audit_events(audit_offset)
@@ -206,6 +215,7 @@ def main() -> None:
     parser.add_argument("--baseline", default="ef68e83", help="git commit of the baseline operator ('' = none)")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--profile", type=Path, help="sample this tree's operator with py-spy into this folder")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     variants: list[tuple[str, Path]] = [("this-tree", ROOT)]
@@ -221,7 +231,7 @@ def main() -> None:
             for _ in range(args.rounds):
                 for n in sizes:
                     for label, variant_tree in variants:  # interleaved: same N, both variants, back to back
-                        row = run_variant(cp, label, variant_tree, n, workdir)
+                        row = run_variant(cp, label, variant_tree, n, workdir, args.profile)
                         rows.append(row)
                         print(json.dumps(row), flush=True)
     finally:

@@ -7,9 +7,11 @@ resync safety net, and manifest reads kept off the reconcile path.
 - **Supervised.** Any error in a pass (API errors, a connection refused while the API
   server restarts, a bug) is logged, counted and retried with backoff; the resync loop
   survives every error too.
-- **Children from memory.** A pass reads the TaskFineTune's RayJobs and RayClusters from
+- **Reads from memory.** A pass reads the TaskFineTune's RayJobs and RayClusters from
   `informer.ChildCache` (list-then-watch, with expectations for the pass's own writes)
-  and LISTs them only while that cache may be behind. Its events queue the parents.
+  and the TaskFineTune from the body kopf's last event brought (`informer.Bodies`); it
+  asks the API server only while either may be behind. Its Events are posted from a
+  pool of their own, off the pass.
 - **S3 never blocks a pass.** A manifest read runs on a small pool, at most
   `READS_PER_NAMESPACE` at once per namespace, so one tenant's slow or black-holed
   endpoint occupies at most that many threads and delays no one else's passes.
@@ -22,7 +24,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
@@ -31,7 +33,7 @@ from anytasktune import metrics
 from anytasktune.actions import Plan
 from anytasktune.config import OperatorConfig
 from anytasktune.executor import ManifestReads, reconcile
-from anytasktune.informer import ChildCache
+from anytasktune.informer import Bodies, ChildCache
 from anytasktune.kube import KubeClient, KubeExecutor
 from anytasktune.spec import ClusterMode, TaskFineTune
 from anytasktune_contract.backoff import Backoff
@@ -42,6 +44,7 @@ Key = tuple[str, str]  # (namespace, name)
 READS_PER_NAMESPACE = 2
 READ_THREADS = 8
 WRITE_THREADS = 8  # concurrent creates within passes (ConfigMap then RayJob, per launch)
+EVENT_THREADS = 4
 PASS_ERROR_BACKOFF = Backoff(1.0, 60.0)
 
 
@@ -159,6 +162,8 @@ class Controller:
         self.read_pool = TenantReadPool(READ_THREADS, READS_PER_NAMESPACE)
         self._stores: dict[StorageSettings, ObjectStore] = {}
         self.writers = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="create")
+        self.event_posts = ThreadPoolExecutor(EVENT_THREADS, thread_name_prefix="event")
+        self.bodies = Bodies()
         self._errors: dict[Key, int] = {}
         self._deleted: set[Key] = set()  # deleted while a pass may be in flight
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -173,7 +178,8 @@ class Controller:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self.cache = ChildCache(self.client.custom, self.config.watch_namespaces, self._enqueue_threadsafe)
+        reflectors = 2 * max(1, len(self.config.watch_namespaces))  # RayJobs and RayClusters, per namespace
+        self.cache = ChildCache(self.client.watch_api(reflectors), self.config.watch_namespaces, self._enqueue_threadsafe)
         self.cache.start()
         self.queue.start()
         self._resync = asyncio.create_task(self._resync_forever())
@@ -186,6 +192,7 @@ class Controller:
         await self.queue.stop()
         self.read_pool.shutdown()
         self.writers.shutdown(wait=False, cancel_futures=True)
+        self.event_posts.shutdown(wait=False, cancel_futures=True)  # an Event is best effort
 
     def enqueue(self, namespace: str, name: str, delay: float = 0.0, *, exists: bool = False) -> None:
         """Queue a pass. `exists`: the TaskFineTune's own event says it exists (again), so a
@@ -195,6 +202,10 @@ class Controller:
         if exists:
             self._deleted.discard((namespace, name))
         self.queue.add((namespace, name), delay)
+
+    def remember(self, namespace: str, name: str, body: Mapping[str, Any]) -> None:
+        """The TaskFineTune as its latest event shows it: the next pass need not GET it."""
+        self.bodies.remember((namespace, name), body)
 
     def forget(self, namespace: str, name: str) -> None:
         """A TaskFineTune was deleted: drop everything held for it. A pass already in
@@ -207,6 +218,7 @@ class Controller:
     def _drop(self, key: Key) -> None:
         self.reads.pop(key, None)
         self._errors.pop(key, None)
+        self.bodies.forget(key)
         if self.cache is not None:
             self.cache.forget(key)
         metrics.forget_status(*key)
@@ -217,6 +229,7 @@ class Controller:
             try:
                 result = await asyncio.to_thread(self.reconcile_once, *key)
             except Exception as err:  # noqa: BLE001 - supervised: every failure is retried with backoff
+                self.bodies.forget(key)  # the retry GETs it: a 404 or 409 may mean our copy is stale
                 if key in self._deleted:  # gone while it failed: nothing to retry
                     self._deleted.discard(key)
                     self._drop(key)
@@ -238,7 +251,7 @@ class Controller:
             self.queue.add(key, result.requeue_after)
 
     def reconcile_once(self, namespace: str, name: str) -> Plan | None:
-        tft = self.client.get_tft(namespace, name)
+        tft = self.bodies.get((namespace, name)) or self.client.get_tft(namespace, name)
         if tft is None or tft["metadata"].get("deletionTimestamp"):
             self.reads.pop((namespace, name), None)
             return None  # ownerReferences let the garbage collector remove the children
@@ -247,7 +260,8 @@ class Controller:
         metrics.CHILD_READS.labels(source="cache" if cached is not None else "list").inc()
         jobs, clusters, shared_cluster = cached if cached is not None else self.client.observe(namespace, name, shared)
         reads = self.reads.setdefault((namespace, name), ManifestReads(self.config.manifest_backoff))
-        executor = KubeExecutor(self.client, tft, clusters, lambda uri: self._start_read(tft, reads, uri), self.writers, self.cache)
+        executor = KubeExecutor(self.client, tft, clusters, lambda uri: self._start_read(tft, reads, uri), self.writers, self.cache,
+                                self.event_posts, lambda version: self.bodies.wrote((namespace, name), version))
         result = reconcile(tft, jobs, reads, datetime.now(timezone.utc), self.config, executor, shared_cluster)
         metrics.observe_status(namespace, name, result.status)
         return result
@@ -287,13 +301,16 @@ class Controller:
         """Level-based passes over every TaskFineTune, whatever events were missed."""
         while True:
             await asyncio.sleep(self.config.resync_seconds)
-            started = time.monotonic()
+            started, listed_at = time.monotonic(), self.bodies.now()
             try:
                 keys = await asyncio.to_thread(self.client.list_tfts, self.config.watch_namespaces)
             except Exception as err:  # noqa: BLE001 - the loop must survive API server restarts
                 metrics.ERRORS.labels(target=_target(err)).inc()
                 log.warning("resync list failed: %s: %s", type(err).__name__, err)
                 continue
+            for ghost in self.bodies.stale(set(keys), listed_at):
+                log.info("%s/%s is gone though no event said so (the watch was down): forgetting it", *ghost)
+                self.forget(*ghost)
             for key in keys:
                 self.queue.add(key)
             log.debug("resync queued %d TaskFineTunes in %.2fs", len(keys), time.monotonic() - started)

@@ -53,7 +53,9 @@ async def on_taskfinetune(*, type: str, name: str, namespace: str | None, body: 
     assert namespace is not None  # namespaced resource
     if type == "DELETED":
         memo.controller.forget(namespace, name)
-    elif not own_status_write(type, body):
+        return
+    memo.controller.remember(namespace, name, body)
+    if not own_status_write(type, body):
         memo.controller.enqueue(namespace, name, exists=True)
 
 

@@ -20,6 +20,7 @@ and the request that grows with every RayJob's two pod templates).
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import threading
@@ -42,7 +43,7 @@ SELECTOR = f"{LABEL_MANAGED_BY}={MANAGER}"
 PAGE = 500  # objects per LIST page: bounds the memory of a re-LIST of 10,000 RayJobs
 WATCH_SECONDS = 300
 EXPECTATION_TTL = 60.0
-RELIST_BACKOFF = Backoff(1.0, 30.0)
+RELIST_BACKOFF = Backoff(0.5, 5.0)  # short: until it lists again, passes read what it last saw
 Key = tuple[str, str]  # (namespace, TaskFineTune)
 Children = tuple[list[ObservedJob], dict[str, str], ObservedCluster | None]
 
@@ -311,3 +312,59 @@ class Reflector:
         finally:
             resp.release_conn()
         return version
+
+
+class Bodies:
+    """The TaskFineTunes as kopf's watch delivered them, so that a pass need not GET its own.
+
+    - A body is handed out only once the event of the operator's own last status write
+      for it has arrived: a pass that planned from an older status would repeat the last
+      pass's Events. That write's event carries exactly the resourceVersion its PATCH
+      returned; one that never comes (a re-list after a 410 skips it) lapses after
+      `EXPECTATION_TTL` seconds.
+    - kopf's watch keeps an object deleted while the watch was down, so the resync drops
+      the bodies its LIST no longer finds (`stale`).
+    - Copies in, copies out: a pass may change what it is given.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._bodies: dict[Key, tuple[dict[str, Any], float]] = {}
+        self._written: dict[Key, tuple[str, float]] = {}  # resourceVersion of our last status write, and when
+        self._lock = threading.Lock()
+
+    def remember(self, key: Key, body: Mapping[str, Any]) -> None:
+        copied = copy.deepcopy({k: body[k] for k in body})
+        with self._lock:
+            self._bodies[key] = (copied, self._clock())
+            written = self._written.get(key)
+            if written is not None and written[0] == (copied.get("metadata") or {}).get("resourceVersion"):
+                del self._written[key]
+
+    def wrote(self, key: Key, version: str | None) -> None:
+        """A pass's status PATCH returned this resourceVersion."""
+        with self._lock:
+            body = self._bodies.get(key)
+            if body is not None and version and (body[0].get("metadata") or {}).get("resourceVersion") != version:
+                self._written[key] = (version, self._clock())
+
+    def get(self, key: Key) -> dict[str, Any] | None:
+        with self._lock:
+            written = self._written.get(key)
+            if written is not None and self._clock() - written[1] < EXPECTATION_TTL:
+                return None
+            body = self._bodies.get(key)
+        return None if body is None else copy.deepcopy(body[0])
+
+    def forget(self, key: Key) -> None:
+        with self._lock:
+            self._bodies.pop(key, None)
+            self._written.pop(key, None)
+
+    def stale(self, listed: set[Key], listed_at: float) -> list[Key]:
+        """Bodies remembered before a LIST (started at `listed_at`) that it did not find."""
+        with self._lock:
+            return [key for key, (_, at) in self._bodies.items() if at < listed_at and key not in listed]
+
+    def now(self) -> float:
+        return self._clock()

@@ -3,6 +3,7 @@ that applies a plan through the API server (blocking calls; run in worker thread
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -36,12 +37,19 @@ class KubeClient:
             kubernetes.config.load_incluster_config()
         except kubernetes.config.ConfigException:
             kubernetes.config.load_kube_config()
-        configuration = kubernetes.client.Configuration.get_default_copy()
+        self._configuration = kubernetes.client.Configuration.get_default_copy()
         # Passes, creates and the resync share one connection pool (default: 5 per core).
-        configuration.connection_pool_maxsize = 32
-        api = kubernetes.client.ApiClient(configuration)
+        self._configuration.connection_pool_maxsize = 32
+        api = kubernetes.client.ApiClient(self._configuration)
         self.custom = kubernetes.client.CustomObjectsApi(api)
         self.core = kubernetes.client.CoreV1Api(api)
+
+    def watch_api(self, connections: int) -> kubernetes.client.CustomObjectsApi:
+        """A client with a pool of its own for long-lived watches, one connection each:
+        they must never take the connections the passes need."""
+        configuration = copy.deepcopy(self._configuration)
+        configuration.connection_pool_maxsize = connections
+        return kubernetes.client.CustomObjectsApi(kubernetes.client.ApiClient(configuration))
 
     def get_tft(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -75,9 +83,8 @@ class KubeClient:
             return jobs, {}, None
         return assemble(jobs, [cluster_record(c) for c in self._children("rayclusters", namespace, tft)])
 
-    def post_event(self, tft: dict[str, Any], event: Event) -> None:
+    def post_event(self, tft: dict[str, Any], event: Event, now: datetime) -> None:
         meta = tft["metadata"]
-        now = datetime.now(timezone.utc)
         body = kubernetes.client.CoreV1Event(
             metadata=kubernetes.client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
             involved_object=kubernetes.client.V1ObjectReference(
@@ -100,7 +107,8 @@ class KubeExecutor:
 
     def __init__(self, client: KubeClient, tft: dict[str, Any], clusters: dict[str, str],
                  start_read: Callable[[str], None], writers: ThreadPoolExecutor | None = None,
-                 cache: ChildCache | None = None) -> None:
+                 cache: ChildCache | None = None, event_posts: ThreadPoolExecutor | None = None,
+                 status_written: Callable[[str | None], None] | None = None) -> None:
         self.client = client
         self.tft = tft
         self.namespace: str = tft["metadata"]["namespace"]
@@ -109,6 +117,8 @@ class KubeExecutor:
         self.start_read = start_read
         self.writers = writers
         self.cache = cache
+        self.event_posts = event_posts  # None: post each Event inside the pass
+        self.status_written = status_written  # told the resourceVersion of each status write
 
     @contextmanager
     def _expecting(self, want: Want, name: str) -> Iterator[None]:
@@ -187,7 +197,15 @@ class KubeExecutor:
         self.start_read(uri)
 
     def post_event(self, event: Event) -> None:
-        self.client.post_event(self.tft, event)
+        """Stamped now, posted later when there is a pool: its time keeps the pass's order."""
+        now = datetime.now(timezone.utc)
+        if self.event_posts is None:
+            self.client.post_event(self.tft, event, now)
+        else:
+            self.event_posts.submit(self.client.post_event, self.tft, event, now)
 
     def write_status(self, status: dict[str, Any]) -> None:
-        self.client.custom.patch_namespaced_custom_object_status(GROUP, VERSION, self.namespace, PLURAL, self.name, {"status": status})
+        written: dict[str, Any] = self.client.custom.patch_namespaced_custom_object_status(  # type: ignore[assignment]
+            GROUP, VERSION, self.namespace, PLURAL, self.name, {"status": status})
+        if self.status_written is not None:
+            self.status_written((written.get("metadata") or {}).get("resourceVersion"))

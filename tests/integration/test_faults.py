@@ -307,9 +307,10 @@ def rfc3339_now() -> str:
 
 def test_apiserver_and_etcd_restarts(plane: ControlPlane, k: Kubectl, audit: AuditLog, tmp_path: Path) -> None:
     """The operator works through a pool while kube-apiserver is SIGKILLed and restarted,
-    then etcd: the same operator process reconnects, a pass that failed on the outage is
-    retried with backoff, the resync loop fails and carries on, and the pool converges to
-    the status the script implies, with no duplicate."""
+    then etcd: the same operator process reconnects, its watches fail and list again, the
+    resync loop fails and carries on (a pass that fails on the outage is retried with
+    backoff; one that finds nothing to write no longer needs the API server: it reads from
+    memory), and the pool converges to the status the script implies, with no duplicate."""
     ns, name = "restarts", "steady"
     script = {"alpha": [Outcome(F.OutOfMemory), Outcome()], "beta": [Outcome()],
               "gamma": [Outcome(F.Preempted), Outcome(F.Unknown)], "delta": [Outcome(F.DataContract)],
@@ -325,19 +326,18 @@ def test_apiserver_and_etcd_restarts(plane: ControlPlane, k: Kubectl, audit: Aud
         k.apply(taskfinetune(name, list(script), maxParallelSubtasks=2, backoffLimit=1), ns)
         wait_for("two RayJobs", lambda: len(reader.rayjobs(ns)) >= 2, timeout=60)
 
-        # Down until a pass has failed on it and been retried after its backoff (sub-tasks
-        # waiting for capacity look again every 5 s) and the resync has failed on it too
-        # (a starting API server holds requests rather than refusing them), then back on
-        # the same port and data.
+        # Down until the RayJob watch has failed to list again twice (its backoff) and the
+        # resync has failed on it too (a starting API server holds requests rather than
+        # refusing them), then back on the same port and data.
         before = operator.log_path.read_text()
         plane.stop_component("kube-apiserver", kill=True)
         down = time.monotonic()
 
         def failed_while_down() -> bool:
             log = operator.log_path.read_text()[len(before):]
-            return f"reconcile {ns}/{name} failed (2 in a row)" in log and "resync list failed" in log
+            return "rayjobs watch failed (2 in a row)" in log and "resync list failed" in log
 
-        wait_for("a pass failed twice in a row and the resync failed while the API server is down", failed_while_down,
+        wait_for("the RayJob watch failed twice in a row and the resync failed while the API server is down", failed_while_down,
                  timeout=30, interval=0.2)
         plane.start_component("kube-apiserver")
         print(f"\nkube-apiserver was down {time.monotonic() - down:.1f}s")

@@ -9,7 +9,7 @@ import pytest
 
 from anytasktune.actions import ObservedCluster
 from anytasktune.attempt import ObservedJob
-from anytasktune.informer import EXPECTATION_TTL, CachedCluster, ChildCache, Store, Want, assemble, cluster_record, job_record, met
+from anytasktune.informer import EXPECTATION_TTL, Bodies, CachedCluster, ChildCache, Store, Want, assemble, cluster_record, job_record, met
 from anytasktune.render import LABEL_MANAGED_BY, LABEL_SHARED_CLUSTER, LABEL_SUBTASK, LABEL_TFT, MANAGER
 
 
@@ -177,3 +177,51 @@ def test_the_cache_answers_what_a_list_would() -> None:
     expected = [ObservedJob.from_object(rayjob("t-a-1")),
                 ObservedJob.from_object(rayjob("t-b-1", jobDeploymentStatus="Complete", jobStatus="SUCCEEDED"), frozenset({"t-b-1"}))]
     assert jobs == expected and own == {"t-b-1": "t-b-1-raycluster-q"} and shared is None
+
+
+def tft_body(version: str, phase: str = "Running") -> dict[str, Any]:
+    return {"metadata": {"name": "t", "namespace": "ns", "resourceVersion": version}, "status": {"phase": phase}}
+
+
+def test_a_body_is_handed_out_once_the_event_of_our_own_status_write_is_in() -> None:
+    """Else the pass would plan from the status before the last pass's write and post
+    that pass's Events again."""
+    clock = Clock()
+    bodies = Bodies(clock)
+    assert bodies.get(("ns", "t")) is None  # nothing yet: the pass GETs
+    bodies.remember(("ns", "t"), tft_body("5", "Pending"))
+    assert bodies.get(("ns", "t")) == tft_body("5", "Pending")
+    bodies.wrote(("ns", "t"), "6")
+    assert bodies.get(("ns", "t")) is None
+    bodies.remember(("ns", "t"), tft_body("6"))
+    assert bodies.get(("ns", "t")) == tft_body("6")
+    bodies.wrote(("ns", "t"), "6")  # a PATCH that changed nothing: same version, no event to wait for
+    assert bodies.get(("ns", "t")) == tft_body("6")
+
+
+def test_a_write_whose_event_never_comes_lapses_and_copies_are_private() -> None:
+    clock = Clock()
+    bodies = Bodies(clock)
+    bodies.remember(("ns", "t"), tft_body("5"))
+    bodies.wrote(("ns", "t"), "6")  # a re-list after a 410 went straight to version 7
+    bodies.remember(("ns", "t"), tft_body("7"))
+    assert bodies.get(("ns", "t")) is None
+    clock.now += EXPECTATION_TTL + 1
+    got = bodies.get(("ns", "t"))
+    assert got == tft_body("7")
+    got["status"]["phase"] = "changed by a pass"
+    assert bodies.get(("ns", "t")) == tft_body("7")
+
+
+def test_the_resync_finds_bodies_of_taskfinetunes_deleted_while_the_watch_was_down() -> None:
+    clock = Clock()
+    bodies = Bodies(clock)
+    bodies.remember(("ns", "gone"), tft_body("1"))
+    bodies.remember(("ns", "kept"), tft_body("2"))
+    clock.now += 1
+    listed_at = bodies.now()
+    clock.now += 1
+    bodies.remember(("ns", "new"), tft_body("3"))  # created after the LIST was served
+    assert bodies.stale({("ns", "kept")}, listed_at) == [("ns", "gone")]
+    bodies.forget(("ns", "gone"))
+    assert bodies.get(("ns", "gone")) is None
