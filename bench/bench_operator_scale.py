@@ -11,7 +11,9 @@ records when each sub-task's status reflects the change. Printed per variant and
 - Running / Succeeded p50, p95, p99: from the RayJob status write to the parent's status;
 - peak RSS of the operator process (VmHWM);
 - API requests per reconciled change: the operator's requests (audit log, by user agent)
-  divided by the number of RayJob status changes it had to reflect.
+  divided by the number of RayJob status changes it had to reflect;
+- operator CPU: user + system seconds the operator process used over the whole run;
+  passes and their mean duration from its `anytasktune_reconcile_duration_seconds`.
 
     .venv/bin/python bench/bench_operator_scale.py --sizes 10,100 [--baseline ef68e83] [--rounds 1]
         [--profile DIR]   # py-spy (on PATH) samples this tree's operator: DIR/<namespace>.txt, collapsed stacks
@@ -39,7 +41,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.integration.helpers import OperatorProcess  # noqa: E402
+from tests.integration.helpers import OperatorProcess, metrics_text  # noqa: E402
 from tests.kube.controlplane import ControlPlane  # noqa: E402
 
 SUBTASKS = 10
@@ -116,6 +118,24 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used (utime and stime in /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pass_metrics(op: OperatorProcess) -> dict[str, float]:
+    """Reconcile passes and their mean duration, from the operator's own histogram (an
+    operator without it, or without a metrics port, gives NaN)."""
+    try:
+        samples = {line.split()[0]: float(line.split()[-1]) for line in metrics_text(op.metrics_port).splitlines()
+                   if line.startswith("anytasktune_reconcile_duration_seconds_")}
+        count, total = samples["anytasktune_reconcile_duration_seconds_count"], samples["anytasktune_reconcile_duration_seconds_sum"]
+        return {"passes": count, "pass_mean_s": total / count if count else float("nan")}
+    except Exception:  # noqa: BLE001 - the baseline may not export it
+        return {"passes": float("nan"), "pass_mean_s": float("nan")}
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
@@ -178,6 +198,8 @@ def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path,
         recorder.wait([(t, f"s{i}", "Succeeded") for t in names for i in range(SUBTASKS)], 120 + n)
         time.sleep(2)
         rss = peak_rss_mib(op.proc.pid) if op.proc else float("nan")
+        cpu = cpu_seconds(op.proc.pid) if op.proc else float("nan")
+        passes = pass_metrics(op)
     finally:
         recorder.stop.set()
         if sampler is not None:
@@ -199,7 +221,7 @@ def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path,
         "variant": label, "n": n, "rayjobs": len(jobs), "created_s": created,
         "running": [percentile(running, q) for q in (0.5, 0.95, 0.99)],
         "succeeded": [percentile(succeeded, q) for q in (0.5, 0.95, 0.99)],
-        "rss_mib": rss, "requests_per_change": operator_requests / changes,
+        "rss_mib": rss, "requests_per_change": operator_requests / changes, "cpu_s": cpu, **passes,
     }
 
 
@@ -239,14 +261,15 @@ def main() -> None:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], capture_output=True)
     print()
     print(f"{'variant':<20} {'TFTs x 10':>9} {'all RayJobs exist':>17} {'Running p50/p95/p99 s':>22} "
-          f"{'Succeeded p50/p95/p99 s':>24} {'peak RSS MiB':>12} {'API req/change':>14}")
+          f"{'Succeeded p50/p95/p99 s':>24} {'peak RSS MiB':>12} {'API req/change':>14} {'operator CPU s':>14} {'passes':>7} {'pass mean ms':>12}")
     for n in sizes:
         for label, _ in variants:
             mine = [r for r in rows if r["n"] == n and r["variant"] == label]
-            med = {k: statistics.median(r[k] for r in mine) for k in ("created_s", "rss_mib", "requests_per_change")}
+            med = {k: statistics.median(r[k] for r in mine) for k in ("created_s", "rss_mib", "requests_per_change", "cpu_s", "passes", "pass_mean_s")}
             run = "/".join(f"{statistics.median(r['running'][i] for r in mine):.2f}" for i in range(3))
             suc = "/".join(f"{statistics.median(r['succeeded'][i] for r in mine):.2f}" for i in range(3))
-            print(f"{label:<20} {n:>9} {med['created_s']:>16.1f}s {run:>22} {suc:>24} {med['rss_mib']:>12.0f} {med['requests_per_change']:>14.2f}")
+            print(f"{label:<20} {n:>9} {med['created_s']:>16.1f}s {run:>22} {suc:>24} {med['rss_mib']:>12.0f} "
+                  f"{med['requests_per_change']:>14.2f} {med['cpu_s']:>14.1f} {med['passes']:>7.0f} {1000 * med['pass_mean_s']:>12.0f}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

@@ -158,6 +158,8 @@ class Controller:
         self.config = config
         self._client = client
         self.queue = WorkQueue(self._process, config.workers)
+        # A thread per worker: asyncio's default pool has cores + 4, fewer than the workers on a small node.
+        self.pass_threads = ThreadPoolExecutor(config.workers, thread_name_prefix="pass")
         self.reads: dict[Key, ManifestReads] = {}
         self.read_pool = TenantReadPool(READ_THREADS, READS_PER_NAMESPACE)
         self._stores: dict[StorageSettings, ObjectStore] = {}
@@ -190,6 +192,7 @@ class Controller:
         if self.cache is not None:
             self.cache.stop()
         await self.queue.stop()
+        self.pass_threads.shutdown(wait=False, cancel_futures=True)
         self.read_pool.shutdown()
         self.writers.shutdown(wait=False, cancel_futures=True)
         self.event_posts.shutdown(wait=False, cancel_futures=True)  # an Event is best effort
@@ -227,7 +230,7 @@ class Controller:
     async def _process(self, key: Key) -> None:
         with metrics.RECONCILE_SECONDS.time():
             try:
-                result = await asyncio.to_thread(self.reconcile_once, *key)
+                result = await asyncio.get_running_loop().run_in_executor(self.pass_threads, self.reconcile_once, *key)
             except Exception as err:  # noqa: BLE001 - supervised: every failure is retried with backoff
                 self.bodies.forget(key)  # the retry GETs it: a 404 or 409 may mean our copy is stale
                 if key in self._deleted:  # gone while it failed: nothing to retry
