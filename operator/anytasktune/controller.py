@@ -150,6 +150,8 @@ class TenantReadPool:
                 job = waiting.popleft()
 
     def shutdown(self) -> None:
+        with self._lock:
+            self._waiting.clear()  # a running job finishes; nothing queued starts
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -296,8 +298,12 @@ class Controller:
         return self._stores[settings]
 
     def _enqueue_threadsafe(self, namespace: str, name: str) -> None:
-        if self._loop is not None:
+        if self._loop is None or self._loop.is_closed():
+            return  # the operator is stopping: no more passes
+        try:
             self._loop.call_soon_threadsafe(self.enqueue, namespace, name)
+        except RuntimeError:  # closed between the check and the call
+            pass
 
     # --- the safety net ------------------------------------------------------------------
     async def _resync_forever(self) -> None:
@@ -314,9 +320,15 @@ class Controller:
             for ghost in self.bodies.stale(set(keys), listed_at):
                 log.info("%s/%s is gone though no event said so (the watch was down): forgetting it", *ghost)
                 self.forget(*ghost)
-            for key in keys:
-                self.queue.add(key)
+            for key, delay in zip(keys, resync_delays(len(keys), self.config.resync_seconds), strict=True):
+                self.queue.add(key, delay)
             log.debug("resync queued %d TaskFineTunes in %.2fs", len(keys), time.monotonic() - started)
+
+
+def resync_delays(count: int, period: float) -> list[float]:
+    """Spread a resync's passes over half its period: 1,000 passes queued at once would
+    stand in front of every event's pass for seconds (FIFO)."""
+    return [i * period / 2 / count for i in range(count)]
 
 
 def _target(err: BaseException) -> str:

@@ -259,7 +259,9 @@ class ControlPlane:
             policy.write_text(json.dumps(self.audit_policy))
             self.audit_log = self.workdir / "audit.log"
             # Blocking mode (the default): an event is in the file before the response is sent.
-            audit = [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}", "--audit-log-format=json"]
+            # No rotation (the default rotates at 100 MB, under an offset held by audit_events).
+            audit = [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}", "--audit-log-format=json",
+                     "--audit-log-maxsize=100000"]
         self._spawn("kube-apiserver", [
             str(self.binary("kube-apiserver")),
             f"--etcd-servers={self.etcd_url}",
