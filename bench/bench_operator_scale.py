@@ -111,9 +111,10 @@ class Recorder:
         raise TimeoutError(f"{len(missing)} of {len(keys)} never shown, e.g. {missing[:3]}")
 
 
-def peak_rss_mib(pid: int) -> float:
+def rss_mib(pid: int, field: str = "VmHWM") -> float:
+    """VmHWM: the peak resident set; VmRSS: now."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -197,7 +198,8 @@ def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path,
         done_at = drive(pool, status(jobDeploymentStatus="Complete", endTime="2026-11-25T10:30:00Z"), jobs)
         recorder.wait([(t, f"s{i}", "Succeeded") for t in names for i in range(SUBTASKS)], 120 + n)
         time.sleep(2)
-        rss = peak_rss_mib(op.proc.pid) if op.proc else float("nan")
+        rss = rss_mib(op.proc.pid) if op.proc else float("nan")
+        rss_end = rss_mib(op.proc.pid, "VmRSS") if op.proc else float("nan")
         cpu = cpu_seconds(op.proc.pid) if op.proc else float("nan")
         passes = pass_metrics(op)
     finally:
@@ -221,7 +223,7 @@ def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path,
         "variant": label, "n": n, "rayjobs": len(jobs), "created_s": created,
         "running": [percentile(running, q) for q in (0.5, 0.95, 0.99)],
         "succeeded": [percentile(succeeded, q) for q in (0.5, 0.95, 0.99)],
-        "rss_mib": rss, "requests_per_change": operator_requests / changes, "cpu_s": cpu, **passes,
+        "rss_mib": rss, "requests_per_change": operator_requests / changes, "cpu_s": cpu, "rss_end_mib": rss_end, **passes,
     }
 
 
