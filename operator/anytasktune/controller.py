@@ -326,8 +326,10 @@ class Controller:
 
 
 def resync_delays(count: int, period: float) -> list[float]:
-    """Spread a resync's passes over half its period: 1,000 passes queued at once would
-    stand in front of every event's pass for seconds (FIFO)."""
+    """Spread a resync's passes over half its period, so that they never queue (FIFO) in
+    front of an event's pass all at once. At 1,000 x 10 in bench-operator-scale this
+    measured no different from queueing them together (Succeeded p99 16.9 s against
+    17.3 s): the API server was the limit there, not the queue."""
     return [i * period / 2 / count for i in range(count)]
 
 

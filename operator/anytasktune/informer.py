@@ -16,6 +16,8 @@ and the request that grows with every RayJob's two pod templates).
     RayJob it just created and could launch past `maxParallelSubtasks`. An expectation
     that is never met (an object deleted by someone else before we saw it) lapses after
     `EXPECTATION_TTL` seconds.
+- **The TaskFineTunes** are not watched here: `Bodies` keeps what kopf's watch of them
+  delivered, for the same reason (a pass need not GET its own).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
@@ -104,16 +106,18 @@ class Store:
     def replace(self, namespace: str, objects: Iterable[Mapping[str, Any]]) -> set[Key]:
         """A LIST's result replaces everything held for `namespace` ("" = every namespace);
         the parents whose children may have changed."""
-        fresh = [(o["metadata"].get("namespace", ""), o["metadata"]["name"], (o["metadata"].get("labels") or {}).get(LABEL_TFT, ""), o)
-                 for o in objects]
+        fresh = []  # records only: a LIST's objects (two pod templates each) are dropped page by page
+        for o in objects:
+            meta = o["metadata"]
+            if parent := (meta.get("labels") or {}).get(LABEL_TFT, ""):
+                fresh.append((meta.get("namespace", ""), meta["name"], parent, self._record(o)))
         with self._lock:
             touched = {(ns, p) for (ns, _), (p, _) in self._items.items() if not namespace or ns == namespace}
             for key in [k for k in self._items if not namespace or k[0] == namespace]:
                 self._remove(key)
-            for ns, name, parent, obj in fresh:
-                if parent:
-                    self._put(ns, name, parent, self._record(obj))
-                    touched.add((ns, parent))
+            for ns, name, parent, record in fresh:
+                self._put(ns, name, parent, record)
+                touched.add((ns, parent))
         return touched
 
     def children(self, key: Key) -> dict[str, Any]:
@@ -277,18 +281,21 @@ class Reflector:
                 self._stopped.wait(delay)
 
     def _list(self) -> str:
-        items: list[Mapping[str, Any]] = []
-        token: str | None = None
-        while True:
-            page = self._call(limit=PAGE, **({"_continue": token} if token else {}))
-            items.extend(page.get("items", []))
-            token = (page.get("metadata") or {}).get("continue")
-            if not token:
-                break
-        for key in self.store.replace(self.namespace, items):
+        """LIST in pages into the store; the resourceVersion of that LIST (one snapshot)."""
+        version: list[str] = []
+
+        def items() -> Iterator[Mapping[str, Any]]:
+            token: str | None = None
+            while True:
+                page = self._call(limit=PAGE, **({"_continue": token} if token else {}))
+                version[:] = [page["metadata"]["resourceVersion"]]
+                yield from page.get("items", [])
+                if not (token := page["metadata"].get("continue")):
+                    return
+
+        for key in self.store.replace(self.namespace, items()):
             self.notify(*key)
-        version: str = page["metadata"]["resourceVersion"]
-        return version
+        return version[0]
 
     def _watch(self, version: str) -> str | None:
         """Apply events from `version` on; the version to go on from, None to re-LIST (410 Gone)."""

@@ -9,7 +9,7 @@ import pytest
 
 from anytasktune.actions import ObservedCluster
 from anytasktune.attempt import ObservedJob
-from anytasktune.informer import EXPECTATION_TTL, Bodies, CachedCluster, ChildCache, Store, Want, assemble, cluster_record, job_record, met
+from anytasktune.informer import EXPECTATION_TTL, Bodies, CachedCluster, ChildCache, Reflector, Store, Want, assemble, cluster_record, job_record, met
 from anytasktune.render import LABEL_MANAGED_BY, LABEL_SHARED_CLUSTER, LABEL_SUBTASK, LABEL_TFT, MANAGER
 
 
@@ -225,3 +225,28 @@ def test_the_resync_finds_bodies_of_taskfinetunes_deleted_while_the_watch_was_do
     assert bodies.stale({("ns", "kept")}, listed_at) == [("ns", "gone")]
     bodies.forget(("ns", "gone"))
     assert bodies.get(("ns", "gone")) is None
+
+
+def test_a_reflector_lists_every_page_into_the_store_and_goes_on_from_that_list() -> None:
+    """A LIST of more than PAGE objects comes in pages (continue tokens); the store gets all
+    of them, and the watch starts from the LIST's resourceVersion."""
+
+    class Pages:
+        def __init__(self) -> None:
+            self.calls: list[dict[str, Any]] = []
+
+        def list_cluster_custom_object(self, group: str, version: str, plural: str, **kwargs: Any) -> dict[str, Any]:
+            self.calls.append(kwargs)
+            if kwargs.get("_continue") is None:
+                return {"metadata": {"resourceVersion": "42", "continue": "next"}, "items": [rayjob("t-a-1"), rayjob("t-b-1")]}
+            return {"metadata": {"resourceVersion": "42"}, "items": [rayjob("u-a-1", parent="u")]}
+
+    api = Pages()
+    store = Store(job_record)
+    store.apply("ADDED", rayjob("t-gone-1"))  # deleted while no watch ran: the LIST drops it
+    queued: list[tuple[str, str]] = []
+    reflector = Reflector(api, "rayjobs", "", store, lambda ns, name: queued.append((ns, name)))
+    assert reflector._list() == "42"
+    assert [c.get("_continue") for c in api.calls] == [None, "next"]
+    assert set(store.children(("ns", "t"))) == {"t-a-1", "t-b-1"} and set(store.children(("ns", "u"))) == {"u-a-1"}
+    assert sorted(queued) == [("ns", "t"), ("ns", "u")]
