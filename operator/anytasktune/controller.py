@@ -168,6 +168,7 @@ class Controller:
         self.writers = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="create")
         self.event_posts = ThreadPoolExecutor(EVENT_THREADS, thread_name_prefix="event")
         self.bodies = Bodies()
+        self._read_once: set[Key] = set()  # TaskFineTunes GET at least once since start: the truth before the cache
         self._errors: dict[Key, int] = {}
         self._deleted: set[Key] = set()  # deleted while a pass may be in flight
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -224,6 +225,7 @@ class Controller:
         self.reads.pop(key, None)
         self._errors.pop(key, None)
         self.bodies.forget(key)
+        self._read_once.discard(key)
         if self.cache is not None:
             self.cache.forget(key)
         metrics.forget_status(*key)
@@ -256,14 +258,16 @@ class Controller:
             self.queue.add(key, result.requeue_after)
 
     def reconcile_once(self, namespace: str, name: str) -> Plan | None:
-        tft = self.bodies.get((namespace, name)) or self.client.get_tft(namespace, name)
+        cached = self.bodies.get((namespace, name)) if (namespace, name) in self._read_once else None
+        tft = cached or self.client.get_tft(namespace, name)
+        self._read_once.add((namespace, name))
         if tft is None or tft["metadata"].get("deletionTimestamp"):
             self.reads.pop((namespace, name), None)
             return None  # ownerReferences let the garbage collector remove the children
         shared = ((tft.get("spec") or {}).get("cluster") or {}).get("mode") == ClusterMode.Shared.value
-        cached = self.cache.observe(namespace, name) if self.cache is not None else None
-        metrics.CHILD_READS.labels(source="cache" if cached is not None else "list").inc()
-        jobs, clusters, shared_cluster = cached if cached is not None else self.client.observe(namespace, name, shared)
+        children = self.cache.observe(namespace, name) if self.cache is not None else None
+        metrics.CHILD_READS.labels(source="cache" if children is not None else "list").inc()
+        jobs, clusters, shared_cluster = children if children is not None else self.client.observe(namespace, name, shared)
         reads = self.reads.setdefault((namespace, name), ManifestReads(self.config.manifest_backoff))
         executor = KubeExecutor(self.client, tft, clusters, lambda uri: self._start_read(tft, reads, uri), self.writers, self.cache,
                                 self.event_posts, lambda version: self.bodies.wrote((namespace, name), version))

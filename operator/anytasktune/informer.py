@@ -329,6 +329,7 @@ class Bodies:
       pass's Events. That write's event carries exactly the resourceVersion its PATCH
       returned; one that never comes (a re-list after a 410 skips it) lapses after
       `EXPECTATION_TTL` seconds.
+    - The controller GETs each TaskFineTune on its first pass since the operator started.
     - kopf's watch keeps an object deleted while the watch was down, so the resync drops
       the bodies its LIST no longer finds (`stale`).
     - Copies in, copies out: a pass may change what it is given.
