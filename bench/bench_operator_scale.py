@@ -17,6 +17,7 @@ records when each sub-task's status reflects the change. Printed per variant and
 
     .venv/bin/python bench/bench_operator_scale.py --sizes 10,100 [--baseline ef68e83] [--rounds 1]
         [--profile DIR]   # py-spy (on PATH) samples this tree's operator: DIR/<namespace>.txt, collapsed stacks
+        [--tracemalloc DIR]   # this tree's operator under tracemalloc: DIR/<namespace>.txt, what it holds at the end
 
 Read ratios between the two variants measured in the same run, not absolute seconds:
 the machine is shared. Nothing here is a timed assertion.
@@ -33,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -111,6 +113,14 @@ class Recorder:
         raise TimeoutError(f"{len(missing)} of {len(keys)} never shown, e.g. {missing[:3]}")
 
 
+def rayjob_count(custom: Any, namespace: str) -> int:
+    """How many RayJobs the namespace holds, from a one-item page and its remainingItemCount:
+    listing them all every half second (10,000 objects with two pod templates each) made
+    this poll the API server's biggest client while the operator created them."""
+    page = custom.list_namespaced_custom_object("ray.io", "v1", namespace, "rayjobs", limit=1)
+    return len(page["items"]) + (page["metadata"].get("remainingItemCount") or 0)
+
+
 def rss_mib(pid: int, field: str = "VmHWM") -> float:
     """VmHWM: the peak resident set; VmRSS: now."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -154,7 +164,39 @@ def drive(pool: ThreadPoolExecutor, fn: Callable[[str], None], names: list[str])
     return written
 
 
-def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path, profile: Path | None = None) -> dict[str, Any]:
+# Loaded by the operator's interpreter (first on its PYTHONPATH) under --tracemalloc: traces
+# allocations from SIGUSR1 (sent just before the first apply, so start-up's imports, slow
+# under tracing, are not traced: they are not what grows with N) and dumps what is still
+# held on SIGUSR2.
+TRACEMALLOC_SITECUSTOMIZE = """
+import os, signal, tracemalloc
+_out = os.environ.get("ANYTASKTUNE_BENCH_TRACEMALLOC")
+if _out:
+    def _dump(*_):
+        tracemalloc.take_snapshot().dump(_out + ".part")
+        os.rename(_out + ".part", _out)  # whole, or not there
+    signal.signal(signal.SIGUSR1, lambda *_: tracemalloc.start(6))
+    signal.signal(signal.SIGUSR2, _dump)
+"""
+
+
+def memory_report(snapshot_path: Path, out: Path, top: int = 40) -> None:
+    """What the operator held at the end: the biggest allocation sites, and by file."""
+    import tracemalloc
+
+    snapshot = tracemalloc.Snapshot.load(str(snapshot_path)).filter_traces(
+        [tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, "<frozen importlib._bootstrap*>")])
+    lines = [f"total traced: {sum(s.size for s in snapshot.statistics('filename')) / 2**20:.1f} MiB", "", "by file:"]
+    lines += [f"{s.size / 2**20:8.1f} MiB {s.count:9d} {s.traceback[0].filename}" for s in snapshot.statistics("filename")[:top]]
+    lines += ["", "by allocation site (innermost frame last):"]
+    for stat in snapshot.statistics("traceback")[:top]:
+        lines.append(f"{stat.size / 2**20:8.1f} MiB {stat.count:9d}")
+        lines += [f"      {frame.filename}:{frame.lineno}" for frame in stat.traceback[-6:]]
+    out.write_text("\n".join(lines) + "\n")
+
+
+def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path, profile: Path | None = None,
+                trace_memory: Path | None = None) -> dict[str, Any]:
     # Each variant with its own CRD: the API server's defaults must be the ones its models know.
     cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(tree / "manifests" / "crd"))
     time.sleep(2)
@@ -163,6 +205,10 @@ def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path,
     namespace = f"bench-{label}-{n}-{int(time.time()) % 100000}"
     core.create_namespace({"metadata": {"name": namespace}})
     env = {**cp.env(), "ANYTASKTUNE_RESYNC_SECONDS": "30", "PYTHONPATH": pythonpath or ""}
+    snapshot = workdir / f"{namespace}.tracemalloc"
+    if trace_memory is not None and tree == ROOT:
+        (workdir / "sitecustomize.py").write_text(TRACEMALLOC_SITECUSTOMIZE)
+        env |= {"PYTHONPATH": str(workdir), "ANYTASKTUNE_BENCH_TRACEMALLOC": str(snapshot)}
     op = OperatorProcess(env, workdir / f"{namespace}.log", extra_env={"ANYTASKTUNE_RETRY_BACKOFF_SECONDS": "10"})
     _, audit_offset = cp.audit_events()
     op.start()
@@ -172,6 +218,8 @@ def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path,
         profile.mkdir(parents=True, exist_ok=True)
         sampler = subprocess.Popen(["py-spy", "record", "--rate", "100", "--format", "raw", "--pid", str(op.proc.pid),
                                     "--output", str(profile / f"{namespace}.txt")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if trace_memory is not None and tree == ROOT and op.proc is not None:
+        op.proc.send_signal(10)  # SIGUSR1: tracing starts
     recorder = Recorder(custom, namespace)
     names = [f"p{i}" for i in range(n)]
     jobs = [f"{t}-s{i}-1" for t in names for i in range(SUBTASKS)]
@@ -180,10 +228,7 @@ def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path,
         t0 = time.monotonic()
         list(pool.map(lambda t: custom.create_namespaced_custom_object("anytasktune.io", "v1alpha1", namespace, "taskfinetunes", taskfinetune(t)), names))
         deadline = time.monotonic() + 60 + n * 2
-        while True:
-            count = len(custom.list_namespaced_custom_object("ray.io", "v1", namespace, "rayjobs")["items"])
-            if count >= len(jobs) or time.monotonic() > deadline:
-                break
+        while rayjob_count(custom, namespace) < len(jobs) and time.monotonic() < deadline:
             time.sleep(0.5)
         created = time.monotonic() - t0
         recorder.wait([(t, f"s{i}", "Pending") for t in names for i in range(SUBTASKS)], 120 + n)
@@ -202,6 +247,14 @@ def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path,
         rss_end = rss_mib(op.proc.pid, "VmRSS") if op.proc else float("nan")
         cpu = cpu_seconds(op.proc.pid) if op.proc else float("nan")
         passes = pass_metrics(op)
+        if trace_memory is not None and tree == ROOT and op.proc is not None:
+            op.proc.send_signal(12)  # SIGUSR2: the snapshot
+            for _ in range(600):
+                if snapshot.exists():
+                    break
+                time.sleep(0.5)
+            trace_memory.mkdir(parents=True, exist_ok=True)
+            memory_report(snapshot, trace_memory / f"{namespace}.txt")
     finally:
         recorder.stop.set()
         if sampler is not None:
@@ -210,8 +263,11 @@ def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path,
         op.stop()
         pool.shutdown()
     events, _ = cp.audit_events(audit_offset)
-    operator_requests = sum(1 for e in events if e.get("stage") == "ResponseComplete" and e.get("userAgent", "") != DRIVER_AGENT
-                            and e.get("objectRef", {}).get("namespace") == namespace and e.get("verb") != "watch")
+    mine = [e for e in events if e.get("stage") == "ResponseComplete" and e.get("userAgent", "") != DRIVER_AGENT
+            and e.get("objectRef", {}).get("namespace") == namespace and e.get("verb") != "watch"]
+    operator_requests = len(mine)
+    by_kind = Counter(f"{e['verb']} {e['objectRef'].get('resource', '')}{'/' + e['objectRef']['subresource'] if e['objectRef'].get('subresource') else ''}"
+                      for e in mine)
 
     def latency(phase: str, written: dict[str, float]) -> list[float]:
         return [recorder.seen[(job.split("-s")[0], "s" + job.split("-s")[1].split("-")[0], phase)] - written[job] for job in jobs]
@@ -224,6 +280,7 @@ def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path,
         "running": [percentile(running, q) for q in (0.5, 0.95, 0.99)],
         "succeeded": [percentile(succeeded, q) for q in (0.5, 0.95, 0.99)],
         "rss_mib": rss, "requests_per_change": operator_requests / changes, "cpu_s": cpu, "rss_end_mib": rss_end, **passes,
+        "requests": dict(by_kind.most_common()),
     }
 
 
@@ -240,6 +297,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--profile", type=Path, help="sample this tree's operator with py-spy into this folder")
+    parser.add_argument("--tracemalloc", type=Path, help="trace this tree's operator's memory; its report into this folder")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     variants: list[tuple[str, Path]] = [("this-tree", ROOT)]
@@ -255,7 +313,7 @@ def main() -> None:
             for _ in range(args.rounds):
                 for n in sizes:
                     for label, variant_tree in variants:  # interleaved: same N, both variants, back to back
-                        row = run_variant(cp, label, variant_tree, n, workdir, args.profile)
+                        row = run_variant(cp, label, variant_tree, n, workdir, args.profile, args.tracemalloc)
                         rows.append(row)
                         print(json.dumps(row), flush=True)
     finally:
