@@ -22,7 +22,6 @@ and the request that grows with every RayJob's two pod templates).
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import threading
@@ -332,28 +331,32 @@ class Bodies:
     - The controller GETs each TaskFineTune on its first pass since the operator started.
     - kopf's watch keeps an object deleted while the watch was down, so the resync drops
       the bodies its LIST no longer finds (`stale`).
-    - Copies in, copies out: a pass may change what it is given.
+    - Kept as compact JSON, without managedFields: a pass may change what it is given, and
+      a JSON round trip is both smaller to hold and several times faster than a deep copy.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._bodies: dict[Key, tuple[dict[str, Any], float]] = {}
+        self._bodies: dict[Key, tuple[str, str | None, float]] = {}  # JSON, resourceVersion, when
         self._written: dict[Key, tuple[str, float]] = {}  # resourceVersion of our last status write, and when
         self._lock = threading.Lock()
 
     def remember(self, key: Key, body: Mapping[str, Any]) -> None:
-        copied = copy.deepcopy({k: body[k] for k in body})
+        kept = {k: body[k] for k in body}
+        metadata = {k: v for k, v in (kept.get("metadata") or {}).items() if k != "managedFields"}
+        kept["metadata"] = metadata
+        text, version = json.dumps(kept, separators=(",", ":")), metadata.get("resourceVersion")
         with self._lock:
-            self._bodies[key] = (copied, self._clock())
+            self._bodies[key] = (text, version, self._clock())
             written = self._written.get(key)
-            if written is not None and written[0] == (copied.get("metadata") or {}).get("resourceVersion"):
+            if written is not None and written[0] == version:
                 del self._written[key]
 
     def wrote(self, key: Key, version: str | None) -> None:
         """A pass's status PATCH returned this resourceVersion."""
         with self._lock:
             body = self._bodies.get(key)
-            if body is not None and version and (body[0].get("metadata") or {}).get("resourceVersion") != version:
+            if body is not None and version and body[1] != version:
                 self._written[key] = (version, self._clock())
 
     def get(self, key: Key) -> dict[str, Any] | None:
@@ -362,7 +365,7 @@ class Bodies:
             if written is not None and self._clock() - written[1] < EXPECTATION_TTL:
                 return None
             body = self._bodies.get(key)
-        return None if body is None else copy.deepcopy(body[0])
+        return None if body is None else json.loads(body[0])  # type: ignore[no-any-return]
 
     def forget(self, key: Key) -> None:
         with self._lock:
@@ -372,7 +375,7 @@ class Bodies:
     def stale(self, listed: set[Key], listed_at: float) -> list[Key]:
         """Bodies remembered before a LIST (started at `listed_at`) that it did not find."""
         with self._lock:
-            return [key for key, (_, at) in self._bodies.items() if at < listed_at and key not in listed]
+            return [key for key, (_, _, at) in self._bodies.items() if at < listed_at and key not in listed]
 
     def now(self) -> float:
         return self._clock()
