@@ -231,6 +231,7 @@ def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path,
         while rayjob_count(custom, namespace) < len(jobs) and time.monotonic() < deadline:
             time.sleep(0.5)
         created = time.monotonic() - t0
+        rss_created = rss_mib(op.proc.pid, "VmRSS") if op.proc else float("nan")
         recorder.wait([(t, f"s{i}", "Pending") for t in names for i in range(SUBTASKS)], 120 + n)
 
         def status(**fields: Any) -> Callable[[str], None]:
@@ -279,7 +280,7 @@ def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path,
         "variant": label, "n": n, "rayjobs": len(jobs), "created_s": created,
         "running": [percentile(running, q) for q in (0.5, 0.95, 0.99)],
         "succeeded": [percentile(succeeded, q) for q in (0.5, 0.95, 0.99)],
-        "rss_mib": rss, "requests_per_change": operator_requests / changes, "cpu_s": cpu, "rss_end_mib": rss_end, **passes,
+        "rss_mib": rss, "requests_per_change": operator_requests / changes, "cpu_s": cpu, "rss_end_mib": rss_end, "rss_created_mib": rss_created, **passes,
         "requests": dict(by_kind.most_common()),
     }
 
@@ -330,6 +331,13 @@ def main() -> None:
             suc = "/".join(f"{statistics.median(r['succeeded'][i] for r in mine):.2f}" for i in range(3))
             print(f"{label:<20} {n:>9} {med['created_s']:>16.1f}s {run:>22} {suc:>24} {med['rss_mib']:>12.0f} "
                   f"{med['requests_per_change']:>14.2f} {med['cpu_s']:>14.1f} {med['passes']:>7.0f} {1000 * med['pass_mean_s']:>12.0f}")
+    print("\noperator requests by verb and resource, per RayJob (median over rounds):")
+    for n in sizes:
+        for label, _ in variants:
+            mine = [r for r in rows if r["n"] == n and r["variant"] == label]
+            kinds = sorted({k for r in mine for k in r["requests"]})
+            per_job = {k: statistics.median(r["requests"].get(k, 0) / r["rayjobs"] for r in mine) for k in kinds}
+            print(f"  {label:<20} {n:>5}: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(per_job.items(), key=lambda kv: -kv[1])))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

@@ -1,5 +1,5 @@
 """The resolved, versioned training spec of one sub-task: the contract between the
-operator (which renders it into a ConfigMap) and the trainjob (which reads it).
+operator (which renders it into the RayJob's runtime env) and the trainjob (which reads it).
 
 Pure pydantic: both images import it, the operator's (no torch) and the training
 image (no kopf), so it imports neither.

@@ -33,8 +33,8 @@ class ManifestRead:
 class Launch:
     subtask: str
     name: str
-    configmap: dict[str, Any]
     rayjob: dict[str, Any]
+    spec: str  # the TrainJobSpec's JSON, also in the RayJob's runtime env: for executors that run the trainjob themselves
     retry_of: str | None = None  # failure class of the attempt this one retries
 
 

@@ -27,7 +27,7 @@ PLACEHOLDER_UID = "00000000-0000-0000-0000-000000000000"
 
 
 class _ReviewDumper(yaml.SafeDumper):
-    """YAML for humans: multi-line strings (the ConfigMap's spec.json) as literal blocks."""
+    """YAML for humans: multi-line strings as literal blocks."""
 
 
 def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
@@ -100,7 +100,7 @@ def render_children(tft: TaskFineTune, namespace: str, config: OperatorConfig) -
     invalid = [f"{s.name}: {s.message}" for s in result.status.subtasks if s.failureClass == FailureClass.InvalidSpec.value]
     if invalid or result.status.phase == Phase.Invalid:
         raise UserError("; ".join(invalid) or next(c.message for c in result.status.conditions if c.type == "Degraded"))
-    return [child for a in result.actions if isinstance(a, Launch) for child in (a.configmap, a.rayjob)]
+    return [child for a in result.actions if isinstance(a, Launch) for child in (a.rayjob,)]
 
 
 def cmd_render(args: argparse.Namespace) -> int:

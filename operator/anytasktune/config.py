@@ -83,7 +83,6 @@ class OperatorConfig:
     resync_seconds: float = 30.0
     # Pods the operator renders satisfy Pod Security "restricted".
     restricted_pods: bool = True
-    spec_mount_path: str = "/etc/anytasktune"
     trainjob_module: str = "anytasktune_trainjob"
     # Namespaces to watch; empty = all (cluster-wide RBAC needed).
     watch_namespaces: tuple[str, ...] = ()

@@ -43,7 +43,7 @@ log = logging.getLogger("anytasktune")
 Key = tuple[str, str]  # (namespace, name)
 READS_PER_NAMESPACE = 2
 READ_THREADS = 8
-WRITE_THREADS = 8  # concurrent creates within passes (ConfigMap then RayJob, per launch)
+WRITE_THREADS = 8  # concurrent RayJob creates within passes
 EVENT_THREADS = 4
 PASS_ERROR_BACKOFF = Backoff(1.0, 60.0)
 

@@ -40,7 +40,7 @@ class Executor(Protocol):
     def delete_cluster(self, name: str) -> None: ...
     def set_suspend(self, name: str, suspend: bool) -> None: ...
     def read_manifest(self, uri: str) -> None: ...  # starts a read; the outcome goes to ManifestReads
-    def post_event(self, event: Event) -> None: ...
+    def post_events(self, events: list[Event]) -> None: ...  # one pass's, in order
     def write_status(self, status: dict[str, Any]) -> None: ...
 
 
@@ -76,8 +76,8 @@ def apply(result: Plan, old_status: Mapping[str, Any] | None, executor: Executor
     changed = new_status != status_body(TaskFineTuneStatus.model_validate(old_status or {}))
     if changed:  # write only on change: no churn, no self-triggered passes
         executor.write_status(new_status)
-    for event in result.events:
-        executor.post_event(event)
+    if result.events:
+        executor.post_events(result.events)
     return changed
 
 

@@ -70,18 +70,16 @@ FRAMEWORK_RULES: tuple[Rule, ...] = (
 # What the operator does on behalf of a TaskFineTune: its children.
 APPLICATION_RULES: tuple[Rule, ...] = (
     Rule("ray.io", ("rayjobs",), ("list", "watch", "create", "patch", "delete"),
-         "one RayJob per sub-task attempt: kopf watches them (list, watch) to react to KubeRay's status; "
-         "each pass lists a TaskFineTune's RayJobs by label; creates new attempts; patches spec.suspend; "
-         "deletes superseded or removed attempts."),
+         "one RayJob per sub-task attempt, carrying its training spec: the operator's cache lists and "
+         "watches them to react to KubeRay's status (a pass lists a TaskFineTune's RayJobs by label "
+         "while the cache cannot answer); creates new attempts; patches spec.suspend; deletes "
+         "superseded or removed attempts."),
     Rule("ray.io", ("rayclusters",), ("list", "watch", "create", "delete"),
          "the Ray cluster KubeRay creates for each attempt (it carries the RayJob's labels): a finished "
          "attempt's cluster still holds nodes until ttlSecondsAfterFinished, so it counts against "
          "maxParallelSubtasks (list, watch) and is deleted before a retry or when a waiting sub-task "
          "needs its slot (delete). In cluster.mode Shared, the one RayCluster of a TaskFineTune: "
          "created while the pool has work, deleted when it is done or suspended. Never modified."),
-    Rule("", ("configmaps",), ("create",),
-         "the resolved training spec of each attempt, mounted by the RayJob's pods. Created once "
-         "(a 409 counts as done), never read, updated or deleted (the garbage collector does that)."),
     Rule(GROUP, (f"{PLURAL}/finalizers",), ("update",),
          "children carry an ownerReference with blockOwnerDeletion: true; where the "
          "OwnerReferencesPermissionEnforcement admission plugin is on (OpenShift and hardened "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -19,7 +19,7 @@ from anytasktune.actions import Launch
 from anytasktune.informer import RAY, SELECTOR, ChildCache, Children, Want, assemble, cluster_record, job_record
 from anytasktune.render import LABEL_TFT
 from anytasktune.spec import GROUP, KIND, PLURAL, VERSION
-from anytasktune.summary import Event
+from anytasktune.summary import Event, coalesce
 
 log = logging.getLogger("anytasktune")
 
@@ -83,8 +83,8 @@ class KubeClient:
             return jobs, {}, None
         return assemble(jobs, [cluster_record(c) for c in self._children("rayclusters", namespace, tft)])
 
-    def post_event(self, tft: dict[str, Any], event: Event, now: datetime) -> None:
-        meta = tft["metadata"]
+    def post_event(self, meta: Mapping[str, Any], event: Event, now: datetime) -> None:
+        """`meta`: the TaskFineTune's name, namespace, uid and resourceVersion."""
         body = kubernetes.client.CoreV1Event(
             metadata=kubernetes.client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
             involved_object=kubernetes.client.V1ObjectReference(
@@ -137,8 +137,7 @@ class KubeExecutor:
             raise
 
     def create_all(self, launches: list[Launch]) -> None:
-        """Each launch's two writes in order, launches side by side: a pool of 10
-        sub-tasks is one round trip of latency, not twenty."""
+        """Launches side by side: a pool of 10 sub-tasks is one round trip of latency, not ten."""
         if self.writers is None or len(launches) == 1:
             for launch in launches:
                 self.create(launch)
@@ -147,12 +146,7 @@ class KubeExecutor:
             future.result()  # re-raises the first failure: the pass is retried
 
     def create(self, launch: Launch) -> None:
-        # ConfigMap first: the RayJob's pods mount it. A 409 means an earlier pass
-        # (or an operator before a restart) already created it: success.
-        try:
-            self.client.core.create_namespaced_config_map(self.namespace, launch.configmap)  # type: ignore[arg-type]
-        except ApiException as err:
-            _ok(err, 409)
+        # A 409: an earlier pass (or an operator before a restart) already created it.
         try:
             with self._expecting(Want.JobExists, launch.rayjob["metadata"]["name"]):
                 self.client.custom.create_namespaced_custom_object(*RAY, self.namespace, "rayjobs", launch.rayjob)
@@ -196,13 +190,19 @@ class KubeExecutor:
     def read_manifest(self, uri: str) -> None:
         self.start_read(uri)
 
-    def post_event(self, event: Event) -> None:
-        """Stamped now, posted later when there is a pool: its time keeps the pass's order."""
+    def post_events(self, events: list[Event]) -> None:
+        """Coalesced by reason (`summary.coalesce`: one Launched for a pool's launches, not
+        one per sub-task), stamped now, posted later when there is a pool: their time keeps
+        the pass's order."""
         now = datetime.now(timezone.utc)
-        if self.event_posts is None:
-            self.client.post_event(self.tft, event, now)
-        else:
-            self.event_posts.submit(self.client.post_event, self.tft, event, now)
+        # Only what an Event names: a queued post must not hold the whole TaskFineTune (at
+        # 1,000 pools the queue after a burst of launches held thousands of them).
+        meta = {k: self.tft["metadata"].get(k) for k in ("name", "namespace", "uid", "resourceVersion")}
+        for event in coalesce(events):
+            if self.event_posts is None:
+                self.client.post_event(meta, event, now)
+            else:
+                self.event_posts.submit(self.client.post_event, meta, event, now)
 
     def write_status(self, status: dict[str, Any]) -> None:
         written: dict[str, Any] = self.client.custom.patch_namespaced_custom_object_status(  # type: ignore[assignment]

@@ -35,7 +35,7 @@ from anytasktune.actions import (
 from anytasktune.attempt import AttemptState, ObservedJob, failure_class, format_time, parse_time
 from anytasktune.config import OperatorConfig
 from anytasktune.records import apply_record
-from anytasktune.render import child_name, render_configmap, render_rayjob
+from anytasktune.render import child_name, render_rayjob
 from anytasktune.resolve import ResolveError, resolve_subtask
 from anytasktune.sharedcluster import shared_cluster, shared_compare_secret
 from anytasktune.spec import ClusterMode, SubtaskPhase, SubtaskStatus, TaskFineTune, TaskFineTuneSpec, TaskFineTuneStatus
@@ -328,7 +328,7 @@ def _launch(pool: Pool, d: Decision, out: Plan) -> None:
     n = d.next_attempt
     name = child_name(pool.name, st.name, n)
     rayjob = render_rayjob(pool.name, pool.namespace, pool.uid, pool.spec, train, n, pool.config)
-    out.actions.append(Launch(st.name, name, render_configmap(pool.name, pool.namespace, pool.uid, train, n), rayjob, d.retry_of))
+    out.actions.append(Launch(st.name, name, rayjob, train.to_json(), d.retry_of))
     st.attempts += 1
     st.rayJob, st.phase, st.nextRetryTime, st.reason = name, SubtaskPhase.Pending, None, "Launched"
     st.startTime = st.startTime or format_time(pool.now)

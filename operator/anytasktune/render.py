@@ -1,14 +1,13 @@
 """Render one launch of a sub-task into Kubernetes objects (pure: no I/O).
 
-A launch is a ConfigMap holding the resolved TrainJobSpec and a KubeRay `ray.io/v1`
-RayJob whose entrypoint runs the trainjob module against that spec. Both are named
-`<taskfinetune>-<subtask>-<n>`, owned by the TaskFineTune and labelled back to it.
+A launch is one KubeRay `ray.io/v1` RayJob named `<taskfinetune>-<subtask>-<n>`, owned by
+the TaskFineTune and labelled back to it. Its entrypoint is a fixed string; the resolved
+TrainJobSpec reaches the Ray job as base64 JSON in its runtime env (`spec_runtime_env`), so
+no user text is on a command line, and a launch is one write.
 
-In cluster.mode PerSubtask the RayJob carries its own Ray cluster (`rayClusterSpec`) and
-its pods mount the ConfigMap. In Shared mode one RayCluster per TaskFineTune
-(`<taskfinetune>-ray`, `render_shared_cluster`) runs every sub-task: the RayJob names it
-with `clusterSelector` and hands the spec to its Ray job through the runtime env (the
-cluster's pods exist before any sub-task, so they cannot mount its ConfigMap).
+In cluster.mode PerSubtask the RayJob carries its own Ray cluster (`rayClusterSpec`). In
+Shared mode one RayCluster per TaskFineTune (`<taskfinetune>-ray`, `render_shared_cluster`)
+runs every sub-task: the RayJob names it with `clusterSelector`.
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 LABEL_SHARED_CLUSTER = f"{GROUP}/shared-cluster"  # on the one RayCluster of a Shared-mode TaskFineTune
 RAY_CLUSTER_SELECTOR = "ray.io/cluster"  # KubeRay's clusterSelector key: the RayCluster's name
 MANAGER = "anytasktune"
-SPEC_FILE = "spec.json"
 RAY_UID = 1000  # the training image's non-root user
 SUBMITTER_CONTAINER = "ray-job-submitter"
 # The submitter runs two Ray CLI calls (`ray job submit --no-wait`, `ray job logs --follow`):
@@ -157,7 +155,6 @@ def _pod_template(
     image: str,
     spec: TaskFineTuneSpec,
     config: OperatorConfig,
-    configmap: str | None,
     resources: dict[str, Any],
     labels: dict[str, str],
     scheduling: bool,
@@ -172,9 +169,6 @@ def _pod_template(
         "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],  # torch dataloaders and NCCL need more than 64Mi
     }
     volumes: list[dict[str, Any]] = [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]
-    if configmap is not None:
-        container["volumeMounts"].insert(0, {"name": "trainjob-spec", "mountPath": config.spec_mount_path, "readOnly": True})
-        volumes.insert(0, {"name": "trainjob-spec", "configMap": {"name": configmap}})
     if cluster.imagePullPolicy:
         container["imagePullPolicy"] = cluster.imagePullPolicy
     if container_security:
@@ -192,22 +186,9 @@ def _pod_template(
     return {"metadata": {"labels": dict(labels)}, "spec": pod}
 
 
-def render_configmap(
-    tft: str, namespace: str, uid: str, train: TrainJobSpec, n: int
-) -> dict[str, Any]:
-    name = child_name(tft, train.subtask, n)
-    labels = child_labels(tft, train.subtask, train.spec_id(), n)
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": _metadata(name, namespace, labels, owner_reference(tft, uid)),
-        "data": {SPEC_FILE: train.to_json()},
-    }
-
-
-def _ray_cluster_spec(spec: TaskFineTuneSpec, config: OperatorConfig, image: str, configmap: str | None,
+def _ray_cluster_spec(spec: TaskFineTuneSpec, config: OperatorConfig, image: str,
                       labels: dict[str, str], worker_pods: int, compare_secret: SecretKeyRef | None) -> dict[str, Any]:
-    common: dict[str, Any] = {"image": image, "spec": spec, "config": config, "configmap": configmap, "labels": labels}
+    common: dict[str, Any] = {"image": image, "spec": spec, "config": config, "labels": labels}
     cluster: dict[str, Any] = {
         "rayVersion": spec.cluster.rayVersion,
         "headGroupSpec": {
@@ -245,6 +226,12 @@ def spec_runtime_env(train: TrainJobSpec, deadline: int | None) -> str:
     return json.dumps({"env_vars": env_vars})
 
 
+def spec_json_of(rayjob: dict[str, Any]) -> str:
+    """The TrainJobSpec JSON a rendered RayJob hands its Ray job (`spec_runtime_env`'s inverse)."""
+    env_vars = json.loads(rayjob["spec"]["runtimeEnvYAML"])["env_vars"]
+    return base64.b64decode(env_vars[SPEC_B64_ENV], validate=True).decode("utf-8")
+
+
 def compare_secret(train: TrainJobSpec) -> SecretKeyRef | None:
     compare = train.evaluation.compareWith
     return compare.apiKeySecret if compare is not None else None
@@ -266,8 +253,8 @@ def render_rayjob(
     if spec.queueName:
         metadata["labels"][LABEL_KUEUE_QUEUE] = spec.queueName
     image = cluster.image or config.training_image
-    entrypoint = f"python -m {config.trainjob_module}"
     rayjob_spec: dict[str, Any] = {
+        "entrypoint": f"python -m {config.trainjob_module}",
         "backoffLimit": 0,  # retries are ours: classified, resumed from checkpoints
         "submissionMode": "K8sJobMode",  # KubeRay's default, explicit: docs/decisions.md
         "submitterPodTemplate": _submitter_template(image, spec, config, labels),
@@ -278,19 +265,18 @@ def render_rayjob(
         rayjob_spec["activeDeadlineSeconds"] = deadline
     if cluster.mode == ClusterMode.Shared:
         # On the TaskFineTune's RayCluster, which outlives the job: KubeRay must not shut it
-        # down (and refuses a TTL without shutdown). The spec travels in the Ray job's env.
+        # down (and refuses a TTL without shutdown); the driver keeps the deadline itself.
         rayjob_spec |= {
-            "entrypoint": entrypoint,
             "clusterSelector": {RAY_CLUSTER_SELECTOR: shared_cluster_name(tft)},
             "shutdownAfterJobFinishes": False,
             "runtimeEnvYAML": spec_runtime_env(train, deadline),
         }
-    else:
+    else:  # KubeRay deletes the job's own cluster at the deadline
         rayjob_spec |= {
-            "entrypoint": f"{entrypoint} --spec {config.spec_mount_path}/{SPEC_FILE}",
             "shutdownAfterJobFinishes": True,
             "ttlSecondsAfterFinished": cluster.ttlSecondsAfterFinished,
-            "rayClusterSpec": _ray_cluster_spec(spec, config, image, name, labels, cluster.workers, compare_secret(train)),
+            "runtimeEnvYAML": spec_runtime_env(train, None),
+            "rayClusterSpec": _ray_cluster_spec(spec, config, image, labels, cluster.workers, compare_secret(train)),
         }
     if spec.queueName:
         # Kueue's contract for a RayJob: created suspended; Kueue lifts spec.suspend on
@@ -308,7 +294,7 @@ def shared_worker_pods(spec: TaskFineTuneSpec) -> int:
 def render_shared_cluster(tft: str, namespace: str, uid: str, spec: TaskFineTuneSpec, config: OperatorConfig,
                           secret: SecretKeyRef | None) -> dict[str, Any]:
     """The one RayCluster of a Shared-mode TaskFineTune: head and worker pods as a
-    sub-task's own cluster would have them, without a spec mount."""
+    sub-task's own cluster would have them."""
     name = shared_cluster_name(tft)
     labels = {LABEL_MANAGED_BY: MANAGER, LABEL_TFT: tft, LABEL_SHARED_CLUSTER: "true"}
     image = spec.cluster.image or config.training_image
@@ -316,5 +302,5 @@ def render_shared_cluster(tft: str, namespace: str, uid: str, spec: TaskFineTune
         "apiVersion": "ray.io/v1",
         "kind": "RayCluster",
         "metadata": _metadata(name, namespace, labels, owner_reference(tft, uid)),
-        "spec": _ray_cluster_spec(spec, config, image, None, labels, shared_worker_pods(spec), secret),
+        "spec": _ray_cluster_spec(spec, config, image, labels, shared_worker_pods(spec), secret),
     }

@@ -20,6 +20,29 @@ class Event:
     message: str
 
 
+EVENT_MESSAGE_LIMIT = 1024  # what kubectl and the events.k8s.io API keep of a note
+
+
+def coalesce(events: list[Event], limit: int = EVENT_MESSAGE_LIMIT) -> list[Event]:
+    """One pass's Events with the same type and reason as one Event, their messages joined
+    by "; " (each already names its sub-task), split where the joined message would pass
+    `limit`: a pool that launches 10 sub-tasks posts one Launched, not ten. In order of
+    each group's first Event."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for event in events:
+        groups.setdefault((event.type, event.reason), []).append(event.message)
+    out: list[Event] = []
+    for (type_, reason), messages in groups.items():
+        joined = ""
+        for message in messages:
+            if joined and len(joined) + 2 + len(message) > limit:
+                out.append(Event(type_, reason, joined))
+                joined = ""
+            joined = f"{joined}; {message}" if joined else message
+        out.append(Event(type_, reason, joined))
+    return out
+
+
 def eval_scores(evaluation: Mapping[str, Any]) -> EvalScores:
     """The status's view of a manifest's `evaluation` (scores, intervals, verdict)."""
     general = evaluation.get("generalModel") or {}

@@ -222,7 +222,7 @@ def taskfinetune(name: str, namespace: str, *, data: TrainingData, endpoint: str
 
 
 def render_children(tft: dict[str, Any], image: str, tmp: Path, source: Path | None = None) -> list[dict[str, Any]]:
-    """`anytasktune render -o json`: the ConfigMap + RayJob of each sub-task's first attempt,
+    """`anytasktune render -o json`: the RayJob of each sub-task's first attempt,
     without the placeholder ownerReference (no TaskFineTune owns them when applied alone).
     `source`: render with the operator and contract packages of that tree (a snapshot)."""
     path = tmp / f"{tft['metadata']['name']}.json"

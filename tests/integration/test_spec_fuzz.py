@@ -10,10 +10,10 @@ sub-task names; s3 URI shapes; duplicate items in set lists. Every spec goes to
 strict field validation, one request each over one connection: ~10 ms), and the answers
 must agree. Every accepted spec (as the API server returned it, defaults applied) is
 planned (fresh, and with a failed attempt per sub-task) and rendered without an error,
-and what it renders is accepted too: the ConfigMap and the RayJob by the API server and
-KubeRay's CRD (strict), the RayJob's name by KubeRay's own rule, and the pods KubeRay
-would create from its templates by the API server's Pod validation; the entrypoint is
-always the fixed one (user text reaches the pod only through the ConfigMap).
+and what it renders is accepted too: the RayJob by the API server and KubeRay's CRD
+(strict), its name by KubeRay's own rule, and the pods KubeRay would create from its
+templates by the API server's Pod validation; the entrypoint is always the fixed one (user
+text reaches the Ray job only as base64 in the runtime env, which carries the spec whole).
 
 `ANYTASKTUNE_FUZZ_EXAMPLES` (default 400) and `ANYTASKTUNE_FUZZ_SEED` (default: fixed)
 size and seed a run; `make soak` runs more.
@@ -40,7 +40,7 @@ from anytasktune.actions import Launch
 from anytasktune.attempt import ObservedJob
 from anytasktune.config import OperatorConfig
 from anytasktune.plan import plan
-from anytasktune.render import SPEC_FILE
+from anytasktune.render import spec_json_of
 from anytasktune.spec import GROUP, MAX_NAME_PLUS_SUBTASK, PLURAL, VERSION
 from anytasktune.validation import crd_schema, validate_object
 from tests.integration.helpers import api_client_in_new_namespace, pod_refusals
@@ -53,7 +53,7 @@ CONFIG = OperatorConfig(training_image="registry.test/anytasktune/trainjob:test"
 DNS_1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 KUBERAY_MAX_RAYJOB_NAME = 47  # ray-operator/controllers/ray/utils/validation.go ValidateRayJobMetadata
-ENTRYPOINT = f"python -m {CONFIG.trainjob_module} --spec {CONFIG.spec_mount_path}/{SPEC_FILE}"  # never user text
+ENTRYPOINT = f"python -m {CONFIG.trainjob_module}"  # never user text: the spec rides in the runtime env, base64
 
 
 # --- the fields, from the CRD's schema ---------------------------------------------------
@@ -273,10 +273,8 @@ def rendered_problems(api: kubernetes.client.ApiClient, stored: dict[str, Any]) 
             problems.append(f"RayJob {name}'s entrypoint is not the fixed one: {launch.rayjob['spec']['entrypoint']!r}")
         if len(name) > KUBERAY_MAX_RAYJOB_NAME or not DNS_1035.fullmatch(name):
             problems.append(f"RayJob name {name!r}: KubeRay refuses it (a DNS-1035 label of at most 47 characters)")
-        try:
-            core.create_namespaced_config_map(NAMESPACE, launch.configmap, dry_run="All", field_validation="Strict")
-        except ApiException as err:
-            problems.append(f"ConfigMap {name} refused: {err.body[:300]}")
+        if spec_json_of(launch.rayjob) != launch.spec:
+            problems.append(f"RayJob {name}'s runtime env does not carry its spec")
         try:
             custom.create_namespaced_custom_object("ray.io", "v1", NAMESPACE, "rayjobs", launch.rayjob, dry_run="All", field_validation="Strict")
         except ApiException as err:

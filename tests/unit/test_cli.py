@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from anytasktune.render import spec_json_of
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "manifests/examples/legal-assistant.yaml"
 INVALID = ROOT / "tests/data/invalid/08-lora-rank-override-too-big.yaml"
@@ -52,14 +54,14 @@ def test_missing_file_is_a_user_error(args: list[str]) -> None:
     assert "cannot read" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_render_prints_configmaps_and_rayjobs_for_every_subtask() -> None:
+def test_render_prints_a_rayjob_for_every_subtask() -> None:
     proc = cli("render", str(EXAMPLE), "-n", "team-legal", "--image", "registry.local/trainjob:1")
     assert proc.returncode == 0, proc.stderr
     docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
-    assert [d["kind"] for d in docs] == ["ConfigMap", "RayJob"] * 3
+    assert [d["kind"] for d in docs] == ["RayJob"] * 3
     assert {d["metadata"]["namespace"] for d in docs} == {"team-legal"}
-    assert docs[1]["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["image"] == "registry.local/trainjob:1"
-    assert json.loads(docs[0]["data"]["spec.json"])["subtask"] == "keyword-extraction"
+    assert docs[0]["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["image"] == "registry.local/trainjob:1"
+    assert json.loads(spec_json_of(docs[0]))["subtask"] == "keyword-extraction"
 
 
 def test_render_of_an_invalid_file_fails_with_its_problems() -> None:

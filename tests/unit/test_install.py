@@ -90,7 +90,8 @@ def test_rule_sets_split_framework_from_application() -> None:
     framework = {(r.group, res) for r in install.FRAMEWORK_RULES for res in r.resources}
     application = {(r.group, res) for r in install.APPLICATION_RULES for res in r.resources}
     assert ("anytasktune.io", "taskfinetunes") in framework and ("", "events") in framework
-    assert ("ray.io", "rayjobs") in application and ("", "configmaps") in application
+    assert ("ray.io", "rayjobs") in application and ("ray.io", "rayclusters") in application
+    assert ("", "configmaps") not in framework | application  # a launch is one RayJob: its spec rides in it
     assert not framework & application
 
 

@@ -14,6 +14,7 @@ from anytasktune.config import OperatorConfig, ReadRule, StorageReadPolicy
 from anytasktune.plan import plan
 from anytasktune.resolve import resolve_subtask
 from anytasktune.spec import TaskFineTune
+from anytasktune.summary import Event, coalesce
 from anytasktune_contract.failures import FailureClass, failure_line
 from tests.fixtures.kuberay import load
 
@@ -322,3 +323,31 @@ def test_invalid_spec_messages_are_worded_as_validate_words_them() -> None:
     p = plan(broken, [], {}, NOW, CONFIG)
     condition = next(c for c in p.status.conditions if c.type == "Degraded")
     assert condition.message == "spec.subtasks[0].dataset: dataset.uri must be an s3://bucket/key URI"
+
+
+def _ev(reason: str, message: str, type_: str = "Normal") -> Event:
+    return Event(type_, reason, message)
+
+
+@pytest.mark.parametrize(("events", "limit", "want"), [
+    ([], 1024, []),
+    ([_ev("Launched", "sub-task a: x")], 1024, [_ev("Launched", "sub-task a: x")]),
+    # same reason: one Event, messages in order
+    ([_ev("Launched", "a"), _ev("Launched", "b"), _ev("Launched", "c")], 1024, [_ev("Launched", "a; b; c")]),
+    # groups keep the order of their first Event
+    ([_ev("Launched", "a"), _ev("Superseded", "s"), _ev("Launched", "b")], 1024, [_ev("Launched", "a; b"), _ev("Superseded", "s")]),
+    # a Warning and a Normal of one reason stay apart
+    ([_ev("Retrying", "a", "Warning"), _ev("Retrying", "b")], 1024, [_ev("Retrying", "a", "Warning"), _ev("Retrying", "b")]),
+    # split where the joined message would pass the limit: nothing is cut
+    ([_ev("Launched", "aaaa"), _ev("Launched", "bbbb"), _ev("Launched", "cccc")], 10, [_ev("Launched", "aaaa; bbbb"), _ev("Launched", "cccc")]),
+    ([_ev("Launched", "a" * 20), _ev("Launched", "b")], 10, [_ev("Launched", "a" * 20), _ev("Launched", "b")]),
+])
+def test_coalesce_joins_one_passes_events_by_reason(events: list[Event], limit: int, want: list[Event]) -> None:
+    assert coalesce(events, limit) == want
+
+
+def test_a_pool_launched_in_one_pass_is_announced_by_one_event() -> None:
+    p = plan(tft(3, maxParallelSubtasks=3), [], {}, NOW, CONFIG)
+    assert [e.reason for e in p.events] == ["Launched"] * 3
+    assert [e.reason for e in coalesce(p.events)] == ["Launched"]
+    assert all(f"sub-task task{i}:" in coalesce(p.events)[0].message for i in range(3))

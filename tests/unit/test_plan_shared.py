@@ -46,7 +46,7 @@ def test_a_shared_rayjob_names_the_pools_cluster_and_carries_its_spec_in_the_run
     assert set(env[SPEC_B64_ENV]) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
     train = TrainJobSpec.from_json(base64.b64decode(env[SPEC_B64_ENV]).decode("utf-8"))
     assert train.instruction == obj["spec"]["subtasks"][0]["instruction"]
-    assert train.to_json() == launch.configmap["data"]["spec.json"]
+    assert train.to_json() == launch.spec
 
 
 @pytest.mark.parametrize(("own", "pool", "want"), [(None, None, None), (7200, None, "7200"), (None, 3600, "3600"), (600, 3600, "600")])
@@ -79,7 +79,7 @@ def test_the_shared_cluster_is_created_with_the_first_launches_owned_by_the_pool
     workers = cluster["spec"]["workerGroupSpecs"][0]
     assert workers["replicas"] == workers["minReplicas"] == workers["maxReplicas"] == 4  # 2 workers x 2 at once
     pod = workers["template"]["spec"]
-    assert [v["name"] for v in pod["volumes"]] == ["dshm"]  # no sub-task's ConfigMap: it outlives them
+    assert [v["name"] for v in pod["volumes"]] == ["dshm"]
     assert pod["containers"][0]["resources"]["limits"]["cpu"] == "2"
     assert ("Normal", "ClusterCreated") in {(e.type, e.reason) for e in result.events}
 

@@ -11,26 +11,28 @@ import yaml
 
 from anytasktune import crd
 from anytasktune.config import OperatorConfig
-from anytasktune.render import render_configmap, render_rayjob
+from anytasktune.render import render_rayjob, spec_json_of
 from anytasktune.resolve import resolve_subtask
 from anytasktune.spec import TaskFineTune
-from anytasktune_contract.trainspec import TrainJobSpec
+from anytasktune_contract.trainspec import SPEC_B64_ENV, TrainJobSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = yaml.safe_load((ROOT / "manifests/examples/legal-assistant.yaml").read_text())
 
 
-def render(example: dict[str, Any] = EXAMPLE, subtask: int = 0, config: OperatorConfig | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+def render(example: dict[str, Any] = EXAMPLE, subtask: int = 0, config: OperatorConfig | None = None) -> tuple[TrainJobSpec, dict[str, Any]]:
+    """The resolved spec and the RayJob that carries it."""
     model = TaskFineTune.model_validate(example)
     sub = model.spec.subtasks[subtask]
     train = resolve_subtask("legal-assistant", "ns", model.spec, sub)
     cfg = config or OperatorConfig(training_image="registry.local/trainjob:1")
-    return render_configmap("legal-assistant", "ns", "uid-1", train, 3), render_rayjob("legal-assistant", "ns", "uid-1", model.spec, train, 3, cfg)
+    return train, render_rayjob("legal-assistant", "ns", "uid-1", model.spec, train, 3, cfg)
 
 
-def test_configmap_carries_the_resolved_spec_with_overrides_merged_over_defaults() -> None:
-    cm, _ = render(subtask=1)
-    train = TrainJobSpec.from_json(cm["data"]["spec.json"])
+def test_the_rayjob_carries_the_resolved_spec_with_overrides_merged_over_defaults() -> None:
+    resolved, job = render(subtask=1)
+    train = TrainJobSpec.from_json(spec_json_of(job))
+    assert train == resolved
     assert train.lora.r == 32  # sub-task override
     assert train.lora.alpha == 32 and train.lora.targetModules == ["q_proj", "k_proj", "v_proj", "o_proj"]  # defaults
     assert train.outputPrefix == "s3://adapters/legal-assistant/clause-risk"
@@ -39,9 +41,9 @@ def test_configmap_carries_the_resolved_spec_with_overrides_merged_over_defaults
 
 
 def test_rayjob_identity_labels_and_ownership() -> None:
-    cm, job = render()
+    _, job = render()
     meta = job["metadata"]
-    assert meta["name"] == cm["metadata"]["name"] == "legal-assistant-keyword-extraction-3"
+    assert meta["name"] == "legal-assistant-keyword-extraction-3"
     assert len(meta["name"]) <= 47
     assert meta["labels"]["anytasktune.io/taskfinetune"] == "legal-assistant"
     assert meta["labels"]["anytasktune.io/subtask"] == "keyword-extraction"
@@ -49,13 +51,13 @@ def test_rayjob_identity_labels_and_ownership() -> None:
     owner = meta["ownerReferences"][0]
     assert owner == {"apiVersion": "anytasktune.io/v1alpha1", "kind": "TaskFineTune", "name": "legal-assistant", "uid": "uid-1",
                      "controller": True, "blockOwnerDeletion": True}
-    assert cm["metadata"]["ownerReferences"] == [owner]
 
 
 def test_rayjob_shape_follows_the_cluster_spec() -> None:
     _, job = render()
     spec = job["spec"]
-    assert spec["entrypoint"] == "python -m anytasktune_trainjob --spec /etc/anytasktune/spec.json"
+    assert spec["entrypoint"] == "python -m anytasktune_trainjob"  # the spec comes from the runtime env
+    assert list(json.loads(spec["runtimeEnvYAML"])["env_vars"]) == [SPEC_B64_ENV]  # KubeRay stops it at the deadline
     assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] == 300  # the example sets it
     assert spec["activeDeadlineSeconds"] == 14400  # the pool's deadline (case-split has its own)
     workers = spec["rayClusterSpec"]["workerGroupSpecs"][0]
@@ -68,7 +70,7 @@ def test_rayjob_shape_follows_the_cluster_spec() -> None:
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     head = spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
     assert "nvidia.com/gpu" not in json.dumps(head) and "nodeSelector" not in head
-    assert {"name": "trainjob-spec", "configMap": {"name": "legal-assistant-keyword-extraction-3"}} in head["volumes"]
+    assert [v["name"] for v in head["volumes"]] == ["dshm"]  # nothing to mount: a launch is one object
 
 
 def test_credentials_only_by_secret_reference() -> None:
@@ -108,13 +110,13 @@ def test_kueue_queue_and_cpu_only_cluster() -> None:
 
 
 def test_run_id_is_stable_and_changes_with_the_spec() -> None:
-    cm1, _ = render()
-    cm2, _ = render()
-    assert cm1["metadata"]["labels"]["anytasktune.io/run-id"] == cm2["metadata"]["labels"]["anytasktune.io/run-id"]
+    _, job1 = render()
+    _, job2 = render()
+    assert job1["metadata"]["labels"]["anytasktune.io/run-id"] == job2["metadata"]["labels"]["anytasktune.io/run-id"]
     changed = json.loads(json.dumps(EXAMPLE))
     changed["spec"]["defaults"]["training"]["epochs"] = 4
-    cm3, _ = render(changed)
-    assert cm3["metadata"]["labels"]["anytasktune.io/run-id"] != cm1["metadata"]["labels"]["anytasktune.io/run-id"]
+    _, job3 = render(changed)
+    assert job3["metadata"]["labels"]["anytasktune.io/run-id"] != job1["metadata"]["labels"]["anytasktune.io/run-id"]
 
 
 def test_committed_crd_matches_the_models() -> None:
@@ -268,8 +270,8 @@ def test_the_general_models_key_reaches_the_head_only_by_reference() -> None:
     key = next(e for e in head_env if e["name"] == "ANYTASKTUNE_COMPARE_API_KEY")
     assert key == {"name": "ANYTASKTUNE_COMPARE_API_KEY", "valueFrom": {"secretKeyRef": {"name": "general-model", "key": "api-key"}}}
     assert not [e for e in worker_env if e["name"] == "ANYTASKTUNE_COMPARE_API_KEY"]  # the driver runs on the head
-    cm, _ = render()
-    spec = json.loads(cm["data"]["spec.json"])
+    _, job = render()
+    spec = json.loads(spec_json_of(job))
     assert spec["evaluation"]["compareWith"]["apiKeySecret"] == {"name": "general-model", "key": "api-key"}
     assert "sk-" not in json.dumps(rayjob)  # a reference, never a value
 
@@ -283,8 +285,20 @@ def test_a_subtasks_own_deadline_wins_over_the_clusters(cluster: int | None, own
         example["spec"]["cluster"]["activeDeadlineSeconds"] = cluster
     if own is not None:
         example["spec"]["subtasks"][0]["activeDeadlineSeconds"] = own
-    cm, rayjob = render(example)
+    _, rayjob = render(example)
     assert rayjob["spec"].get("activeDeadlineSeconds") == expected
     _, other = render(example, subtask=1)
     assert other["spec"].get("activeDeadlineSeconds") == cluster  # the other sub-task keeps the pool's
-    assert "activeDeadlineSeconds" not in cm["data"]["spec.json"]  # not the trainjob's business: no new run id
+    assert "activeDeadlineSeconds" not in spec_json_of(rayjob)  # not the trainjob's business: no new run id
+
+
+def test_a_worst_case_spec_fits_the_submitters_command_line() -> None:
+    """KubeRay's submitter passes the runtime env on one bash command line; Linux refuses an
+    argument over 128 KiB (MAX_ARG_STRLEN). The CRD's limits keep the spec well below it."""
+    example = json.loads(json.dumps(EXAMPLE))
+    sub = example["spec"]["subtasks"][0]
+    sub["instruction"] = "\U0001d11e" * 8192  # the CRD's maxLength, in 4-byte UTF-8 characters
+    sub["dataset"]["uri"] = "s3://datasets/" + "k" * (1024 - len("s3://datasets/"))
+    _, job = render(example)
+    assert json.loads(spec_json_of(job))["instruction"] == sub["instruction"]
+    assert len(job["spec"]["runtimeEnvYAML"].encode("utf-8")) < 100 * 1024

@@ -27,9 +27,10 @@
   - create
 {{- end }}
 {{- define "anytasktune.rules.application" }}
-# one RayJob per sub-task attempt: kopf watches them (list, watch) to react to KubeRay's status;
-# each pass lists a TaskFineTune's RayJobs by label; creates new attempts; patches spec.suspend;
-# deletes superseded or removed attempts.
+# one RayJob per sub-task attempt, carrying its training spec: the operator's cache lists and
+# watches them to react to KubeRay's status (a pass lists a TaskFineTune's RayJobs by label while
+# the cache cannot answer); creates new attempts; patches spec.suspend; deletes superseded or
+# removed attempts.
 - apiGroups:
   - ray.io
   resources:
@@ -54,14 +55,6 @@
   - watch
   - create
   - delete
-# the resolved training spec of each attempt, mounted by the RayJob's pods. Created once (a 409
-# counts as done), never read, updated or deleted (the garbage collector does that).
-- apiGroups:
-  - ''
-  resources:
-  - configmaps
-  verbs:
-  - create
 # children carry an ownerReference with blockOwnerDeletion: true; where the
 # OwnerReferencesPermissionEnforcement admission plugin is on (OpenShift and hardened clusters),
 # setting it requires this. Grants nothing else: custom resources have no finalizers endpoint.

@@ -28,7 +28,7 @@ from anytasktune.actions import Launch, Plan
 from anytasktune.attempt import ObservedJob, format_time
 from anytasktune.config import OperatorConfig, ReadRule, StorageReadPolicy
 from anytasktune.executor import ManifestReads, reconcile
-from anytasktune.render import LABEL_ATTEMPT, LABEL_RUN_ID, LABEL_SUBTASK, SPEC_FILE
+from anytasktune.render import LABEL_ATTEMPT, LABEL_RUN_ID, LABEL_SUBTASK
 from anytasktune.spec import Phase
 from anytasktune.summary import Event
 from anytasktune_contract.storage import ObjectStore
@@ -116,7 +116,7 @@ class LocalJob:
 
 
 class LocalExecutor:
-    """The operator's Executor, on this machine: files and processes for ConfigMaps and RayJobs."""
+    """The operator's Executor, on this machine: a spec file and a process for each RayJob."""
 
     def __init__(self, workdir: Path, env: dict[str, str], ray_address: str, store: ObjectStore, reads: ManifestReads,
                  on_event: Callable[[Event], None]) -> None:
@@ -134,10 +134,10 @@ class LocalExecutor:
             return
         spec_path = self.workdir / "specs" / f"{launch.name}.json"
         spec_path.parent.mkdir(parents=True, exist_ok=True)
-        spec_path.write_text(launch.configmap["data"][SPEC_FILE], encoding="utf-8")
+        spec_path.write_text(launch.spec, encoding="utf-8")
         log_path = self.workdir / "logs" / f"{launch.name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        labels = launch.configmap["metadata"]["labels"]
+        labels = launch.rayjob["metadata"]["labels"]
         argv = [sys.executable, "-m", "anytasktune_trainjob", "--spec", str(spec_path), "--ray-address", self.ray_address]
         job = LocalJob(launch.name, labels[LABEL_SUBTASK], labels[LABEL_RUN_ID], int(labels[LABEL_ATTEMPT]), argv, log_path,
                        format_time(datetime.now(timezone.utc)), suspended=bool(launch.rayjob["spec"].get("suspend")))
@@ -181,8 +181,9 @@ class LocalExecutor:
         except Exception as err:  # noqa: BLE001 - shown in the status, retried with backoff
             self.reads.failed(uri, f"{type(err).__name__}: {err}", datetime.now(timezone.utc))
 
-    def post_event(self, event: Event) -> None:
-        self.on_event(event)
+    def post_events(self, events: list[Event]) -> None:
+        for event in events:  # one line each on the console
+            self.on_event(event)
 
     def write_status(self, status: dict[str, Any]) -> None:
         self.status = {k: v for k, v in status.items() if v is not None}
