@@ -19,6 +19,7 @@ import yaml
 from anytasktune.actions import Launch
 from anytasktune.config import OperatorConfig
 from anytasktune.plan import plan
+from anytasktune.render import spec_json_of
 from anytasktune.spec import GROUP, PLURAL, VERSION, Phase, TaskFineTune
 from anytasktune.validation import Problem, load_documents, validate_file
 from anytasktune_contract.failures import FailureClass
@@ -100,7 +101,7 @@ def render_children(tft: TaskFineTune, namespace: str, config: OperatorConfig) -
     invalid = [f"{s.name}: {s.message}" for s in result.status.subtasks if s.failureClass == FailureClass.InvalidSpec.value]
     if invalid or result.status.phase == Phase.Invalid:
         raise UserError("; ".join(invalid) or next(c.message for c in result.status.conditions if c.type == "Degraded"))
-    return [child for a in result.actions if isinstance(a, Launch) for child in (a.rayjob,)]
+    return [a.rayjob for a in result.actions if isinstance(a, Launch)]
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -116,7 +117,10 @@ def cmd_render(args: argparse.Namespace) -> int:
     else:
         print("# Children the operator creates for the first attempt of each sub-task.")
         print(f"# ownerReferences carry a placeholder uid ({PLACEHOLDER_UID}); the operator uses the real one.")
-        print(to_yaml(objects, many=True), end="")
+        for obj in objects:  # the spec travels as base64: shown decoded, for the reviewer
+            print(f"---\n# {obj['metadata']['name']}: its training spec (base64 in spec.runtimeEnvYAML), decoded:")
+            print("\n".join(f"#   {line}" for line in spec_json_of(obj).splitlines()))
+            print(to_yaml(obj), end="")
     return 0
 
 
@@ -288,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", choices=["text", "json"], default="text")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("render", help="print the RayJobs and ConfigMaps the operator would create, for review")
+    p = sub.add_parser("render", help="print the RayJobs the operator would create (each carries its training spec), for review")
     p.add_argument("file", metavar="FILE")
     p.add_argument("-n", "--namespace", help="namespace of the children (default: the resource's, else 'default')")
     p.add_argument("--image", help="training image (default: ANYTASKTUNE_TRAINING_IMAGE or the release's image)")

@@ -62,6 +62,7 @@ def test_render_prints_a_rayjob_for_every_subtask() -> None:
     assert {d["metadata"]["namespace"] for d in docs} == {"team-legal"}
     assert docs[0]["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["image"] == "registry.local/trainjob:1"
     assert json.loads(spec_json_of(docs[0]))["subtask"] == "keyword-extraction"
+    assert '#     "subtask": "keyword-extraction",' in proc.stdout  # and readable, for the reviewer
 
 
 def test_render_of_an_invalid_file_fails_with_its_problems() -> None:
