@@ -33,8 +33,7 @@ class ManifestRead:
 class Launch:
     subtask: str
     name: str
-    rayjob: dict[str, Any]
-    spec: str  # the TrainJobSpec's JSON, also in the RayJob's runtime env: for executors that run the trainjob themselves
+    rayjob: dict[str, Any]  # its TrainJobSpec rides in its runtime env: render.spec_json_of
     retry_of: str | None = None  # failure class of the attempt this one retries
 
 

@@ -19,7 +19,7 @@ from anytasktune.actions import Launch
 from anytasktune.informer import RAY, SELECTOR, ChildCache, Children, Want, assemble, cluster_record, job_record
 from anytasktune.render import LABEL_TFT
 from anytasktune.spec import GROUP, KIND, PLURAL, VERSION
-from anytasktune.summary import Event, coalesce
+from anytasktune.summary import EVENT_MESSAGE_LIMIT, Event, coalesce
 
 log = logging.getLogger("anytasktune")
 
@@ -91,7 +91,7 @@ class KubeClient:
                 api_version=f"{GROUP}/{VERSION}", kind=KIND, name=meta["name"], namespace=meta["namespace"],
                 uid=meta.get("uid"), resource_version=meta.get("resourceVersion"),
             ),
-            type=event.type, reason=event.reason, message=event.message[:1024],
+            type=event.type, reason=event.reason, message=event.message[:EVENT_MESSAGE_LIMIT],
             first_timestamp=now, last_timestamp=now, count=1,
             source=kubernetes.client.V1EventSource(component="anytasktune-operator"),
             reporting_component="anytasktune.io/operator", reporting_instance="anytasktune-operator",

@@ -328,7 +328,7 @@ def _launch(pool: Pool, d: Decision, out: Plan) -> None:
     n = d.next_attempt
     name = child_name(pool.name, st.name, n)
     rayjob = render_rayjob(pool.name, pool.namespace, pool.uid, pool.spec, train, n, pool.config)
-    out.actions.append(Launch(st.name, name, rayjob, train.to_json(), d.retry_of))
+    out.actions.append(Launch(st.name, name, rayjob, d.retry_of))
     st.attempts += 1
     st.rayJob, st.phase, st.nextRetryTime, st.reason = name, SubtaskPhase.Pending, None, "Launched"
     st.startTime = st.startTime or format_time(pool.now)

@@ -41,7 +41,8 @@ from anytasktune.attempt import ObservedJob
 from anytasktune.config import OperatorConfig
 from anytasktune.plan import plan
 from anytasktune.render import spec_json_of
-from anytasktune.spec import GROUP, MAX_NAME_PLUS_SUBTASK, PLURAL, VERSION
+from anytasktune.resolve import resolve_subtask
+from anytasktune.spec import GROUP, MAX_NAME_PLUS_SUBTASK, PLURAL, VERSION, TaskFineTune
 from anytasktune.validation import crd_schema, validate_object
 from tests.integration.helpers import api_client_in_new_namespace, pod_refusals
 from tests.kube.controlplane import ControlPlane
@@ -260,6 +261,7 @@ def rendered_problems(api: kubernetes.client.ApiClient, stored: dict[str, Any]) 
     obj["metadata"].update(uid="00000000-0000-0000-0000-000000000001", generation=1)
     now = datetime.now(timezone.utc)
     fresh = plan(obj, [], {}, now, CONFIG)
+    spec = TaskFineTune.model_validate(obj).spec
     launches = [a for a in fresh.actions if isinstance(a, Launch)]
     failed = [ObservedJob(name=launch.name, subtask=launch.subtask, run_id=launch.rayjob["metadata"]["labels"]["anytasktune.io/run-id"],
                           attempt=1, deployment_status="Failed", job_status="FAILED", reason="AppFailed",
@@ -273,7 +275,8 @@ def rendered_problems(api: kubernetes.client.ApiClient, stored: dict[str, Any]) 
             problems.append(f"RayJob {name}'s entrypoint is not the fixed one: {launch.rayjob['spec']['entrypoint']!r}")
         if len(name) > KUBERAY_MAX_RAYJOB_NAME or not DNS_1035.fullmatch(name):
             problems.append(f"RayJob name {name!r}: KubeRay refuses it (a DNS-1035 label of at most 47 characters)")
-        if spec_json_of(launch.rayjob) != launch.spec:
+        sub = next(s for s in spec.subtasks if s.name == launch.subtask)
+        if spec_json_of(launch.rayjob) != resolve_subtask(obj["metadata"]["name"], obj["metadata"].get("namespace", ""), spec, sub).to_json():
             problems.append(f"RayJob {name}'s runtime env does not carry its spec")
         try:
             custom.create_namespaced_custom_object("ray.io", "v1", NAMESPACE, "rayjobs", launch.rayjob, dry_run="All", field_validation="Strict")

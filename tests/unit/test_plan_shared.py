@@ -14,7 +14,7 @@ from anytasktune.actions import CreateCluster, DeleteCluster, DeleteJob, Launch,
 from anytasktune.attempt import format_time
 from anytasktune.local.supervisor import one_local_cluster
 from anytasktune.plan import plan
-from anytasktune.render import LABEL_SHARED_CLUSTER, shared_worker_pods
+from anytasktune.render import LABEL_SHARED_CLUSTER, shared_worker_pods, spec_json_of
 from anytasktune.spec import TaskFineTune
 from anytasktune_contract.trainspec import DEADLINE_ENV, SPEC_B64_ENV, TrainJobSpec
 from tests.unit.test_plan import CONFIG, NOW, job, tft
@@ -46,7 +46,7 @@ def test_a_shared_rayjob_names_the_pools_cluster_and_carries_its_spec_in_the_run
     assert set(env[SPEC_B64_ENV]) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
     train = TrainJobSpec.from_json(base64.b64decode(env[SPEC_B64_ENV]).decode("utf-8"))
     assert train.instruction == obj["spec"]["subtasks"][0]["instruction"]
-    assert train.to_json() == launch.spec
+    assert train.to_json() == spec_json_of(launch.rayjob)
 
 
 @pytest.mark.parametrize(("own", "pool", "want"), [(None, None, None), (7200, None, "7200"), (None, 3600, "3600"), (600, 3600, "600")])

@@ -28,7 +28,7 @@ from anytasktune.actions import Launch, Plan
 from anytasktune.attempt import ObservedJob, format_time
 from anytasktune.config import OperatorConfig, ReadRule, StorageReadPolicy
 from anytasktune.executor import ManifestReads, reconcile
-from anytasktune.render import LABEL_ATTEMPT, LABEL_RUN_ID, LABEL_SUBTASK
+from anytasktune.render import LABEL_ATTEMPT, LABEL_RUN_ID, LABEL_SUBTASK, spec_json_of
 from anytasktune.spec import Phase
 from anytasktune.summary import Event
 from anytasktune_contract.storage import ObjectStore
@@ -134,7 +134,7 @@ class LocalExecutor:
             return
         spec_path = self.workdir / "specs" / f"{launch.name}.json"
         spec_path.parent.mkdir(parents=True, exist_ok=True)
-        spec_path.write_text(launch.spec, encoding="utf-8")
+        spec_path.write_text(spec_json_of(launch.rayjob), encoding="utf-8")
         log_path = self.workdir / "logs" / f"{launch.name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         labels = launch.rayjob["metadata"]["labels"]
