@@ -118,10 +118,11 @@ bench-packed: setup ## K=2, 4 LoRA adapters trained packed (one process, one bas
 bench-ray-report: setup ## What Ray Train's report() costs a loop of fast steps, by how often it is called
 	$(PY) bench/bench_ray_report.py
 
-# On a CUDA machine: make bench-gpu BENCH_GPU_SHAPE=8b (or 1b); smoke is CPU-sized.
+# On a CUDA machine: make bench-gpu BENCH_GPU_SHAPE=8b BENCH_GPU_ARGS="--batch 4" (or 1b, 135m); smoke is CPU-sized.
 BENCH_GPU_SHAPE ?= smoke
+BENCH_GPU_ARGS ?=
 bench-gpu: setup ## LoRA tokens/s and MFU at Llama 1B/8B shapes (random weights), plain PEFT vs DeepSpeed ZeRO-2
-	$(PY) bench/bench_gpu.py --shape $(BENCH_GPU_SHAPE)
+	$(PY) bench/bench_gpu.py --shape $(BENCH_GPU_SHAPE) $(BENCH_GPU_ARGS)
 
 bench-plan: setup ## A reconcile pass's CPU time for 1..64 sub-tasks, as ratios
 	$(PY) bench/bench_plan.py

@@ -1,24 +1,31 @@
 """Benchmark: LoRA training throughput and MFU at real model shapes, with nothing downloaded.
 
-A Llama-shaped model is built from a config with random weights (`--shape 1b` or `8b`;
-`smoke` is a CPU-sized one that `make bench` runs where there is no GPU), LoRA on the
-attention and MLP projections, sequence `--seq`, SDPA attention, bf16 on a GPU (fp32 on the
-CPU). Two loops, each over its own copy of the model (8B: two bf16 copies, ~32 GB), in
-interleaved rounds:
+A Llama-shaped model is built from a config with random weights, in bf16 on a GPU (fp32 on
+the CPU): `--shape 8b` or `1b` (Llama 3.x), `135m` (SmolLM2-135M, the demo's model), or
+`smoke`, a CPU-sized one that `make bench` runs where there is no GPU. LoRA r=16 on the
+attention and MLP projections, sequence `--seq` (2048 by default), SDPA attention. The loops
+(`--engines`, the first the baseline), each over its own copy of the model, in interleaved
+rounds:
 
-  * plain PEFT: torch AdamW over the LoRA parameters;
-  * DeepSpeed ZeRO-2 (the trainjob's engine, `build_deepspeed_config`).
+  * plain: torch AdamW over the LoRA parameters, gradients clipped as the trainjob clips them;
+    PEFT's default fp32 adapters over the bf16 base (every adapter input is cast);
+  * plain-bf16: the same, adapters in the model's dtype;
+  * zero2: DeepSpeed ZeRO-2 as the trainjob configures it (`build_deepspeed_config`);
+  * zero0, zero2-no-overlap: DeepSpeed ZeRO-0, ZeRO-2 with overlap_comm off.
 
-Printed per loop: tokens/s (median of the rounds, and the spread), peak memory, and MFU:
-tokens/s x FLOPs per token / the device's matmul rate measured by this script (a square
-bf16 matmul on the GPU, fp32 on the CPU). FLOPs per token: N = the base model's parameters
-(embeddings excluded); forward 2N and the backward's activation gradients 2N, no weight
-gradients for the frozen base: ~4N without activation checkpointing, ~6N with it (the
-forward runs twice); LoRA's own FLOPs and attention's seq-dependent ones are not counted, so
-the MFU is a slight underestimate.
+Printed per loop: tokens/s (median of the rounds, and the spread), step time, the loop's own
+peak memory (its model, optimizer state and activations; the other loops' models excluded), and
+MFU: tokens/s x FLOPs per token / the device's matmul rate measured by this script (an
+8192^3 bf16 matmul on the GPU, fp32 on the CPU). FLOPs per token: N = the base's matmul
+parameters (embeddings excluded, the output projection included); forward 2N and the
+backward's activation gradients 2N, no weight gradients for the frozen base: ~4N without
+activation checkpointing, ~6N with it (the forward runs twice); LoRA's own FLOPs are not
+counted. "MFU with attention" adds PaLM's 12 x layers x hidden x seq per token (16 with
+checkpointing), which a causal kernel does about half of. `--profile STEPS` prints the top
+operators by device time.
 
-    .venv/bin/python bench/bench_gpu.py --shape 8b          # on a CUDA machine (target: >= 45% MFU, H100)
-    .venv/bin/python bench/bench_gpu.py --shape smoke       # anywhere (make bench)
+    .venv/bin/python bench/bench_gpu.py --shape 8b --batch 4   # on a CUDA machine (target: >= 45% MFU, H100)
+    .venv/bin/python bench/bench_gpu.py --shape smoke          # anywhere (make bench)
 """
 
 from __future__ import annotations
@@ -30,13 +37,22 @@ import statistics
 import time
 from typing import Any
 
-SHAPES: dict[str, dict[str, int]] = {  # Llama 3.x shapes
+SHAPES: dict[str, dict[str, Any]] = {  # Llama 3.x shapes, and the demo's SmolLM2-135M
     "smoke": {"hidden_size": 128, "intermediate_size": 344, "num_hidden_layers": 2, "num_attention_heads": 4,
               "num_key_value_heads": 2, "vocab_size": 2048},
+    "135m": {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+             "num_key_value_heads": 3, "vocab_size": 49152, "tie_word_embeddings": True},
     "1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
            "num_key_value_heads": 8, "vocab_size": 128256},
     "8b": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
            "num_key_value_heads": 8, "vocab_size": 128256},
+}
+ENGINES = {  # --engines name: the loop's label in the table
+    "plain": "plain PEFT (torch AdamW; PEFT's default fp32 adapters)",
+    "plain-bf16": "plain PEFT (torch AdamW; adapters in the model's dtype)",
+    "zero0": "DeepSpeed ZeRO-0",
+    "zero2": "DeepSpeed ZeRO-2 (the trainjob's engine)",
+    "zero2-no-overlap": "DeepSpeed ZeRO-2, overlap_comm off",
 }
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -60,6 +76,10 @@ def sync(torch: Any, device: Any) -> None:
         torch.cuda.synchronize()
 
 
+def allocated(torch: Any, device: Any) -> int:
+    return torch.cuda.memory_allocated() if device.type == "cuda" else 0
+
+
 def peak_memory_gib(torch: Any, device: Any) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated() / 2 ** 30
@@ -78,6 +98,10 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--lora-r", type=int, default=16)
     ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--engines", default="plain,zero2",
+                    help=f"comma-separated loops, the first the baseline of 'vs': {', '.join(ENGINES)}")
+    ap.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                    help="also profile STEPS steps of each loop and print the top operators by device time")
     args = ap.parse_args()
 
     import torch
@@ -102,57 +126,85 @@ def main() -> None:
     seq = args.seq or (128 if args.shape == "smoke" else 2048)
     deepspeed.init_distributed(dist_backend="nccl" if gpu else "gloo")
     torch.manual_seed(0)
-    config = LlamaConfig(**SHAPES[args.shape], max_position_embeddings=max(seq, 2048), attn_implementation="sdpa",
-                         tie_word_embeddings=False)
-    def lora_model() -> Any:
+    config = LlamaConfig(**{"tie_word_embeddings": False, **SHAPES[args.shape]},
+                         max_position_embeddings=max(seq, 2048), attn_implementation="sdpa")
+    counts: dict[str, int] = {}
+
+    def lora_model(autocast_adapter_dtype: bool) -> Any:
         """A fresh random-weight model with LoRA: one per loop, as DeepSpeed's gradient hooks
-        on its model's parameters would also fire for the other loop's backward."""
+        on its model's parameters would also fire for another loop's backward.
+        autocast_adapter_dtype: PEFT's default, adapters in fp32 over a bf16 base (each input cast)."""
         torch.manual_seed(0)
-        with device:
-            base = LlamaForCausalLM(config).to(dtype)
+        default_dtype = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)  # built in bf16: an fp32 copy of 8B first would need 32 GB more
+        try:
+            with device:
+                base = LlamaForCausalLM(config)
+        finally:
+            torch.set_default_dtype(default_dtype)
         if args.gradient_checkpointing:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             base.enable_input_require_grads()
-        return get_peft_model(base, LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0,
-                                               target_modules=LORA_TARGETS, task_type="CAUSAL_LM"))
+        # N: the base's matmul parameters; the output projection counts even when tied to the embeddings
+        counts["base"] = sum(p.numel() for name, p in base.named_parameters() if "embed_tokens" not in name)
+        if config.tie_word_embeddings:
+            counts["base"] += config.vocab_size * config.hidden_size
+        model = get_peft_model(base, LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0,
+                                                target_modules=LORA_TARGETS, task_type="CAUSAL_LM"),
+                               autocast_adapter_dtype=autocast_adapter_dtype)
+        counts["lora"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        return model
 
-    model = lora_model()
-    n_base = sum(p.numel() for name, p in model.base_model.model.named_parameters()
-                 if "embed_tokens" not in name and "lora_" not in name)
-    trainable = [p for p in model.parameters() if p.requires_grad]
     batch = {"input_ids": torch.randint(0, config.vocab_size, (args.batch, seq), device=device)}
     batch["labels"] = batch["input_ids"]
-
-    optimizer = torch.optim.AdamW(trainable, lr=1e-4)
-
-    def plain_step() -> None:
-        loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
     training = TrainingConfig(microBatchSize=args.batch, gradientAccumulationSteps=1, learningRate=1e-4,
                               gradientCheckpointing=args.gradient_checkpointing)
-    ds_config = build_deepspeed_config(DeepSpeedConfig(zeroStage=2), training, world_size=1, use_gpu=gpu,
-                                       total_steps=10_000)
-    ds_model = lora_model()
-    engine, *_ = deepspeed.initialize(model=ds_model, config=ds_config,
-                                      model_parameters=[p for p in ds_model.parameters() if p.requires_grad])
 
-    def deepspeed_step() -> None:
-        loss = engine(**batch).loss
-        engine.backward(loss)
-        engine.step()
+    def make_loop(engine_name: str) -> Any:
+        """One engine's training step, over its own model."""
+        if engine_name.startswith("plain"):
+            model = lora_model(autocast_adapter_dtype=engine_name == "plain")
+            trainable = [p for p in model.parameters() if p.requires_grad]
+            optimizer = torch.optim.AdamW(trainable, lr=training.learningRate)
 
-    loops = {"plain PEFT (torch AdamW)": plain_step, "DeepSpeed ZeRO-2 (the trainjob's engine)": deepspeed_step}
+            def plain_step() -> None:
+                loss = model(**batch).loss
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(trainable, training.maxGradNorm)  # as the trainjob clips
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            return plain_step
+        stage = int(engine_name[len("zero")])
+        ds_config = build_deepspeed_config(DeepSpeedConfig(zeroStage=stage), training, world_size=1, use_gpu=gpu,
+                                           total_steps=10_000)
+        if engine_name.endswith("-no-overlap"):
+            ds_config["zero_optimization"]["overlap_comm"] = False
+        ds_model = lora_model(autocast_adapter_dtype=True)  # DeepSpeed's bf16 mode casts the adapters
+        engine, *_ = deepspeed.initialize(model=ds_model, config=ds_config,
+                                          model_parameters=[p for p in ds_model.parameters() if p.requires_grad])
+
+        def deepspeed_step() -> None:
+            loss = engine(**batch).loss
+            engine.backward(loss)
+            engine.step()
+        return deepspeed_step
+
+    loops: dict[str, Any] = {}
+    own_bytes: dict[str, int] = {}  # each loop's model, on the GPU
+    for engine_name in args.engines.split(","):
+        before = allocated(torch, device)
+        loops[ENGINES[engine_name]] = make_loop(engine_name)
+        own_bytes[ENGINES[engine_name]] = allocated(torch, device) - before
+    n_base = counts["base"]
     peaks: dict[str, float] = {}
     for name, step in loops.items():  # warm-up, and each loop's own peak memory
+        others = allocated(torch, device) - own_bytes[name]  # the other loops' models and optimizer states
         if gpu:
             torch.cuda.reset_peak_memory_stats()
         for _ in range(args.warmup):
             step()
         sync(torch, device)
-        peaks[name] = peak_memory_gib(torch, device)
+        peaks[name] = peak_memory_gib(torch, device) - others / 2 ** 30
     samples: dict[str, list[float]] = {name: [] for name in loops}
     for _ in range(args.rounds):
         for name, step in loops.items():
@@ -163,21 +215,46 @@ def main() -> None:
             sync(torch, device)
             samples[name].append(args.steps * args.batch * seq / (time.perf_counter() - t))
 
+    if args.profile:
+        profile(torch, loops, sync, device, args.profile)
     rate = matmul_rate(torch, device, dtype, 8192 if gpu else 1024)
     flops_per_token = (6 if args.gradient_checkpointing else 4) * n_base
+    # PaLM's attention term, 12 x layers x hidden x seq per token (QK^T and AV, forward and backward;
+    # the forward again with checkpointing adds 4): causal kernels skip about half of it.
+    attention_flops = (16 if args.gradient_checkpointing else 12) * config.num_hidden_layers * config.hidden_size * seq
     where = torch.cuda.get_device_name() if gpu else f"CPU ({os.cpu_count()} cores)"
-    print(f"\n{where}; shape {args.shape} ({n_base / 1e9:.3f} B base parameters without embeddings, "
-          f"{sum(p.numel() for p in trainable) / 1e6:.2f} M LoRA r={args.lora_r}), {str(dtype).removeprefix('torch.')}, "
+    print(f"\n{where}; shape {args.shape} ({n_base / 1e9:.3f} B matmul parameters N, "
+          f"{counts['lora'] / 1e6:.2f} M LoRA r={args.lora_r}), {str(dtype).removeprefix('torch.')}, "
           f"batch {args.batch} x seq {seq}, gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}; "
           f"{args.rounds} interleaved rounds of {args.steps} steps; measured matmul rate {rate / 1e12:.1f} TFLOP/s; "
           f"{flops_per_token / n_base:.0f}N FLOPs per token\n")
-    print("| loop | tokens/s (median) | spread (min-max) | MFU | vs plain | peak memory (GiB) |")
-    print("|---|---|---|---|---|---|")
+    print("| loop | tokens/s (median) | spread (min-max) | step (ms) | MFU | MFU with attention | vs first "
+          "| peak memory (GiB) |")
+    print("|---|---|---|---|---|---|---|---|")
     plain = statistics.median(samples[next(iter(loops))])
     for name, values in samples.items():
         med = statistics.median(values)
-        print(f"| {name} | {med:,.0f} | {min(values):,.0f}-{max(values):,.0f} | {100 * med * flops_per_token / rate:.1f}% "
+        print(f"| {name} | {med:,.0f} | {min(values):,.0f}-{max(values):,.0f} | {1000 * args.batch * seq / med:,.1f} "
+              f"| {100 * med * flops_per_token / rate:.1f}% | {100 * med * (flops_per_token + attention_flops) / rate:.1f}% "
               f"| {med / plain:.2f}x | {peaks[name]:.2f} |")
+
+
+def profile(torch: Any, loops: dict[str, Any], sync: Any, device: Any, steps: int) -> None:
+    """Where a step's time goes: the operators that took the most device time over `steps`
+    steps of each loop (torch.profiler; CUDA time on a GPU, CPU time elsewhere)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    for name, step in loops.items():
+        sync(torch, device)
+        with torch_profile(activities=activities) as prof:
+            for _ in range(steps):
+                step()
+            sync(torch, device)
+        print(f"\n{name}: the top operators over {steps} steps")
+        print(prof.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=60))
 
 
 if __name__ == "__main__":

@@ -41,7 +41,9 @@ def build_deepspeed_config(
     offload = ds.offloadOptimizer and ds.zeroStage >= 1
     zero: dict[str, Any] = {"stage": ds.zeroStage}
     if ds.zeroStage >= 1:
-        zero.update(contiguous_gradients=True, overlap_comm=use_gpu, reduce_scatter=True,
+        # overlap_comm overlaps the gradient reduction with the backward: with one rank there is
+        # none, and its per-tensor stream handoffs only cost host time (measured, bench/RESULTS.md)
+        zero.update(contiguous_gradients=True, overlap_comm=use_gpu and world_size > 1, reduce_scatter=True,
                     allgather_bucket_size=int(5e8), reduce_bucket_size=int(5e8))
     if ds.zeroStage == 3:
         zero.update(stage3_gather_16bit_weights_on_model_save=True,
