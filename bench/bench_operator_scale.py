@@ -244,6 +244,9 @@ def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path,
         done_at = drive(pool, status(jobDeploymentStatus="Complete", endTime="2026-11-25T10:30:00Z"), jobs)
         recorder.wait([(t, f"s{i}", "Succeeded") for t in names for i in range(SUBTASKS)], 120 + n)
         time.sleep(2)
+        sample = custom.get_namespaced_custom_object("anytasktune.io", "v1alpha1", namespace, "taskfinetunes", names[0])
+        body_bytes = len(json.dumps(sample, separators=(",", ":")))
+        managed_bytes = len(json.dumps(sample["metadata"].get("managedFields") or [], separators=(",", ":")))
         rss = rss_mib(op.proc.pid) if op.proc else float("nan")
         rss_end = rss_mib(op.proc.pid, "VmRSS") if op.proc else float("nan")
         cpu = cpu_seconds(op.proc.pid) if op.proc else float("nan")
@@ -281,6 +284,7 @@ def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path,
         "running": [percentile(running, q) for q in (0.5, 0.95, 0.99)],
         "succeeded": [percentile(succeeded, q) for q in (0.5, 0.95, 0.99)],
         "rss_mib": rss, "requests_per_change": operator_requests / changes, "cpu_s": cpu, "rss_end_mib": rss_end, "rss_created_mib": rss_created, **passes,
+        "taskfinetune_bytes": body_bytes, "managed_fields_bytes": managed_bytes,
         "requests": dict(by_kind.most_common()),
     }
 
@@ -338,6 +342,9 @@ def main() -> None:
             kinds = sorted({k for r in mine for k in r["requests"]})
             per_job = {k: statistics.median(r["requests"].get(k, 0) / r["rayjobs"] for r in mine) for k in kinds}
             print(f"  {label:<20} {n:>5}: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(per_job.items(), key=lambda kv: -kv[1])))
+    sample = rows[-1]
+    print(f"\none TaskFineTune as the API server returns it at the end: {sample['taskfinetune_bytes']:,} bytes of "
+          f"JSON, of which managedFields {sample['managed_fields_bytes']:,}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 
