@@ -65,6 +65,17 @@ def test_render_prints_a_rayjob_for_every_subtask() -> None:
     assert '#     "subtask": "keyword-extraction",' in proc.stdout  # and readable, for the reviewer
 
 
+def test_render_into_a_closed_pipe_exits_quietly() -> None:
+    """`anytasktune render FILE | head`: the reader goes away; no traceback, the shell's code."""
+    proc = subprocess.Popen([sys.executable, "-m", "anytasktune.cli", "render", str(EXAMPLE)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before the CLI has started: its first write finds no reader
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141
+    assert stderr == ""
+
+
 def test_render_of_an_invalid_file_fails_with_its_problems() -> None:
     proc = cli("render", str(INVALID))
     assert proc.returncode == 1 and "lora.r" in proc.stderr and proc.stdout == ""
