@@ -278,13 +278,25 @@ def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path,
 
     running, succeeded = latency("Running", running_at), latency("Succeeded", done_at)
     core.delete_namespace(namespace)
+    # The next variant must not share the API server with this one's garbage collection
+    # (10,000 RayJobs at N=1,000): wait until the namespace is gone.
+    deleted_at, gone_s = time.monotonic(), float("nan")
+    while time.monotonic() - deleted_at < 900:
+        try:
+            core.read_namespace(namespace)
+        except Exception as err:  # kubernetes.client ApiException
+            if getattr(err, "status", None) == 404:
+                gone_s = time.monotonic() - deleted_at
+                break
+            raise
+        time.sleep(2)
     changes = 4 * len(jobs)  # the four status writes of each RayJob
     return {
         "variant": label, "n": n, "rayjobs": len(jobs), "created_s": created,
         "running": [percentile(running, q) for q in (0.5, 0.95, 0.99)],
         "succeeded": [percentile(succeeded, q) for q in (0.5, 0.95, 0.99)],
         "rss_mib": rss, "requests_per_change": operator_requests / changes, "cpu_s": cpu, "rss_end_mib": rss_end, "rss_created_mib": rss_created, **passes,
-        "taskfinetune_bytes": body_bytes, "managed_fields_bytes": managed_bytes,
+        "namespace_gone_s": gone_s, "taskfinetune_bytes": body_bytes, "managed_fields_bytes": managed_bytes,
         "requests": dict(by_kind.most_common()),
     }
 

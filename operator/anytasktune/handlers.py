@@ -49,13 +49,8 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def on_taskfinetune(*, type: str, name: str, namespace: str | None, body: Mapping[str, Any],
-                          event: Mapping[str, Any], memo: Any, **_: Any) -> None:
+async def on_taskfinetune(*, type: str, name: str, namespace: str | None, body: Mapping[str, Any], memo: Any, **_: Any) -> None:
     assert namespace is not None  # namespaced resource
-    # kopf's worker for this object keeps its last raw event until the next one comes (or 5 s
-    # idle): at 1,000 busy TaskFineTunes that is one body each. managedFields are over a third
-    # of one (6 of 16 kB of JSON with a 10-sub-task status), and nothing in the operator reads them.
-    (event.get("object") or {}).get("metadata", {}).pop("managedFields", None)
     if type == "DELETED":
         memo.controller.forget(namespace, name)
         return

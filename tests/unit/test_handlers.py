@@ -29,36 +29,3 @@ def body(generation: int, observed: int | None, deleting: bool = False) -> dict[
 )
 def test_own_status_write(type_: str | None, obj: dict[str, Any], skip: bool) -> None:
     assert own_status_write(type_, obj) is skip  # type: ignore[arg-type]
-
-
-class FakeController:
-    def __init__(self) -> None:
-        self.remembered: list[dict[str, Any]] = []
-        self.queued: list[tuple[str, str]] = []
-
-    def remember(self, namespace: str, name: str, body: Any) -> None:
-        self.remembered.append(dict(body))
-
-    def enqueue(self, namespace: str, name: str, exists: bool) -> None:
-        self.queued.append((namespace, name))
-
-
-def test_the_event_kopf_keeps_loses_its_managed_fields() -> None:
-    """kopf's per-object worker holds the last raw event until the next one: the handler
-    drops its managedFields (over a third of a TaskFineTune's JSON), which nothing here reads."""
-    import asyncio
-
-    import kopf
-
-    from anytasktune.handlers import on_taskfinetune
-
-    obj = body(4, 3)
-    obj["metadata"]["managedFields"] = [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]
-    event = {"type": "MODIFIED", "object": obj}
-    memo = kopf.Memo(controller=FakeController())
-    asyncio.run(on_taskfinetune(type="MODIFIED", name="t", namespace="ns", body=kopf.Body(obj), event=event,
-                                memo=memo))
-    assert "managedFields" not in event["object"]["metadata"]
-    assert event["object"]["metadata"]["name"] == "t"  # the rest is kept
-    assert memo.controller.queued == [("ns", "t")]
-    assert memo.controller.remembered[0]["metadata"]["generation"] == 4
