@@ -12,7 +12,12 @@ rounds:
   * plain-bf16: the same, adapters in the model's dtype;
   * zero2: DeepSpeed ZeRO-2 as the trainjob configures it (`build_deepspeed_config`);
   * zero0, zero2-overlap: DeepSpeed ZeRO-0; ZeRO-2 with overlap_comm on, as the trainjob ran it
-    on one GPU before 2026-11-26 (it now turns it on only with more than one rank).
+    on one GPU before 2026-11-26 (it now turns it on only with more than one rank);
+  * zero2-liger, plain-bf16-liger: the same loops over a model with Liger-Kernel's fused Triton
+    kernels (RMSNorm, SwiGLU, and a cross-entropy fused with the output projection that never
+    materialises the logits), patched into that model instance only; on a GPU, with
+    `liger-kernel` installed. Liger's rotary embedding is patched module-wide (every loop in the
+    process gets it), so only with `--liger-rope`, and then best with one loop.
 
 Printed per loop: tokens/s (median of the rounds, and the spread), step time, the loop's own
 peak memory (its model, optimizer state and activations; the other loops' models excluded), and
@@ -54,6 +59,8 @@ ENGINES = {  # --engines name: the loop's label in the table
     "zero0": "DeepSpeed ZeRO-0",
     "zero2": "DeepSpeed ZeRO-2 (the trainjob's engine)",
     "zero2-overlap": "DeepSpeed ZeRO-2, overlap_comm on",
+    "zero2-liger": "DeepSpeed ZeRO-2, Liger kernels",
+    "plain-bf16-liger": "plain PEFT (adapters in the model's dtype), Liger kernels",
 }
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -101,6 +108,8 @@ def main() -> None:
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--engines", default="plain,zero2",
                     help=f"comma-separated loops, the first the baseline of 'vs': {', '.join(ENGINES)}")
+    ap.add_argument("--liger-rope", action="store_true",
+                    help="the -liger loops also get Liger's rotary embedding: patched module-wide, so every loop does")
     ap.add_argument("--profile", type=int, default=0, metavar="STEPS",
                     help="also profile STEPS steps of each loop and print the top operators by device time")
     args = ap.parse_args()
@@ -131,10 +140,12 @@ def main() -> None:
                          max_position_embeddings=max(seq, 2048), attn_implementation="sdpa")
     counts: dict[str, int] = {}
 
-    def lora_model(autocast_adapter_dtype: bool) -> Any:
+    def lora_model(autocast_adapter_dtype: bool, liger: bool = False) -> Any:
         """A fresh random-weight model with LoRA: one per loop, as DeepSpeed's gradient hooks
         on its model's parameters would also fire for another loop's backward.
-        autocast_adapter_dtype: PEFT's default, adapters in fp32 over a bf16 base (each input cast)."""
+        autocast_adapter_dtype: PEFT's default, adapters in fp32 over a bf16 base (each input cast).
+        liger: Liger-Kernel's fused kernels patched into this instance (before LoRA wraps the
+        projections: the fused SwiGLU calls the wrapped gate and up projections)."""
         torch.manual_seed(0)
         default_dtype = torch.get_default_dtype()
         torch.set_default_dtype(dtype)  # built in bf16: an fp32 copy of 8B first would need 32 GB more
@@ -143,6 +154,11 @@ def main() -> None:
                 base = LlamaForCausalLM(config)
         finally:
             torch.set_default_dtype(default_dtype)
+        if liger:
+            from liger_kernel.transformers.monkey_patch import _apply_liger_kernel_to_instance
+
+            _apply_liger_kernel_to_instance(model=base, rope=args.liger_rope, rms_norm=True, swiglu=True,
+                                            fused_linear_cross_entropy=True)
         if args.gradient_checkpointing:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             base.enable_input_require_grads()
@@ -163,8 +179,10 @@ def main() -> None:
 
     def make_loop(engine_name: str) -> Any:
         """One engine's training step, over its own model."""
+        liger = engine_name.endswith("-liger")
+        engine_name = engine_name.removesuffix("-liger")
         if engine_name.startswith("plain"):
-            model = lora_model(autocast_adapter_dtype=engine_name == "plain")
+            model = lora_model(autocast_adapter_dtype=engine_name == "plain", liger=liger)
             trainable = [p for p in model.parameters() if p.requires_grad]
             optimizer = torch.optim.AdamW(trainable, lr=training.learningRate)
 
@@ -180,7 +198,7 @@ def main() -> None:
                                            total_steps=10_000)
         if engine_name.endswith("-overlap"):
             ds_config["zero_optimization"]["overlap_comm"] = gpu  # DeepSpeed overlaps on GPUs only
-        ds_model = lora_model(autocast_adapter_dtype=True)  # DeepSpeed's bf16 mode casts the adapters
+        ds_model = lora_model(autocast_adapter_dtype=True, liger=liger)  # DeepSpeed's bf16 mode casts the adapters
         engine, *_ = deepspeed.initialize(model=ds_model, config=ds_config,
                                           model_parameters=[p for p in ds_model.parameters() if p.requires_grad])
 
