@@ -23,7 +23,7 @@ $(STAMP): $(PYPROJECTS)
 	@test -x $(PY) || { bash hack/check-disk.sh "A new virtualenv (torch with its CUDA libraries, then pip's downloads)" \
 	    $(VENV) 6 $${TMPDIR:-/tmp} 3 && $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install -q -U pip setuptools wheel
-	$(PY) -m pip install -q -e ./contract -e "./operator[operator,local,dev]" -e ./trainjob
+	$(PY) -m pip install -q -e ./contract -e "./operator[operator,local,dev]" -e "./trainjob[fused]"
 	@rm -f $(VENV)/.installed-*; touch $@
 
 .PHONY: setup
@@ -62,6 +62,10 @@ test-integration: setup controlplane ## Integration tests against a real kube-ap
 .PHONY: test-e2e
 test-e2e: setup ## End-to-end: real Ray, DeepSpeed, PEFT and an S3 server, on CPU
 	$(PYTEST) tests/e2e -q
+
+.PHONY: test-gpu
+test-gpu: setup ## GPU tier (not in `make test`; skips without CUDA): fused kernels against the plain model
+	$(PYTEST) tests/gpu -q -rs
 
 # The local-mode half of the e2e tier (`anytasktune run`), which `make test` runs after the
 # integration tier, in the same lane.

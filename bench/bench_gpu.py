@@ -155,10 +155,17 @@ def main() -> None:
         finally:
             torch.set_default_dtype(default_dtype)
         if liger:
+            import sys
+
             from liger_kernel.transformers.monkey_patch import _apply_liger_kernel_to_instance
 
+            module = sys.modules[type(base).__module__]  # Liger also swaps this module's classes:
+            saved = dict(vars(module))  # put them back, so later loops' models are plain
             _apply_liger_kernel_to_instance(model=base, rope=args.liger_rope, rms_norm=True, swiglu=True,
                                             fused_linear_cross_entropy=True)
+            for name, value in saved.items():
+                if not (args.liger_rope and name == "apply_rotary_pos_emb"):
+                    setattr(module, name, value)
         if args.gradient_checkpointing:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             base.enable_input_require_grads()

@@ -4,7 +4,8 @@
 # operator) and the trainjob entrypoint `python -m anytasktune_trainjob`. Build from the
 # repository root:
 #   docker build -f docker/trainjob.Dockerfile -t ghcr.io/anytasktune/trainjob:0.1.0 .
-# CPU-only pools: --build-arg RAY_IMAGE=rayproject/ray:2.60.0-py311
+# CPU-only pools: --build-arg RAY_IMAGE=rayproject/ray:2.60.0-py311 --build-arg TRAINJOB_EXTRAS=
+# (TRAINJOB_EXTRAS=fused, the default, adds liger-kernel for training.fusedKernels: GPUs only).
 # The Ray version must match ray[train] in trainjob/pyproject.toml and spec.cluster.rayVersion.
 # Without a registry (make images here): hack/images/build.sh builds it with buildah on a
 # Debian stand-in for Ray's CPU image that already holds the dependencies, offline.
@@ -16,6 +17,7 @@ FROM ${RAY_IMAGE}
 ARG PIP_NO_INDEX
 ARG PIP_FIND_LINKS
 ARG PIP_NO_DEPS
+ARG TRAINJOB_EXTRAS=fused
 # The operator renders pods with runAsUser 1000 (render.RAY_UID), as Ray's images run
 # (user "ray", uid 1000, group users 100, owner of the Python environment). HOME and the
 # working directory must be writable by that uid: Ray's dashboard writes there and dies
@@ -29,7 +31,7 @@ ENV HOME=/home/ray \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY --chown=1000:100 contract /tmp/anytasktune/contract
 COPY --chown=1000:100 trainjob /tmp/anytasktune/trainjob
-RUN pip install --no-cache-dir /tmp/anytasktune/contract /tmp/anytasktune/trainjob \
+RUN pip install --no-cache-dir /tmp/anytasktune/contract "/tmp/anytasktune/trainjob${TRAINJOB_EXTRAS:+[$TRAINJOB_EXTRAS]}" \
  && rm -rf /tmp/anytasktune \
  && python -c "import anytasktune_trainjob.__main__" \
  && wget --version >/dev/null  # KubeRay's head and worker probes run wget

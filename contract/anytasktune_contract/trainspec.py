@@ -113,6 +113,11 @@ class TrainingConfig(Strict):
     weightDecay: float = Field(0.0, ge=0.0, le=1.0)
     maxGradNorm: float = Field(1.0, ge=0.0, le=1000.0, description="Gradient clipping; 0 disables it.")
     gradientCheckpointing: bool = False
+    fusedKernels: bool = Field(
+        False, description="Liger-Kernel's fused GPU kernels (RMSNorm, RoPE, SwiGLU, and a cross-entropy fused "
+        "with the output projection) patched into the base model: GPUs only (spec.cluster.gpusPerWorker > 0). "
+        "Faster and leaner for large models (8B on an H200: 1.24x tokens/s, 30% less memory); "
+        "measured slower for a 1B model, whose step is bound by kernel launches.")
     seed: int = Field(42, ge=0, le=2**31 - 1)
     checkpointEverySteps: int = Field(200, ge=0, le=1_000_000, description="0 = only at the end of each epoch.")
     logEverySteps: int = Field(10, ge=1, le=100_000)

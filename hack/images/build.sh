@@ -207,7 +207,7 @@ build_trainjob() {
   bud trainjob ray-base "$src/docker/trainjob.Dockerfile" "$src" --network none \
     --ignorefile "$src/docker/trainjob.Dockerfile.dockerignore" --volume "$WH:/wheelhouse:ro" \
     --build-arg "RAY_IMAGE=${REF[ray-base]}" \
-    --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/wheelhouse --build-arg PIP_NO_DEPS=1
+    --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/wheelhouse --build-arg PIP_NO_DEPS=1 --build-arg TRAINJOB_EXTRAS=
 }
 
 # static <image> <binary in $cache/bin> <path in image> <user>: one binary on scratch.

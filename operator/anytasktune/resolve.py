@@ -42,6 +42,10 @@ def resolve_subtask(name: str, namespace: str, spec: TaskFineTuneSpec, subtask: 
         raise ResolveError(f"sub-task {subtask.name}: deepspeed.offloadOptimizer needs zeroStage >= 1")
     cluster = spec.cluster
     gpus = cluster.gpusPerWorker
+    training = _merge("training", spec, subtask)
+    if training.fusedKernels and gpus <= 0:
+        raise ResolveError(f"sub-task {subtask.name}: training.fusedKernels needs GPUs (spec.cluster.gpusPerWorker > 0): "
+                           "its kernels run on GPUs only")
     return TrainJobSpec(
         taskFineTune=name,
         namespace=namespace,
@@ -52,7 +56,7 @@ def resolve_subtask(name: str, namespace: str, spec: TaskFineTuneSpec, subtask: 
         baseModel=BaseModelRef.model_validate(spec.baseModel.model_dump()),
         dataset=DatasetRef.model_validate(subtask.dataset.model_dump()),
         lora=_merge("lora", spec, subtask),
-        training=_merge("training", spec, subtask),
+        training=training,
         deepspeed=deepspeed,
         evaluation=_merge("evaluation", spec, subtask),
         dataContract=_merge("dataContract", spec, subtask),

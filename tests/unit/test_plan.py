@@ -275,6 +275,13 @@ def test_invalid_spec_is_reported_not_launched() -> None:
     assert p.status.subtasks[0].failureClass == "InvalidSpec"
     assert "offloadOptimizer needs zeroStage >= 1" in p.status.subtasks[0].message
 
+    fused_on_cpu = tft(subtasks=1)
+    fused_on_cpu["spec"]["cluster"] = {**fused_on_cpu["spec"].get("cluster", {}), "gpusPerWorker": 0}
+    fused_on_cpu["spec"]["subtasks"][0]["training"] = {"fusedKernels": True}
+    p_fused = plan(fused_on_cpu, [], {}, NOW, CONFIG)
+    assert launches(p_fused) == [] and p_fused.status.subtasks[0].failureClass == "InvalidSpec"
+    assert "training.fusedKernels needs GPUs (spec.cluster.gpusPerWorker > 0)" in p_fused.status.subtasks[0].message
+
     broken = tft(subtasks=1)
     broken["spec"]["maxParallelSubtasks"] = 0
     p2 = plan(broken, [], {}, NOW, CONFIG)

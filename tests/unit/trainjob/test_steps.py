@@ -273,3 +273,68 @@ def test_one_evaluation_pass_answers_every_record_of_the_shard(tiny_model_dir: P
     assert row["loss_tokens"] == sum(encoded[i].answer_tokens for i in (0, 2, 4))
     assert row["loss_sum"] > 0
     shutil.rmtree(folder)
+
+
+# --- training.fusedKernels: Liger-Kernel patched into the model (the kernels need a GPU) -----
+
+
+@pytest.fixture
+def qwen2_module_restored() -> Any:
+    """Liger also swaps the modeling module's norm and MLP classes and its rotary function;
+    later CPU tests must get the originals back."""
+    from transformers.models.qwen2 import modeling_qwen2
+
+    saved = dict(vars(modeling_qwen2))
+    forward = modeling_qwen2.Qwen2ForCausalLM.forward
+    yield
+    for name, value in saved.items():
+        setattr(modeling_qwen2, name, value)
+    modeling_qwen2.Qwen2ForCausalLM.forward = forward
+
+
+def test_fused_kernels_are_patched_into_the_instance_under_lora(tiny_model_dir: Path, qwen2_module_restored: Any) -> None:
+    import torch
+    from liger_kernel.transformers.rms_norm import LigerRMSNorm
+    from liger_kernel.transformers.swiglu import LigerSwiGLUMLP
+
+    from anytasktune_trainjob.training import build_lora_model
+
+    spec = _spec(training={"maxSeqLength": 64, "fusedKernels": True}, scaling={"useGpu": True},
+                 lora={"r": 4, "alpha": 8, "targetModules": ["q_proj", "gate_proj", "up_proj"]})
+    lora = build_lora_model(spec, str(tiny_model_dir), torch.float32)
+    causal_lm = lora.model.base_model.model
+    layer = causal_lm.model.layers[0]
+    assert layer.mlp.forward.__func__ is LigerSwiGLUMLP.forward
+    assert layer.input_layernorm.forward.__func__ is LigerRMSNorm.forward
+    assert causal_lm.model.norm.forward.__func__ is LigerRMSNorm.forward
+    assert causal_lm.forward.__func__.__module__.startswith("liger_kernel")  # the fused linear cross-entropy
+    # LoRA wraps the projections the fused MLP calls, and only LoRA trains
+    assert hasattr(layer.mlp.gate_proj, "lora_A") and hasattr(layer.mlp.up_proj, "lora_A")
+    assert all("lora_" in n for n, p in lora.model.named_parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("use_gpu, hide_liger, message", [
+    (False, False, "training.fusedKernels needs GPUs (spec.cluster.gpusPerWorker > 0)"),
+    (True, True, "training.fusedKernels needs liger-kernel in the trainjob image"),
+])
+def test_fused_kernels_refuse_what_cannot_run_them(use_gpu: bool, hide_liger: bool, message: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from anytasktune_contract.failures import InvalidSpecError
+    from anytasktune_trainjob.training import apply_fused_kernels
+
+    if hide_liger:
+        monkeypatch.setitem(sys.modules, "liger_kernel.transformers.monkey_patch", None)  # import fails
+    with pytest.raises(InvalidSpecError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        apply_fused_kernels(object(), use_gpu=use_gpu)
+
+
+def test_fused_kernels_name_the_unsupported_model_type() -> None:
+    from types import SimpleNamespace
+
+    from anytasktune_contract.failures import InvalidSpecError
+    from anytasktune_trainjob.training import apply_fused_kernels
+
+    with pytest.raises(InvalidSpecError, match="no kernels for model type 'gpt2'; it supports .*llama"):
+        apply_fused_kernels(SimpleNamespace(config=SimpleNamespace(model_type="gpt2")), use_gpu=True)
