@@ -225,7 +225,7 @@ def test_trainjob_image_runs_as_the_uid_the_renderer_sets() -> None:
     assert [a for i, a in steps if i == "USER"][-1].split(":")[0] == str(RAY_UID)  # the user it runs as
     runs = " ".join(a for i, a in steps if i == "RUN")
     copies = " ".join(a for i, a in steps if i == "COPY")
-    assert "/tmp/anytasktune/contract /tmp/anytasktune/trainjob" in runs and "operator" not in copies
+    assert "/tmp/anytasktune/contract \"/tmp/anytasktune/trainjob" in runs and "operator" not in copies
     ray_version = next(d for d in extra("", "anytasktune-trainjob") if d.startswith("ray[")).split("==")[1].split(";")[0].strip()
     assert build_args(steps)["RAY_IMAGE"].split(":")[1].startswith(ray_version + "-")
     module = OperatorConfig().trainjob_module
