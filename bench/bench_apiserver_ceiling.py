@@ -9,7 +9,9 @@ collector deleting them). Then the 10,000 RayJobs, exactly as `render.render_ray
 them for the bench's TaskFineTune (one POST each, JSON serialised before the clock starts),
 from a client that spends almost no CPU: raw HTTP/1.1 on keep-alive connections, at each
 `--concurrency`. Printed per concurrency: RayJobs/s, seconds for all, the API server's and
-etcd's CPU seconds per 1,000 RayJobs (from /proc), and the request latency p50/p99.
+etcd's CPU seconds per 1,000 RayJobs (from /proc), and the request latency p50/p99. Then
+the KubeRay stand-in's four status writes per RayJob, 8 threads, as bench_operator_scale drives
+them: their rate and latency with no operator.
 
     .venv/bin/python bench/bench_apiserver_ceiling.py --n 1000 --concurrency 8,32
 
@@ -35,7 +37,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_operator_scale import SUBTASKS, delete_namespace_and_wait, kube_clients, percentile, taskfinetune  # noqa: E402
+from bench_operator_scale import (  # noqa: E402
+    STATUS_SEQUENCE,
+    SUBTASKS,
+    delete_namespace_and_wait,
+    kube_clients,
+    percentile,
+    taskfinetune,
+)
 
 from tests.kube.controlplane import ControlPlane  # noqa: E402
 
@@ -63,12 +72,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def post_all(cp: ControlPlane, path: str, bodies: list[bytes], concurrency: int) -> list[float]:
-    """POST every body (each thread on its own keep-alive connection); each request's seconds."""
+def post_all(cp: ControlPlane, path: str, bodies: list[bytes], concurrency: int, method: str = "POST",
+             paths: list[str] | None = None) -> list[float]:
+    """Send every body (each thread on its own keep-alive connection; to paths[i] if given);
+    each request's seconds."""
     host, port = cp.server.removeprefix("https://").rsplit(":", 1)
     context = ssl.create_default_context(cafile=str(cp.ca_file))
     headers = {"Authorization": f"Bearer {cp.admin_token}", "Content-Type": "application/json",
                "User-Agent": "anytasktune-bench-ceiling"}
+    if method == "PATCH":
+        headers["Content-Type"] = "application/merge-patch+json"
+    expected = 201 if method == "POST" else 200
     latencies: list[float] = []
     lock = threading.Lock()
     next_index = iter(range(len(bodies)))
@@ -83,11 +97,11 @@ def post_all(cp: ControlPlane, path: str, bodies: list[bytes], concurrency: int)
             if i is None:
                 break
             t = time.monotonic()
-            conn.request("POST", path, body=bodies[i], headers=headers)
+            conn.request(method, paths[i] if paths else path, body=bodies[i], headers=headers)
             response = conn.getresponse()
             payload = response.read()
             mine.append(time.monotonic() - t)
-            if response.status != 201:
+            if response.status != expected:
                 errors.append(f"{response.status} {payload[:300]!r}")
                 break
         conn.close()
@@ -119,12 +133,25 @@ def run(cp: ControlPlane, n: int, concurrency: int) -> dict[str, Any]:
     latencies = post_all(cp, f"/apis/ray.io/v1/namespaces/{namespace}/rayjobs", bodies, concurrency)
     seconds = time.monotonic() - t0
     cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+    # The KubeRay stand-in's four status writes per RayJob, as bench_operator_scale drives them
+    # (8 threads), with no operator: the latency a single write has under that flood alone.
+    job_names = [json.loads(b)["metadata"]["name"] for b in bodies]
+    paths = [f"/apis/ray.io/v1/namespaces/{namespace}/rayjobs/{job}/status" for job in job_names]
+    status_latencies: list[float] = []
+    t1 = time.monotonic()
+    for fields in STATUS_SEQUENCE:
+        patch = json.dumps({"status": fields}).encode()
+        status_latencies += post_all(cp, "", [patch] * len(paths), 8, method="PATCH", paths=paths)
+    status_seconds = time.monotonic() - t1
     delete_namespace_and_wait(core, namespace)
     return {"concurrency": concurrency, "rayjobs": len(bodies), "seconds": seconds, "per_s": len(bodies) / seconds,
             "apiserver_cpu_per_1000": 1000 * cpu["kube-apiserver"] / len(bodies),
             "etcd_cpu_per_1000": 1000 * cpu["etcd"] / len(bodies),
             "p50_ms": 1000 * statistics.median(latencies), "p99_ms": 1000 * percentile(latencies, 0.99),
-            "rayjob_bytes": statistics.median(len(b) for b in bodies)}
+            "rayjob_bytes": statistics.median(len(b) for b in bodies),
+            "status_writes": len(status_latencies), "status_per_s": len(status_latencies) / status_seconds,
+            "status_p50_ms": 1000 * statistics.median(status_latencies),
+            "status_p99_ms": 1000 * percentile(status_latencies, 0.99)}
 
 
 def main() -> None:
@@ -144,11 +171,12 @@ def main() -> None:
     print(f"\n{args.n} TaskFineTunes x {SUBTASKS}: RayJobs of {rows[0]['rayjob_bytes']:,} bytes of JSON, "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}\n")
     print("| concurrency | RayJobs | all created | RayJobs/s | API server CPU s / 1,000 | etcd CPU s / 1,000 "
-          "| POST p50 / p99 |")
-    print("|---|---|---|---|---|---|---|")
+          "| POST p50 / p99 | then status writes (8 threads): per s, p50 / p99 |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['concurrency']} | {r['rayjobs']:,} | {r['seconds']:.1f} s | {r['per_s']:.0f} "
-              f"| {r['apiserver_cpu_per_1000']:.1f} | {r['etcd_cpu_per_1000']:.1f} | {r['p50_ms']:.0f} / {r['p99_ms']:.0f} ms |")
+              f"| {r['apiserver_cpu_per_1000']:.1f} | {r['etcd_cpu_per_1000']:.1f} | {r['p50_ms']:.0f} / {r['p99_ms']:.0f} ms "
+              f"| {r['status_per_s']:.0f}, {r['status_p50_ms']:.0f} / {r['status_p99_ms']:.0f} ms |")
 
 
 if __name__ == "__main__":

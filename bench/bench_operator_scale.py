@@ -54,6 +54,12 @@ from tests.kube.controlplane import ControlPlane  # noqa: E402
 
 SUBTASKS = 10
 DRIVER_AGENT = "anytasktune-bench-driver"
+STATUS_SEQUENCE = [  # the status writes of KubeRay v1.4 for a RayJob that succeeds, in order
+    {"jobDeploymentStatus": "Initializing"},
+    {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING", "startTime": "2026-11-25T10:00:00Z"},
+    {"jobStatus": "SUCCEEDED"},  # KubeRay: jobStatus first, seconds before the rest
+    {"jobDeploymentStatus": "Complete", "endTime": "2026-11-25T10:30:00Z"},
+]
 AUDIT_POLICY = {"apiVersion": "audit.k8s.io/v1", "kind": "Policy", "rules": [{"level": "Metadata"}]}
 
 
@@ -243,11 +249,12 @@ def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path,
         def status(**fields: Any) -> Callable[[str], None]:
             return lambda job: custom.patch_namespaced_custom_object_status("ray.io", "v1", namespace, "rayjobs", job, {"status": fields})
 
-        drive(pool, status(jobDeploymentStatus="Initializing"), jobs)
-        running_at = drive(pool, status(jobDeploymentStatus="Running", jobStatus="RUNNING", startTime="2026-11-25T10:00:00Z"), jobs)
+        initializing, running_status, job_succeeded, complete = STATUS_SEQUENCE
+        drive(pool, status(**initializing), jobs)
+        running_at = drive(pool, status(**running_status), jobs)
         recorder.wait([(t, f"s{i}", "Running") for t in names for i in range(SUBTASKS)], 120 + n)
-        drive(pool, status(jobStatus="SUCCEEDED"), jobs)  # KubeRay: jobStatus first, seconds before the rest
-        done_at = drive(pool, status(jobDeploymentStatus="Complete", endTime="2026-11-25T10:30:00Z"), jobs)
+        drive(pool, status(**job_succeeded), jobs)
+        done_at = drive(pool, status(**complete), jobs)
         recorder.wait([(t, f"s{i}", "Succeeded") for t in names for i in range(SUBTASKS)], 120 + n)
         time.sleep(2)
         sample = custom.get_namespaced_custom_object("anytasktune.io", "v1alpha1", namespace, "taskfinetunes", names[0])
