@@ -67,10 +67,10 @@ def apply_fused_kernels(model: Any, *, use_gpu: bool) -> None:
     """training.fusedKernels: Liger-Kernel's Triton kernels in place of the base model's RMSNorm,
     SwiGLU MLP and rotary embedding, and a cross-entropy fused with the output projection
     (the logits are never materialised: 2 GiB less at 8B, batch 4). Patched into this instance
-    before LoRA wraps its projections (the fused MLP calls the wrapped ones). The rotary embedding
-    is patched module-wide: a later model of the same type in this process (the evaluation's)
-    uses it too.
-    Measured in bench/RESULTS.md ("GPU shapes")."""
+    before LoRA wraps its projections (the fused MLP calls the wrapped ones). Liger also swaps the
+    modeling module's norm and MLP classes and its rotary function, so a later model of the same
+    type in this process (the evaluation's) runs them too, without the fused loss (its forward
+    is patched on this instance only). Measured in bench/RESULTS.md ("GPU shapes")."""
     if not use_gpu:
         raise InvalidSpecError("training.fusedKernels needs GPUs (spec.cluster.gpusPerWorker > 0): "
                                "its kernels run on GPUs only")
