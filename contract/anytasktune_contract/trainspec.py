@@ -123,6 +123,9 @@ class TrainingConfig(Strict):
     logEverySteps: int = Field(10, ge=1, le=100_000)
 
 
+FUSED_KERNELS_NEED_GPUS = "training.fusedKernels needs GPUs (spec.cluster.gpusPerWorker > 0): its kernels run on GPUs only"
+
+
 class DeepSpeedConfig(Strict):
     """DeepSpeed ZeRO settings (config generated per run)."""
 

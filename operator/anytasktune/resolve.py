@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from anytasktune.spec import OVERRIDABLE_MODELS, Subtask, TaskFineTuneSpec
 from anytasktune.validation import describe
-from anytasktune_contract.trainspec import BaseModelRef, DatasetRef, Scaling, StorageTarget, TrainJobSpec
+from anytasktune_contract.trainspec import FUSED_KERNELS_NEED_GPUS, BaseModelRef, DatasetRef, Scaling, StorageTarget, TrainJobSpec
 
 _SUFFIX = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
            "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
@@ -44,8 +44,7 @@ def resolve_subtask(name: str, namespace: str, spec: TaskFineTuneSpec, subtask: 
     gpus = cluster.gpusPerWorker
     training = _merge("training", spec, subtask)
     if training.fusedKernels and gpus <= 0:
-        raise ResolveError(f"sub-task {subtask.name}: training.fusedKernels needs GPUs (spec.cluster.gpusPerWorker > 0): "
-                           "its kernels run on GPUs only")
+        raise ResolveError(f"sub-task {subtask.name}: {FUSED_KERNELS_NEED_GPUS}")
     return TrainJobSpec(
         taskFineTune=name,
         namespace=namespace,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from anytasktune_contract.failures import InvalidSpecError
-from anytasktune_contract.trainspec import TrainJobSpec
+from anytasktune_contract.trainspec import FUSED_KERNELS_NEED_GPUS, TrainJobSpec
 
 from . import encoding
 from .checkpoints import CheckpointFolder, dir_name
@@ -72,8 +72,7 @@ def apply_fused_kernels(model: Any, *, use_gpu: bool) -> None:
     type in this process (the evaluation's) runs them too, without the fused loss (its forward
     is patched on this instance only). Measured in bench/RESULTS.md ("GPU shapes")."""
     if not use_gpu:
-        raise InvalidSpecError("training.fusedKernels needs GPUs (spec.cluster.gpusPerWorker > 0): "
-                               "its kernels run on GPUs only")
+        raise InvalidSpecError(FUSED_KERNELS_NEED_GPUS)
     try:
         from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN, _apply_liger_kernel_to_instance
     except ImportError as err:

@@ -280,16 +280,11 @@ def test_one_evaluation_pass_answers_every_record_of_the_shard(tiny_model_dir: P
 
 @pytest.fixture
 def qwen2_module_restored() -> Any:
-    """Liger also swaps the modeling module's norm and MLP classes and its rotary function;
-    later CPU tests must get the originals back."""
-    from transformers.models.qwen2 import modeling_qwen2
+    """Later CPU tests must get the plain Qwen2 classes back."""
+    import tinymodel
 
-    saved = dict(vars(modeling_qwen2))
-    forward = modeling_qwen2.Qwen2ForCausalLM.forward
-    yield
-    for name, value in saved.items():
-        setattr(modeling_qwen2, name, value)
-    modeling_qwen2.Qwen2ForCausalLM.forward = forward
+    with tinymodel.liger_patches_undone():
+        yield
 
 
 def test_fused_kernels_are_patched_into_the_instance_under_lora(tiny_model_dir: Path, qwen2_module_restored: Any) -> None:
