@@ -35,7 +35,7 @@ from anytasktune.config import OperatorConfig
 from anytasktune.executor import ManifestReads, reconcile
 from anytasktune.informer import Bodies, ChildCache
 from anytasktune.kube import KubeClient, KubeExecutor
-from anytasktune.spec import ClusterMode, TaskFineTune
+from anytasktune.spec import ClusterMode, StorageSpec
 from anytasktune_contract.backoff import Backoff
 from anytasktune_contract.storage import ObjectStore, StorageSettings
 
@@ -280,7 +280,7 @@ class Controller:
         if not reads.begin(uri):
             return
         namespace, name = tft["metadata"]["namespace"], tft["metadata"]["name"]
-        settings = StorageSettings.from_spec(TaskFineTune.model_validate({"metadata": tft["metadata"], "spec": tft["spec"]}).spec.storage)
+        settings = StorageSettings.from_spec(StorageSpec.model_validate(tft["spec"]["storage"]))  # the pass validated the whole spec
         store = self._store(settings)
 
         def read() -> None:

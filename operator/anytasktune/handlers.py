@@ -38,9 +38,27 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # Exact namespaces only, and the CRDs exist before we start: no cluster-wide
     # namespace/CRD scanning (a namespaced Role forbids it, and kopf would retry ~1 min).
     settings.scanning.disabled = True
+    settings.persistence.diffbase_storage = NoChangeDetection()
     metrics.start_server(config.metrics_port)
     memo.controller = Controller(config)
     await memo.controller.start()
+
+
+class NoChangeDetection(kopf.DiffBaseStorage):
+    """kopf's change detection, for an operator without change handlers. kopf builds each
+    event's "essence" for it all the same: a deep copy of the whole body (16.5 kB with a
+    10-sub-task status), 3.5% of the operator's CPU at 300 TaskFineTunes. Here it is empty,
+    and nothing is stored. Only right while the handlers are watch-event handlers alone
+    (tests/unit/test_handlers.py checks that)."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
 
 
 @kopf.on.cleanup()

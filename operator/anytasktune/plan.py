@@ -36,7 +36,7 @@ from anytasktune.attempt import AttemptState, ObservedJob, failure_class, format
 from anytasktune.config import OperatorConfig
 from anytasktune.records import apply_record
 from anytasktune.render import child_name, render_rayjob
-from anytasktune.resolve import ResolveError, resolve_subtask
+from anytasktune.resolve import Resolutions, Resolved, resolve_subtask
 from anytasktune.sharedcluster import shared_cluster, shared_compare_secret
 from anytasktune.spec import ClusterMode, SubtaskPhase, SubtaskStatus, TaskFineTune, TaskFineTuneSpec, TaskFineTuneStatus
 from anytasktune.summary import Event, invalid_status, outcome_message, summarize, transition_events
@@ -45,6 +45,7 @@ from anytasktune_contract.failures import FailureClass, explanation, same_error
 from anytasktune_contract.trainspec import TrainJobSpec
 
 MANIFEST_NAME = "manifest.json"
+RESOLUTIONS = Resolutions()  # the operator's passes, one process: specs rarely change between them
 
 # --- one pass ------------------------------------------------------------------
 
@@ -60,10 +61,16 @@ class Pool:
     config: OperatorConfig
     now: datetime
     cluster: ObservedCluster | None = None  # the shared RayCluster
+    resolved: Mapping[str, Resolved] = field(default_factory=dict)  # by sub-task name
 
     @property
     def spec(self) -> TaskFineTuneSpec:
         return self.tft.spec
+
+    def train(self, subtask: str) -> TrainJobSpec:
+        """The sub-task's TrainJobSpec, built when a pass needs all of it (to launch, or to
+        take in a run's record); `resolved` says it resolves."""
+        return resolve_subtask(self.name, self.namespace, self.spec, next(s for s in self.spec.subtasks if s.name == subtask))
 
     @property
     def shared(self) -> bool:
@@ -81,7 +88,7 @@ class Decision:
     """One sub-task's status this pass and what it asks of the pool."""
 
     status: SubtaskStatus
-    train: TrainJobSpec | None = None
+    resolved: Resolved | None = None  # None: the sub-task does not resolve
     wants_launch: bool = False
     retry_of: str | None = None
     predecessor: ObservedJob | None = None  # the failed attempt whose cluster must go before a retry
@@ -107,7 +114,8 @@ def plan(
     except ValidationError as err:
         status, events = invalid_status(old, generation, describe(err), now)
         return Plan(status=status, events=events)
-    pool = Pool(meta["name"], meta.get("namespace", "default"), meta.get("uid", ""), tft, config, now, cluster)
+    name, namespace = meta["name"], meta.get("namespace", "default")
+    pool = Pool(name, namespace, meta.get("uid", ""), tft, config, now, cluster, RESOLUTIONS.get(name, namespace, obj.get("spec", {}), tft.spec))
     out = Plan()
 
     by_subtask: dict[str, list[ObservedJob]] = {}
@@ -138,14 +146,12 @@ def plan(
 
 
 def decide(pool: Pool, subtask: str, jobs: list[ObservedJob], prev: SubtaskStatus | None, manifests: Mapping[str, ManifestRead]) -> Decision:
-    spec_subtask = next(s for s in pool.spec.subtasks if s.name == subtask)
-    try:
-        train = resolve_subtask(pool.name, pool.namespace, pool.spec, spec_subtask)
-    except ResolveError as err:
+    resolved = pool.resolved[subtask]
+    if resolved.error:
         return Decision(SubtaskStatus(name=subtask, phase=SubtaskPhase.Failed, reason="InvalidSpec",
-                                      failureClass=FailureClass.InvalidSpec.value, message=str(err)))
-    spec_id = train.spec_id()  # RayJobs carry it as the run-id label; the run id is settled by the trainjob
-    d = Decision(SubtaskStatus(name=subtask, specId=spec_id), train, next_attempt=max((j.attempt for j in jobs), default=0) + 1)
+                                      failureClass=FailureClass.InvalidSpec.value, message=resolved.error))
+    spec_id = resolved.spec_id  # RayJobs carry it as the run-id label; the run id is settled by the trainjob
+    d = Decision(SubtaskStatus(name=subtask, specId=spec_id), resolved, next_attempt=max((j.attempt for j in jobs), default=0) + 1)
     for stale in (j for j in jobs if j.run_id != spec_id and not j.state.is_terminal and not j.deleting):
         d.actions.append(DeleteJob(stale.name, "Superseded"))
         d.events.append(Event("Normal", "Superseded", f"sub-task {subtask}: spec changed, stopping RayJob {stale.name}"))
@@ -167,7 +173,7 @@ def decide(pool: Pool, subtask: str, jobs: list[ObservedJob], prev: SubtaskStatu
     latest = next((j for j in reversed(current) if not j.deleting), None)
 
     if done is not None:
-        _succeeded(pool, d, done, train, manifests, prev if same_run else None)
+        _succeeded(pool, d, done, resolved, manifests, prev if same_run else None)
     elif latest is not None and not latest.state.is_terminal:
         _in_progress(pool, d, latest, failures)
     elif latest is not None:
@@ -179,22 +185,22 @@ def decide(pool: Pool, subtask: str, jobs: list[ObservedJob], prev: SubtaskStatu
     return d
 
 
-def _succeeded(pool: Pool, d: Decision, done: ObservedJob, train: TrainJobSpec, manifests: Mapping[str, ManifestRead],
+def _succeeded(pool: Pool, d: Decision, done: ObservedJob, resolved: Resolved, manifests: Mapping[str, ManifestRead],
                prev: SubtaskStatus | None) -> None:
     st = d.status
     st.phase, st.reason, st.completionTime = SubtaskPhase.Succeeded, "Succeeded", done.end_time
     st.failureClass = None
     if st.metrics is None:
-        uri = train.spec_prefix() + MANIFEST_NAME
+        uri = resolved.spec_prefix + MANIFEST_NAME
         if not pool.config.storage_read_policy.allows(pool.namespace, pool.spec.storage.endpoint, uri):
             st.reason = "EvaluationNotAllowed"
-            st.message = (f"adapter published under {train.outputPrefix}/runs/; its record and evaluation not read: "
+            st.message = (f"adapter published under {resolved.output_prefix}/runs/; its record and evaluation not read: "
                           f"the operator's storage read policy does not allow "
                           f"namespace {pool.namespace} to read {uri} from {pool.spec.storage.endpoint or 'the default endpoint'}")
             return
         read = manifests.get(uri, ManifestRead())
         if read.manifest is not None:
-            apply_record(st, read.manifest, train)
+            apply_record(st, read.manifest, pool.train(st.name))
         elif not read.in_flight and (read.next_try is None or pool.now >= read.next_try):
             d.actions.append(ReadManifest(st.name, uri))
         elif read.next_try is not None:
@@ -290,7 +296,7 @@ def allocate(pool: Pool, decisions: list[Decision], observed: list[ObservedJob],
     releasable = [j for j in observed if j.state.is_terminal and j.cluster_alive]
     released = {a.job for d in decisions for a in d.actions if isinstance(a, ReleaseCluster)}
     for d in decisions:
-        if not d.wants_launch or d.train is None:
+        if not d.wants_launch or d.resolved is None:
             continue
         st = d.status
         if pool.spec.suspend:
@@ -323,8 +329,7 @@ def _release(out: Plan, job: str, reason: str, released: set[str]) -> None:
 
 
 def _launch(pool: Pool, d: Decision, out: Plan) -> None:
-    assert d.train is not None
-    st, train = d.status, d.train
+    st, train = d.status, pool.train(d.status.name)
     n = d.next_attempt
     name = child_name(pool.name, st.name, n)
     rayjob = render_rayjob(pool.name, pool.namespace, pool.uid, pool.spec, train, n, pool.config)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from anytasktune.actions import CreateCluster, DeleteCluster, Plan
 from anytasktune.attempt import ObservedJob
-from anytasktune.render import compare_secret, render_shared_cluster, shared_cluster_name
+from anytasktune.render import render_shared_cluster, shared_cluster_name
 from anytasktune.spec import SubtaskPhase
 from anytasktune.summary import Event
 from anytasktune_contract.failures import FailureClass
@@ -25,7 +25,7 @@ def shared_compare_secret(pool: Pool, decisions: list[Decision]) -> SecretKeyRef
         return None
     secret: SecretKeyRef | None = None
     for d in decisions:
-        own = compare_secret(d.train) if d.train is not None else None
+        own = d.resolved.compare_secret if d.resolved is not None else None
         if own is None:
             continue
         if secret is None:

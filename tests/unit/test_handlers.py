@@ -29,3 +29,21 @@ def body(generation: int, observed: int | None, deleting: bool = False) -> dict[
 )
 def test_own_status_write(type_: str | None, obj: dict[str, Any], skip: bool) -> None:
     assert own_status_write(type_, obj) is skip  # type: ignore[arg-type]
+
+
+def test_kopf_has_no_change_handlers_so_its_change_detection_may_be_off() -> None:
+    """handlers.NoChangeDetection empties kopf's diff base: right only while no handler
+    reacts to changes (on.create/update/delete/resume/field) or spawns daemons and timers."""
+    import kopf
+
+    from anytasktune import handlers
+    from anytasktune.spec import GROUP, PLURAL, VERSION
+
+    registry = kopf.get_default_registry()
+    resource = kopf.Resource(GROUP, VERSION, PLURAL)
+    assert registry._watching.has_handlers(resource=resource)
+    assert not registry._changing.has_handlers(resource=resource)
+    assert not registry._spawning.has_handlers(resource=resource)
+    storage = handlers.NoChangeDetection()
+    assert storage.build(body=kopf.Body({"metadata": {"name": "t"}, "spec": {"a": 1}})) == {}
+    assert storage.fetch(body=kopf.Body({})) is None

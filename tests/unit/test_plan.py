@@ -358,3 +358,44 @@ def test_a_pool_launched_in_one_pass_is_announced_by_one_event() -> None:
     assert [e.reason for e in p.events] == ["Launched"] * 3
     assert [e.reason for e in coalesce(p.events)] == ["Launched"]
     assert all(f"sub-task task{i}:" in coalesce(p.events)[0].message for i in range(3))
+
+
+# --- the memo of resolved sub-tasks (resolve.Resolutions) -------------------------------
+
+
+def test_resolutions_are_memoized_by_content_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from anytasktune import resolve
+
+    calls: list[str] = []
+    real = resolve.resolve_pool
+    monkeypatch.setattr(resolve, "resolve_pool", lambda name, namespace, spec: calls.append(name) or real(name, namespace, spec))
+    memo = resolve.Resolutions(size=2)
+
+    def get(obj: dict[str, Any], name: str = "legal", namespace: str = "ns") -> dict[str, resolve.Resolved]:
+        return memo.get(name, namespace, obj["spec"], TaskFineTune.model_validate(obj).spec)
+
+    base = tft()
+    first = get(base)
+    assert first["task1"].spec_id == run_id(base, "task1")
+    assert first["task1"].spec_prefix == f"s3://adapters/out/legal/task1/{run_id(base, 'task1')}/"
+    assert get(copy.deepcopy(base)) is first and len(calls) == 1  # the same content: no second resolve
+    reordered = {"metadata": base["metadata"], "spec": dict(reversed(list(base["spec"].items())))}
+    assert get(reordered) is first  # key order is not content
+    changed = copy.deepcopy(base)
+    changed["spec"]["subtasks"][1]["instruction"] = "Do it differently."
+    assert get(changed)["task1"].spec_id != first["task1"].spec_id and len(calls) == 2
+    assert get(base, name="other")["task1"].spec_id != first["task1"].spec_id  # the name is resolved into the spec
+    assert len(memo) == 2 and len(calls) == 3  # bounded: the oldest (base) went first
+    get(base)
+    assert len(calls) == 4
+
+
+def test_a_subtask_that_does_not_resolve_is_remembered_with_its_error() -> None:
+    from anytasktune.resolve import Resolutions
+
+    obj = tft(subtasks=2)
+    obj["spec"]["subtasks"][1]["deepspeed"] = {"zeroStage": 0, "offloadOptimizer": True}
+    resolved = Resolutions().get("legal", "ns", obj["spec"], TaskFineTune.model_validate(obj).spec)
+    assert resolved["task0"].error == "" and resolved["task0"].spec_id
+    assert resolved["task1"].error == "sub-task task1: deepspeed.offloadOptimizer needs zeroStage >= 1"
+    assert resolved["task1"].spec_id == ""
