@@ -1,10 +1,13 @@
 """How a reconcile pass scales with the pool: plan() for 1..64 sub-tasks, each with a
-history of attempts, as ratios against the 1-sub-task pool measured in the same run.
+history of attempts, as ratios against the 1-sub-task pool measured in the same run; and
+each pass twice: over a spec seen before (the operator's usual pass: `resolve.Resolutions`
+has it) and over a new one (validated, resolved and hashed again).
 
     python bench/bench_plan.py [--rounds 5]
 
 Pure CPU work (resolve, hash, render, status); the API calls of a pass are not included.
-Rounds are interleaved so machine noise hits every size alike; the median is reported.
+Rounds are interleaved so machine noise hits every size and variant alike; the median is
+reported.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from typing import Any
 
 from anytasktune.attempt import ObservedJob, format_time
 from anytasktune.config import OperatorConfig
+from anytasktune import plan as planner
 from anytasktune.plan import plan
-from anytasktune.resolve import resolve_subtask
+from anytasktune.resolve import Resolutions, resolve_subtask
 from anytasktune.spec import TaskFineTune
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
@@ -53,20 +57,24 @@ def main() -> None:
     args = parser.parse_args()
     config = OperatorConfig()
     inputs = {n: pool(n) for n in SIZES}
-    samples: dict[int, list[float]] = {n: [] for n in SIZES}
+    samples: dict[tuple[int, bool], list[float]] = {(n, new): [] for n in SIZES for new in (False, True)}
     for _ in range(args.rounds):
         for n in SIZES:
             obj, jobs = inputs[n]
             reps = max(1, 64 // n)
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                plan(obj, jobs, {}, NOW, config)
-            samples[n].append((time.perf_counter() - t0) / reps)
-    base = statistics.median(samples[1])
-    print(f"{'sub-tasks':>9}  {'observed RayJobs':>16}  {'ms / pass':>9}  {'vs 1 sub-task':>13}  {'per sub-task':>12}")
+            for new_spec in (False, True):
+                plan(obj, jobs, {}, NOW, config)  # the memo has it
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    if new_spec:
+                        planner.RESOLUTIONS = Resolutions()
+                    plan(obj, jobs, {}, NOW, config)
+                samples[(n, new_spec)].append((time.perf_counter() - t0) / reps)
+    base = statistics.median(samples[(1, False)])
+    print(f"{'sub-tasks':>9}  {'observed RayJobs':>16}  {'ms / pass':>9}  {'vs 1 sub-task':>13}  {'per sub-task':>12}  {'new spec ms':>11}  {'new / seen':>10}")
     for n in SIZES:
-        med = statistics.median(samples[n])
-        print(f"{n:>9}  {3 * n:>16}  {med * 1e3:>9.2f}  {med / base:>12.1f}x  {med / base / n:>11.2f}x")
+        med, new = statistics.median(samples[(n, False)]), statistics.median(samples[(n, True)])
+        print(f"{n:>9}  {3 * n:>16}  {med * 1e3:>9.2f}  {med / base:>12.1f}x  {med / base / n:>11.2f}x  {new * 1e3:>11.2f}  {new / med:>9.1f}x")
 
 
 if __name__ == "__main__":

@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import ValidationError
-
 from anytasktune.actions import (
     Action,
     DeleteJob,
@@ -38,9 +36,8 @@ from anytasktune.records import apply_record
 from anytasktune.render import child_name, render_rayjob
 from anytasktune.resolve import Resolutions, Resolved, resolve_subtask
 from anytasktune.sharedcluster import shared_cluster, shared_compare_secret
-from anytasktune.spec import ClusterMode, SubtaskPhase, SubtaskStatus, TaskFineTune, TaskFineTuneSpec, TaskFineTuneStatus
+from anytasktune.spec import ClusterMode, SubtaskPhase, SubtaskStatus, TaskFineTuneSpec, TaskFineTuneStatus
 from anytasktune.summary import Event, invalid_status, outcome_message, summarize, transition_events
-from anytasktune.validation import describe
 from anytasktune_contract.failures import FailureClass, explanation, same_error
 from anytasktune_contract.trainspec import TrainJobSpec
 
@@ -57,15 +54,11 @@ class Pool:
     name: str
     namespace: str
     uid: str
-    tft: TaskFineTune
+    spec: TaskFineTuneSpec  # validated; shared with other passes (`resolve.Resolutions`): read only
     config: OperatorConfig
     now: datetime
     cluster: ObservedCluster | None = None  # the shared RayCluster
     resolved: Mapping[str, Resolved] = field(default_factory=dict)  # by sub-task name
-
-    @property
-    def spec(self) -> TaskFineTuneSpec:
-        return self.tft.spec
 
     def train(self, subtask: str) -> TrainJobSpec:
         """The sub-task's TrainJobSpec, built when a pass needs all of it (to launch, or to
@@ -109,13 +102,12 @@ def plan(
     meta = obj.get("metadata", {})
     generation = int(meta.get("generation", 0) or 0)
     old = TaskFineTuneStatus.model_validate(obj.get("status") or {})
-    try:
-        tft = TaskFineTune.model_validate({"metadata": dict(meta), "spec": obj.get("spec", {})})
-    except ValidationError as err:
-        status, events = invalid_status(old, generation, describe(err), now)
-        return Plan(status=status, events=events)
     name, namespace = meta["name"], meta.get("namespace", "default")
-    pool = Pool(name, namespace, meta.get("uid", ""), tft, config, now, cluster, RESOLUTIONS.get(name, namespace, obj.get("spec", {}), tft.spec))
+    resolved = RESOLUTIONS.get(name, namespace, obj.get("spec", {}))
+    if resolved.spec is None:
+        status, events = invalid_status(old, generation, resolved.invalid, now)
+        return Plan(status=status, events=events)
+    pool = Pool(name, namespace, meta.get("uid", ""), resolved.spec, config, now, cluster, resolved.subtasks)
     out = Plan()
 
     by_subtask: dict[str, list[ObservedJob]] = {}

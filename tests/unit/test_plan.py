@@ -371,8 +371,8 @@ def test_resolutions_are_memoized_by_content_and_bounded(monkeypatch: pytest.Mon
     monkeypatch.setattr(resolve, "resolve_pool", lambda name, namespace, spec: calls.append(name) or real(name, namespace, spec))
     memo = resolve.Resolutions(size=2)
 
-    def get(obj: dict[str, Any], name: str = "legal", namespace: str = "ns") -> dict[str, resolve.Resolved]:
-        return memo.get(name, namespace, obj["spec"], TaskFineTune.model_validate(obj).spec)
+    def get(obj: dict[str, Any], name: str = "legal", namespace: str = "ns") -> Any:
+        return memo.get(name, namespace, obj["spec"]).subtasks
 
     base = tft()
     first = get(base)
@@ -395,7 +395,18 @@ def test_a_subtask_that_does_not_resolve_is_remembered_with_its_error() -> None:
 
     obj = tft(subtasks=2)
     obj["spec"]["subtasks"][1]["deepspeed"] = {"zeroStage": 0, "offloadOptimizer": True}
-    resolved = Resolutions().get("legal", "ns", obj["spec"], TaskFineTune.model_validate(obj).spec)
+    resolved = Resolutions().get("legal", "ns", obj["spec"]).subtasks
     assert resolved["task0"].error == "" and resolved["task0"].spec_id
     assert resolved["task1"].error == "sub-task task1: deepspeed.offloadOptimizer needs zeroStage >= 1"
     assert resolved["task1"].spec_id == ""
+
+
+def test_an_invalid_spec_is_remembered_with_its_description() -> None:
+    from anytasktune.resolve import Resolutions
+
+    memo = Resolutions()
+    obj = tft(maxParallelSubtasks=0)
+    first = memo.get("legal", "ns", obj["spec"])
+    assert first.spec is None and "maxParallelSubtasks" in first.invalid
+    assert memo.get("legal", "ns", copy.deepcopy(obj["spec"])) is first
+    assert memo.get("Not-A-Label", "ns", tft()["spec"]).invalid  # the rules that read the name apply
