@@ -18,9 +18,9 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from anytasktune import plan as planner
 from anytasktune.attempt import ObservedJob, format_time
 from anytasktune.config import OperatorConfig
-from anytasktune import plan as planner
 from anytasktune.plan import plan
 from anytasktune.resolve import Resolutions, resolve_subtask
 from anytasktune.spec import TaskFineTune
