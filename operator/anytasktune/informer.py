@@ -243,6 +243,21 @@ class ChildCache:
         return assemble(self.jobs.children(key).values(), self.clusters.children(key).values())
 
 
+def list_pages(custom: Any, group: str, version: str, plural: str, namespace: str, **options: Any) -> Iterator[dict[str, Any]]:
+    """LIST one plural in one namespace ("" = all) in pages of `PAGE`, following the
+    `continue` token; each page as the API server returns it."""
+    token: str | None = None
+    while True:
+        paged = {**options, "limit": PAGE, **({"_continue": token} if token else {})}
+        if namespace:
+            page = custom.list_namespaced_custom_object(group, version, namespace, plural, **paged)
+        else:
+            page = custom.list_cluster_custom_object(group, version, plural, **paged)
+        yield page
+        if not (token := page["metadata"].get("continue")):
+            return
+
+
 class Reflector:
     """LIST then WATCH one plural in one namespace ("" = all) into a store, forever."""
 
@@ -284,13 +299,9 @@ class Reflector:
         version: list[str] = []
 
         def items() -> Iterator[Mapping[str, Any]]:
-            token: str | None = None
-            while True:
-                page = self._call(limit=PAGE, **({"_continue": token} if token else {}))
+            for page in list_pages(self.custom, *RAY, self.plural, self.namespace, label_selector=SELECTOR):
                 version[:] = [page["metadata"]["resourceVersion"]]
                 yield from page.get("items", [])
-                if not (token := page["metadata"].get("continue")):
-                    return
 
         for key in self.store.replace(self.namespace, items()):
             self.notify(*key)

@@ -16,7 +16,7 @@ from kubernetes.client.rest import ApiException
 
 from anytasktune import metrics
 from anytasktune.actions import Launch
-from anytasktune.informer import RAY, SELECTOR, ChildCache, Children, Want, assemble, cluster_record, job_record
+from anytasktune.informer import RAY, SELECTOR, ChildCache, Children, Want, assemble, cluster_record, job_record, list_pages
 from anytasktune.render import LABEL_TFT
 from anytasktune.spec import GROUP, KIND, PLURAL, VERSION
 from anytasktune.summary import EVENT_MESSAGE_LIMIT, Event, coalesce
@@ -24,7 +24,6 @@ from anytasktune.summary import EVENT_MESSAGE_LIMIT, Event, coalesce
 log = logging.getLogger("anytasktune")
 # The API server's metadata-only view of a LIST (what kubectl get -o name and client-go's metadata informers use).
 METADATA_ONLY = {"Accept": "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"}
-LIST_PAGE = 500
 
 
 def _ok(err: ApiException, *statuses: int) -> None:
@@ -67,19 +66,9 @@ class KubeClient:
         cluster-wide). Their metadata only, in pages: the resync needs the names, and the
         whole objects (16.5 kB each with a 10-sub-task status) made this LIST a tenth of the
         operator's CPU at 300 TaskFineTunes."""
-        keys: list[tuple[str, str]] = []
-        for namespace in namespaces or ("",):
-            token: str | None = None
-            while True:
-                options: dict[str, Any] = {"_headers": METADATA_ONLY, "limit": LIST_PAGE, **({"_continue": token} if token else {})}
-                if namespace:
-                    page = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, **options)
-                else:
-                    page = self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, **options)
-                keys += [(o["metadata"]["namespace"], o["metadata"]["name"]) for o in page.get("items", [])]  # type: ignore[attr-defined]
-                if not (token := page["metadata"].get("continue")):  # type: ignore[index]
-                    break
-        return keys
+        return [(o["metadata"]["namespace"], o["metadata"]["name"]) for namespace in namespaces or ("",)
+                for page in list_pages(self.custom, GROUP, VERSION, PLURAL, namespace, _headers=METADATA_ONLY)
+                for o in page.get("items", [])]
 
     def _children(self, plural: str, namespace: str, tft: str) -> list[dict[str, Any]]:
         resp: dict[str, Any] = self.custom.list_namespaced_custom_object(*RAY, namespace, plural, label_selector=f"{SELECTOR},{LABEL_TFT}={tft}")  # type: ignore[assignment]

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from anytasktune import kube
+from anytasktune import informer, kube
 from tests.integration.helpers import Kubectl, taskfinetune
 
 
@@ -18,7 +18,7 @@ def test_the_resync_list_pages_through_metadata_only(k: Kubectl, kube_env: dict[
         k.apply(taskfinetune(f"pool{i}", ["alpha"]), a)
     k.apply(taskfinetune("other", ["alpha"]), b)
     monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", kube_env["KUBECONFIG"])  # read at import
-    monkeypatch.setattr(kube, "LIST_PAGE", 2)  # three pages in namespace a
+    monkeypatch.setattr(informer, "PAGE", 2)  # three pages in namespace a
     client = kube.KubeClient()
     seen: list[dict[str, object]] = []
     list_page = client.custom.list_namespaced_custom_object
