@@ -35,8 +35,7 @@ RUN pip install --no-cache-dir /tmp/anytasktune/contract "/tmp/anytasktune/train
  && rm -rf /tmp/anytasktune \
  && python -c "import anytasktune_trainjob.__main__" \
  && wget --version >/dev/null  # KubeRay's head and worker probes run wget
-# DeepSpeed compiles its CPU shared-memory communication op when a CPU job first starts:
-# about a minute and 1.3 GB per compiler process, in every worker pod, before step 1.
-# Built once here (portable flags: -O2 -fopenmp), where every pod finds it.
+# Where DeepSpeed keeps the ops it compiles at run time (GPU ops such as fused Adam). Its CPU
+# shared-memory op is not built: the trainjob tells DeepSpeed to skip it
+# (training.skip_unused_cpu_comm_op), as training never uses it.
 ENV TORCH_EXTENSIONS_DIR=/home/ray/.cache/torch_extensions
-RUN DS_ACCELERATOR=cpu python -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; ShareMemCommBuilder().load()"

@@ -94,11 +94,27 @@ class Engine:
     ds_config: dict[str, Any]
 
 
+def skip_unused_cpu_comm_op() -> None:
+    """On CPU, DeepSpeed's communication backend JIT-compiles its shared-memory all-reduce op
+    when it starts (~40 s of two compilers on 2 idle cores, minutes under load; again in
+    every new virtualenv or image, since the build names its paths). Only its
+    inference_all_reduce uses that op; training's collectives are torch.distributed's (gloo).
+    DeepSpeed skips an op its compatibility table marks off; the table is a module-level
+    dict that DeepSpeed builds once and keeps, so the mark holds for the process."""
+    import deepspeed.ops
+    from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
+
+    deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
+
+
 def build_engine(model: Any, spec: TrainJobSpec, world: int, records: int) -> Engine:
     """DeepSpeed around the LoRA model: config from `zero.build_deepspeed_config`,
     linear warmup + cosine schedule, trainable parameters only."""
     import deepspeed
     import torch
+
+    if not spec.scaling.useGpu:
+        skip_unused_cpu_comm_op()
 
     plan = plan_steps(records, world, spec.training)
     ds_config = build_deepspeed_config(spec.deepspeed, spec.training, world_size=world,

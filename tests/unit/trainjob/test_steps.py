@@ -333,3 +333,16 @@ def test_fused_kernels_name_the_unsupported_model_type() -> None:
 
     with pytest.raises(InvalidSpecError, match="no kernels for model type 'gpt2'; it supports .*llama"):
         apply_fused_kernels(SimpleNamespace(config=SimpleNamespace(model_type="gpt2")), use_gpu=True)
+
+
+def test_deepspeed_on_cpu_skips_its_shared_memory_inference_op() -> None:
+    """DeepSpeed's communication backend JIT-builds a C++ op at its first start on CPU (~40 s
+    on an idle 2-core machine; again in every new virtualenv, since the build names its
+    path) that only inference_all_reduce uses; training's collectives are torch.distributed's.
+    Without the skip this test would build it and get a module back."""
+    from deepspeed.comm.torch import build_shm_op
+
+    from anytasktune_trainjob.training import skip_unused_cpu_comm_op
+
+    skip_unused_cpu_comm_op()
+    assert build_shm_op() is None
