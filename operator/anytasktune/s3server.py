@@ -68,30 +68,75 @@ def find_weed_binary() -> str:
 SERVER_PORTS = (20000, 30000)
 
 
+# A chosen port stays claimed for the life of the process that chose it: a server of ours that
+# restarts on its ports (an S3 outage in a test, an API server restart) leaves them unbound
+# while it is down, and another process's free_ports could hand one out then (another test
+# lane's control plane once did; the restart died, "bind: address already in use"). A claim
+# is a file named after the port that holds the claimer's pid and process start time; a
+# claim whose process is gone is stale and taken over. One folder per user.
+PORT_CLAIMS = Path(tempfile.gettempdir()) / f"anytasktune-port-claims-{os.getuid()}"
+
+
+def _process_identity(pid: int) -> str | None:
+    """"<pid> <start time>" of a running process (the start time tells a reused pid apart)."""
+    try:
+        return f"{pid} {Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[19]}"
+    except (OSError, IndexError):
+        return None
+
+
+def _claim(port: int, me: str) -> bool:
+    """Claim `port` for this process, unless a running process (this one included) holds it.
+    Called with the claims folder locked."""
+    path = PORT_CLAIMS / str(port)
+    try:
+        holder = path.read_text()
+    except FileNotFoundError:
+        holder = ""
+    except OSError:
+        return False
+    if holder and (holder == me or _process_identity(int(holder.split()[0])) == holder):
+        return False
+    try:
+        path.write_text(me)
+    except OSError:
+        return False
+    return True
+
+
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     """`count` distinct free TCP ports from SERVER_PORTS, picked at random (two servers
-    started at once rarely pick alike). All sockets stay bound until every port is chosen."""
+    started at once rarely pick alike), and claimed for this process (see PORT_CLAIMS). All
+    sockets stay bound until every port is chosen."""
+    import fcntl
     import random
 
     picker = random.SystemRandom()
     sockets: list[socket.socket] = []
-    try:
-        for _ in range(count * 100):
-            if len(sockets) == count:
-                break
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            try:
-                s.bind((host, picker.randrange(*SERVER_PORTS)))
-            except OSError:  # in use (or bound by one of ours just now)
+    me = _process_identity(os.getpid()) or f"{os.getpid()} ?"
+    PORT_CLAIMS.mkdir(parents=True, exist_ok=True)
+    with open(PORT_CLAIMS / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            for _ in range(count * 100):
+                if len(sockets) == count:
+                    break
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                try:
+                    s.bind((host, picker.randrange(*SERVER_PORTS)))
+                except OSError:  # in use (or bound by one of ours just now)
+                    s.close()
+                    continue
+                if not _claim(int(s.getsockname()[1]), me):  # another running process chose it
+                    s.close()
+                    continue
+                sockets.append(s)
+            if len(sockets) < count:
+                raise OSError(f"fewer than {count} free ports on {host} in {SERVER_PORTS[0]}-{SERVER_PORTS[1] - 1}")
+            return [int(s.getsockname()[1]) for s in sockets]
+        finally:
+            for s in sockets:
                 s.close()
-                continue
-            sockets.append(s)
-        if len(sockets) < count:
-            raise OSError(f"fewer than {count} free ports on {host} in {SERVER_PORTS[0]}-{SERVER_PORTS[1] - 1}")
-        return [int(s.getsockname()[1]) for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -46,6 +46,33 @@ def test_a_port_in_use_is_never_handed_out() -> None:
             s.close()
 
 
+def test_ports_another_live_process_chose_are_not_handed_out_while_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that restarts on its ports (an S3 outage in a test, an API server restart)
+    leaves them unbound while it is down; another lane's control plane once took one then,
+    and the restart died ("bind: address already in use"). A chosen port stays claimed for
+    the life of the process that chose it."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import sys; from anytasktune.s3server import free_ports; "
+                              "print(*free_ports(300), flush=True); sys.stdin.read()"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        theirs = {int(p) for p in child.stdout.readline().split()}
+        assert len(theirs) == 300  # closed in the child: free to bind, claimed all the same
+        ours = {p for _ in range(5) for p in free_ports(100)}  # ~15 alike by chance, without claims
+        assert not ours & theirs
+    finally:
+        child.communicate("")
+    # the claimer is gone: its ports are free to choose again
+    from anytasktune import s3server
+
+    for port in sorted(theirs)[:3]:
+        monkeypatch.setattr(s3server, "SERVER_PORTS", (port, port + 1))
+        assert free_ports(1) == [port]
+
+
 def test_a_port_taken_before_weed_binds_it_is_chosen_again(monkeypatch: pytest.MonkeyPatch) -> None:
     """The real `weed`: the first choice includes a port another program listens on."""
     from anytasktune import s3server
