@@ -72,6 +72,9 @@ def running(s3: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         s3.start()
 
 
+ONE_WORKER = {"numWorkers": 1}  # storage outages: a second rank adds a process, not coverage
+
+
 def _spec(s3: Any, subtask: str, **overrides: Any) -> Any:
     base: dict[str, Any] = {"training": {"maxSteps": 15, "checkpointEverySteps": 5},
                             "evaluation": {"maxSamples": 4}}
@@ -156,7 +159,7 @@ def _assert_manifest_files_present(s3: Any, spec: Any) -> dict[str, Any]:
 
 def test_outages_during_dataset_download_and_checkpoint_upload_are_survived(running: Any, tmp_path: Path) -> None:
     s3 = running
-    spec = _spec(s3, "outages")
+    spec = _spec(s3, "outages", scaling=ONE_WORKER)
     settled = _settled(s3, spec)
     data_key = "s3://anytasktune-faults/data/reviews.jsonl failed"  # its HEAD (run identity), then its GET
     s3.stop(keep_data=True, graceful=False)
@@ -311,7 +314,7 @@ def test_an_outage_longer_than_the_budget_fails_the_publication_and_leaves_no_ma
 
 def test_a_dataset_outage_longer_than_the_budget_exits_storage_unavailable(running: Any, tmp_path: Path) -> None:
     s3 = running
-    spec = _spec(s3, "data-outage")
+    spec = _spec(s3, "data-outage", scaling=ONE_WORKER)
     s3.stop(keep_data=True, graceful=False)
     cli = Cli(spec, tmp_path, s3, ANYTASKTUNE_S3_RETRY_SECONDS="4")
     assert cli.wait(timeout_s=120) == 5, cli.output[-4000:]
@@ -323,7 +326,7 @@ def test_a_dataset_outage_longer_than_the_budget_exits_storage_unavailable(runni
 
 def test_a_checkpoint_outage_longer_than_the_budget_exits_storage_unavailable(running: Any, tmp_path: Path) -> None:
     s3 = running
-    spec = _spec(s3, "checkpoint-outage")
+    spec = _spec(s3, "checkpoint-outage", scaling=ONE_WORKER)
     settled = _settled(s3, spec)
     cli = Cli(spec, tmp_path, s3, ANYTASKTUNE_S3_RETRY_SECONDS="6", ANYTASKTUNE_MAX_FAILURES="0", **PACED)
     _wait_for_key(s3, settled.checkpoint_prefix(), "trainer_state.json", timeout_s=300)
