@@ -19,6 +19,7 @@ records when each sub-task's status reflects the change. Printed per variant and
         [--profile DIR]   # py-spy (on PATH) samples this tree's operator: DIR/<namespace>.txt, collapsed stacks
         [--tracemalloc DIR]   # this tree's operator under tracemalloc: DIR/<namespace>.txt, what it holds at the end
         [--keep-logs DIR]     # each operator's log, DIR/<namespace>.log (otherwise removed)
+        [--rate 100]          # the stand-in's status writes at 100/s (open loop), not as fast as 8 threads go
 
 After each variant the bench deletes its namespace and waits until it is gone: the namespace
 controller's deletion of 10,000 RayJobs took 56 s and, overlapping the next variant, slowed its
@@ -164,15 +165,26 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
 
 
-def drive(pool: ThreadPoolExecutor, fn: Callable[[str], None], names: list[str]) -> dict[str, float]:
-    """Apply fn to every name from the pool; the monotonic time each write finished."""
+def drive(pool: ThreadPoolExecutor, fn: Callable[[str], None], names: list[str], rate: float | None = None) -> dict[str, float]:
+    """Apply fn to every name from the pool; the monotonic time each write finished. As fast
+    as the pool's threads go (closed loop: the API server saturates), or, with `rate`, one
+    write started every 1/rate s (open loop: a pace the API server can keep)."""
     written: dict[str, float] = {}
 
     def one(name: str) -> None:
         fn(name)
         written[name] = time.monotonic()
 
-    list(pool.map(one, names))
+    if rate is None:
+        list(pool.map(one, names))
+        return written
+    start = time.monotonic()
+    futures = []
+    for i, name in enumerate(names):
+        time.sleep(max(0.0, start + i / rate - time.monotonic()))
+        futures.append(pool.submit(one, name))
+    for future in futures:
+        future.result()
     return written
 
 
@@ -208,7 +220,7 @@ def memory_report(snapshot_path: Path, out: Path, top: int = 40) -> None:
 
 
 def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path, profile: Path | None = None,
-                trace_memory: Path | None = None) -> dict[str, Any]:
+                trace_memory: Path | None = None, rate: float | None = None) -> dict[str, Any]:
     # Each variant with its own CRD: the API server's defaults must be the ones its models know.
     cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(tree / "manifests" / "crd"))
     time.sleep(2)
@@ -250,11 +262,11 @@ def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path,
             return lambda job: custom.patch_namespaced_custom_object_status("ray.io", "v1", namespace, "rayjobs", job, {"status": fields})
 
         initializing, running_status, job_succeeded, complete = STATUS_SEQUENCE
-        drive(pool, status(**initializing), jobs)
-        running_at = drive(pool, status(**running_status), jobs)
+        drive(pool, status(**initializing), jobs, rate)
+        running_at = drive(pool, status(**running_status), jobs, rate)
         recorder.wait([(t, f"s{i}", "Running") for t in names for i in range(SUBTASKS)], 120 + n)
-        drive(pool, status(**job_succeeded), jobs)
-        done_at = drive(pool, status(**complete), jobs)
+        drive(pool, status(**job_succeeded), jobs, rate)
+        done_at = drive(pool, status(**complete), jobs, rate)
         recorder.wait([(t, f"s{i}", "Succeeded") for t in names for i in range(SUBTASKS)], 120 + n)
         time.sleep(2)
         sample = custom.get_namespaced_custom_object("anytasktune.io", "v1alpha1", namespace, "taskfinetunes", names[0])
@@ -296,6 +308,7 @@ def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path,
     changes = 4 * len(jobs)  # the four status writes of each RayJob
     return {
         "variant": label, "n": n, "rayjobs": len(jobs), "created_s": created,
+        "status_writes_per_s": len(jobs) / max(1e-9, max(running_at.values()) - min(running_at.values())),
         "running": [percentile(running, q) for q in (0.5, 0.95, 0.99)],
         "succeeded": [percentile(succeeded, q) for q in (0.5, 0.95, 0.99)],
         "rss_mib": rss, "requests_per_change": operator_requests / changes, "cpu_s": cpu, "rss_end_mib": rss_end, "rss_created_mib": rss_created, **passes,
@@ -328,6 +341,7 @@ def baseline_tree(commit: str) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10,100")
+    parser.add_argument("--rate", type=float, help="status writes per second (open loop); default: as fast as 8 threads go")
     parser.add_argument("--baseline", default="ef68e83", help="git commit of the baseline operator ('' = none)")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--json", help="also write the rows to this file")
@@ -350,7 +364,7 @@ def main() -> None:
             for _ in range(args.rounds):
                 for n in sizes:
                     for label, variant_tree in variants:  # interleaved: same N, both variants, back to back
-                        row = run_variant(cp, label, variant_tree, n, workdir, args.profile, args.tracemalloc)
+                        row = run_variant(cp, label, variant_tree, n, workdir, args.profile, args.tracemalloc, args.rate)
                         rows.append(row)
                         print(json.dumps(row), flush=True)
     finally:
@@ -359,6 +373,8 @@ def main() -> None:
         if not args.keep_logs:
             shutil.rmtree(workdir, ignore_errors=True)
     print()
+    print(f"status writes: {f'{args.rate:g}/s, open loop' if args.rate else 'as fast as 8 threads go'}; "
+          f"achieved in the Running phase: {statistics.median(r['status_writes_per_s'] for r in rows):.0f}/s (median)")
     print(f"{'variant':<20} {'TFTs x 10':>9} {'all RayJobs exist':>17} {'Running p50/p95/p99 s':>22} "
           f"{'Succeeded p50/p95/p99 s':>24} {'peak RSS MiB':>12} {'API req/change':>14} {'operator CPU s':>14} {'passes':>7} {'pass mean ms':>12}")
     for n in sizes:
