@@ -73,8 +73,12 @@ SERVER_PORTS = (20000, 30000)
 # while it is down, and another process's free_ports could hand one out then (another test
 # lane's control plane once did; the restart died, "bind: address already in use"). A claim
 # is a file named after the port that holds the claimer's pid and process start time; a
-# claim whose process is gone is stale and taken over. One folder per user.
-PORT_CLAIMS = Path(tempfile.gettempdir()) / f"anytasktune-port-claims-{os.getuid()}"
+# claim whose process is gone is stale and taken over. They live in the user's cache
+# ($ANYTASKTUNE_CACHE/port-claims), not in /tmp, where nothing of ours stays.
+def port_claims_dir() -> Path:
+    from .basemodels import cache_dir
+
+    return cache_dir() / "port-claims"
 
 
 def _process_identity(pid: int) -> str | None:
@@ -88,14 +92,18 @@ def _process_identity(pid: int) -> str | None:
 def _claim(port: int, me: str) -> bool:
     """Claim `port` for this process, unless a running process (this one included) holds it.
     Called with the claims folder locked."""
-    path = PORT_CLAIMS / str(port)
+    path = port_claims_dir() / str(port)
     try:
         holder = path.read_text()
     except FileNotFoundError:
         holder = ""
     except OSError:
         return False
-    if holder and (holder == me or _process_identity(int(holder.split()[0])) == holder):
+    try:
+        held = bool(holder) and (holder == me or _process_identity(int(holder.split()[0])) == holder)
+    except ValueError:  # not a claim we wrote: take it over
+        held = False
+    if held:
         return False
     try:
         path.write_text(me)
@@ -106,7 +114,7 @@ def _claim(port: int, me: str) -> bool:
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     """`count` distinct free TCP ports from SERVER_PORTS, picked at random (two servers
-    started at once rarely pick alike), and claimed for this process (see PORT_CLAIMS). All
+    started at once rarely pick alike), and claimed for this process (see port_claims_dir). All
     sockets stay bound until every port is chosen."""
     import fcntl
     import random
@@ -114,8 +122,9 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     picker = random.SystemRandom()
     sockets: list[socket.socket] = []
     me = _process_identity(os.getpid()) or f"{os.getpid()} ?"
-    PORT_CLAIMS.mkdir(parents=True, exist_ok=True)
-    with open(PORT_CLAIMS / ".lock", "a") as lock:
+    claims = port_claims_dir()
+    claims.mkdir(parents=True, exist_ok=True)
+    with open(claims / ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             for _ in range(count * 100):
