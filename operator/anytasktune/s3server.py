@@ -89,10 +89,10 @@ def _process_identity(pid: int) -> str | None:
         return None
 
 
-def _claim(port: int, me: str) -> bool:
+def _claim(claims: Path, port: int, me: str) -> bool:
     """Claim `port` for this process, unless a running process (this one included) holds it.
     Called with the claims folder locked."""
-    path = port_claims_dir() / str(port)
+    path = claims / str(port)
     try:
         holder = path.read_text()
     except FileNotFoundError:
@@ -136,7 +136,7 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
                 except OSError:  # in use (or bound by one of ours just now)
                     s.close()
                     continue
-                if not _claim(int(s.getsockname()[1]), me):  # another running process chose it
+                if not _claim(claims, int(s.getsockname()[1]), me):  # another running process chose it
                     s.close()
                     continue
                 sockets.append(s)
