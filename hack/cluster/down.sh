@@ -11,6 +11,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=lib.sh
 source "$here/lib.sh"
 need_root
+hold_scripts_lock
 t0=$(date +%s)
 phase() { log "$1 ($(( $(date +%s) - t0 ))s)"; }
 

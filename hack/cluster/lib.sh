@@ -55,10 +55,26 @@ need_root() { [[ $(id -u) == 0 ]] || die "must run as root (network, cgroups, co
 
 pidfile() { echo "$RUN/$1.pid"; }
 
+# One up.sh or down.sh at a time on this host: up.sh cleans up after a dead cluster with
+# down.sh, and must never take another up.sh's half-started cluster for a dead one. Outside
+# $RUN (down.sh removes it); the daemons do not inherit it (start closes it for them).
+SCRIPTS_LOCK="/run/anytasktune-cluster-scripts.lock"
+hold_scripts_lock() {
+  # Held already by our caller (up.sh running down.sh): its descriptor is ours too.
+  scripts_lock_fd="${ANYTASKTUNE_CLUSTER_SCRIPTS_LOCK_FD:-}"
+  [[ -n "$scripts_lock_fd" && "$(readlink "/proc/$$/fd/$scripts_lock_fd")" == "$SCRIPTS_LOCK" ]] && return 0
+  exec {scripts_lock_fd}>"$SCRIPTS_LOCK"
+  if ! flock -n "$scripts_lock_fd"; then
+    log "another make cluster or cluster-down is running; waiting for it"
+    flock "$scripts_lock_fd"
+  fi
+  export ANYTASKTUNE_CLUSTER_SCRIPTS_LOCK_FD="$scripts_lock_fd"
+}
+
 # start <name> <binary> <args...>: in its own session, log in $LOGS, PID in $RUN.
 start() {
   local name=$1 pid i; shift
-  setsid "$@" </dev/null >>"$LOGS/$name.log" 2>&1 &
+  setsid "$@" </dev/null >>"$LOGS/$name.log" 2>&1 {scripts_lock_fd}>&- &
   pid=$!
   echo "$pid" >"$(pidfile "$name")"
   # Until the forked shell has exec'd the daemon, /proc/$pid/cmdline is this script's and

@@ -14,6 +14,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=lib.sh
 source "$here/lib.sh"
 need_root
+hold_scripts_lock
 
 t_start=$(date +%s%N)
 elapsed() { local ms=$(( ($(date +%s%N) - t_start) / 1000000 )); printf '%d.%d' $((ms / 1000)) $((ms % 1000 / 100)); }
@@ -29,8 +30,14 @@ if ((${#running[@]} == ${#DAEMONS[@]})) && kubectl_ get --raw /readyz >/dev/null
   echo "$KUBECONFIG_FILE"
   exit 0
 fi
-if ((${#running[@]})) || [[ -f "$HOST_BEFORE" ]]; then
-  die "a previous cluster is partly up (running: ${running[*]:-none}); run 'make cluster-down' first"
+if ((${#running[@]})); then
+  die "a previous cluster is partly up (running: ${running[*]}); run 'make cluster-down' first"
+fi
+# None of our daemons runs, yet a cluster of ours was here: the host restarted, or they were
+# killed. Nothing of it can be lost (up.sh starts from an empty etcd anyway): clean up first.
+if [[ -f "$HOST_BEFORE" ]] || ip link show "$BRIDGE" >/dev/null 2>&1; then
+  log "a previous cluster's daemons are gone but what they left is here; cleaning it up first (make cluster-down)"
+  bash "$here/down.sh" >&2
 fi
 if cgroup_v2; then
   log "cgroup v2 host: untested here (this tier was built on cgroup v1); see hack/README.md"

@@ -49,9 +49,12 @@ RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Kueue's tests last: Kueue then stays installed until the cluster goes (a cluster this
-    session started is torn down whole), and its pod never takes CPU from the other tests'."""
-    items.sort(key=lambda item: item.path.name == "test_kueue.py")
+    """The host crash first: it replaces the cluster, and the other tests then use the one it
+    brought back. Kueue's tests last: Kueue then stays installed until the cluster goes (a
+    cluster this session started is torn down whole), and its pod never takes CPU from the
+    other tests'."""
+    order = {"test_host_crash.py": 0, "test_kueue.py": 2}
+    items.sort(key=lambda item: order.get(item.path.name, 1))
 
 
 @dataclass
