@@ -364,10 +364,11 @@ class Bodies:
                 del self._written[key]
 
     def wrote(self, key: Key, version: str | None) -> None:
-        """A pass's status PATCH returned this resourceVersion."""
+        """A pass's status PATCH returned this resourceVersion. Also when no event has come
+        yet (the first pass GETs): the watch's first may then be older than the write."""
         with self._lock:
             body = self._bodies.get(key)
-            if body is not None and version and body[1] != version:
+            if version and (body is None or body[1] != version):
                 self._written[key] = (version, self._clock())
 
     def get(self, key: Key) -> dict[str, Any] | None:
