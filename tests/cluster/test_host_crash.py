@@ -4,9 +4,8 @@ network namespaces, iptables chains, the bridge, cgroups).
 
 What CI met: a machine snapshotted while a cluster ran came back with all of that and none
 of its processes, and `make cluster` refused to start until someone ran `make cluster-down`.
-It now cleans up after the dead cluster itself and comes up. Runs first in the tier (the
-conftest orders it), on a cluster this session started: the other tests then run on the
-cluster it brought back.
+It now cleans up after the dead cluster itself and comes up. Runs last in the tier (the
+conftest orders it), on a cluster this session started, after the other tests used it.
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ CGROUP_ROOTS = Path("/sys/fs/cgroup").glob("*/anytasktune")  # the kubelet's cgr
 def test_make_cluster_cleans_up_after_a_crashed_cluster_and_comes_back(cluster: Cluster) -> None:
     if not cluster.started_here:
         pytest.skip("the cluster was up before this session: it is not ours to crash")
+    cluster.crashed = True
     killed = crash_the_cluster()
     assert killed >= 8, f"only {killed} processes of the cluster were found to kill"
     assert not cluster_is_up()

@@ -59,7 +59,8 @@ def kueue(cluster: Cluster) -> Iterator[str]:
     version = subprocess.run(["go", "list", "-m", "-f", "{{.Version}}", "sigs.k8s.io/kueue"], cwd=REPO / "hack" / "kueue",
                              capture_output=True, text=True, env={**os.environ, "GOFLAGS": "-mod=mod"}).stdout.strip()
     yield version or "v0.17.0"
-    # A cluster this session started goes next, Kueue with it (these tests run last: conftest).
+    # A cluster this session started goes at the end, Kueue with it (conftest orders these
+    # tests after the others; only the crash test, which kills it all, comes later).
     if os.environ.get("ANYTASKTUNE_KEEP_CLUSTER") != "1" and not cluster.started_here:
         for kind, name in (("clusterqueue", CLUSTER_QUEUE), ("resourceflavor", FLAVOR)):
             cluster.kube.run("delete", kind, name, "--ignore-not-found", "--wait=false", check=False)
