@@ -74,7 +74,11 @@ hold_scripts_lock() {
 # start <name> <binary> <args...>: in its own session, log in $LOGS, PID in $RUN.
 start() {
   local name=$1 pid i; shift
-  setsid "$@" </dev/null >>"$LOGS/$name.log" 2>&1 {scripts_lock_fd}>&- &
+  if [[ -n "${scripts_lock_fd:-}" ]]; then  # up.sh's lock is not the daemon's to hold
+    setsid "$@" </dev/null >>"$LOGS/$name.log" 2>&1 {scripts_lock_fd}>&- &
+  else
+    setsid "$@" </dev/null >>"$LOGS/$name.log" 2>&1 &
+  fi
   pid=$!
   echo "$pid" >"$(pidfile "$name")"
   # Until the forked shell has exec'd the daemon, /proc/$pid/cmdline is this script's and

@@ -73,3 +73,26 @@ kill "$(cat "$(pidfile fake-daemon)")"
 """)
     proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_a_daemon_does_not_inherit_the_lock_up_sh_holds(tmp_path: Path) -> None:
+    """up.sh holds a lock while it runs (one up.sh or down.sh at a time, so a cluster still
+    starting is never taken for a dead one). A daemon that inherited its descriptor would
+    hold it for the cluster's life, and the next `make cluster` would wait forever."""
+    daemon = tmp_path / "fake-daemon"
+    shutil.copy(shutil.which("sleep") or "/bin/sleep", daemon)
+    script = tmp_path / "run.sh"
+    script.write_text(f"""
+set -euo pipefail
+source {ROOT}/hack/cluster/lib.sh
+RUN={tmp_path}/run LOGS={tmp_path}/logs SCRIPTS_LOCK={tmp_path}/scripts.lock
+mkdir -p "$RUN" "$LOGS"
+hold_scripts_lock
+start fake-daemon {daemon} 5
+pid="$(cat "$(pidfile fake-daemon)")"
+ls -l /proc/$$/fd | grep -q scripts.lock || {{ echo "the script does not hold the lock"; exit 1; }}
+if ls -l /proc/$pid/fd | grep -q scripts.lock; then echo "the daemon holds the lock"; kill "$pid"; exit 1; fi
+kill "$pid"
+""")
+    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
