@@ -20,6 +20,10 @@ records when each sub-task's status reflects the change. Printed per variant and
         [--tracemalloc DIR]   # this tree's operator under tracemalloc: DIR/<namespace>.txt, what it holds at the end
         [--keep-logs DIR]     # each operator's log, DIR/<namespace>.log (otherwise removed)
         [--rate 100]          # the stand-in's status writes at 100/s (open loop), not as fast as 8 threads go
+        [--s3]                # a real S3 server holding each run's manifest.json, put just before the
+                              # run's SUCCEEDED as the trainjob does; without it the TaskFineTunes point
+                              # at an endpoint where nothing listens, so every manifest read fails and
+                              # is retried with backoff (the operator's worst case, not its usual one)
 
 After each variant the bench deletes its namespace and waits until it is gone: the namespace
 controller's deletion of 10,000 RayJobs took 56 s and, overlapping the next variant, slowed its
@@ -44,12 +48,14 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from anytasktune.s3server import EmbeddedS3  # noqa: E402
 from tests.integration.helpers import OperatorProcess, metrics_text  # noqa: E402
 from tests.kube.controlplane import ControlPlane  # noqa: E402
 
@@ -64,12 +70,16 @@ STATUS_SEQUENCE = [  # the status writes of KubeRay v1.4 for a RayJob that succe
 AUDIT_POLICY = {"apiVersion": "audit.k8s.io/v1", "kind": "Policy", "rules": [{"level": "Metadata"}]}
 
 
-def taskfinetune(name: str) -> dict[str, Any]:
+UNREACHABLE_S3 = "http://127.0.0.1:1"  # nothing listens: every manifest read fails at once
+MANIFEST_BUCKET = "adapters"
+
+
+def taskfinetune(name: str, endpoint: str = UNREACHABLE_S3) -> dict[str, Any]:
     return {
         "apiVersion": "anytasktune.io/v1alpha1", "kind": "TaskFineTune", "metadata": {"name": name},
         "spec": {
             "domain": "bench", "baseModel": {"uri": "s3://models/base/"},
-            "storage": {"output": "s3://adapters/", "endpoint": "http://127.0.0.1:1"},
+            "storage": {"output": f"s3://{MANIFEST_BUCKET}/", "endpoint": endpoint, "addressingStyle": "path"},
             "subtasks": [{"name": f"s{i}", "dataset": {"uri": f"s3://data/s{i}.jsonl"}, "instruction": "Do it."} for i in range(SUBTASKS)],
             "cluster": {"workers": 1, "gpusPerWorker": 0}, "maxParallelSubtasks": SUBTASKS,
         },
@@ -219,8 +229,33 @@ def memory_report(snapshot_path: Path, out: Path, top: int = 40) -> None:
     out.write_text("\n".join(lines) + "\n")
 
 
+def run_ids(custom: Any, namespace: str) -> dict[str, str]:
+    """RayJob name -> its run id (the label the manifest's key is made of), in pages."""
+    ids: dict[str, str] = {}
+    token = None
+    while True:
+        page = custom.list_namespaced_custom_object("ray.io", "v1", namespace, "rayjobs", limit=500, _continue=token)
+        ids |= {j["metadata"]["name"]: j["metadata"]["labels"]["anytasktune.io/run-id"] for j in page["items"]}
+        token = page["metadata"].get("continue")
+        if not token:
+            return ids
+
+
+def publisher(s3: Any, namespace: str, custom: Any) -> Callable[[str], None]:
+    """Puts a RayJob's run manifest where the operator reads it, as the trainjob does before
+    the job ends: `<tft>/<subtask>/<run id>/manifest.json` under the output prefix."""
+    client, ids = s3.client(), run_ids(custom, namespace)
+
+    def put(job: str) -> None:
+        tft, subtask = job.split("-s")[0], "s" + job.split("-s")[1].split("-")[0]
+        manifest = {"runId": ids[job], "evaluation": {"base": {"f1": 0.2}, "adapter": {"f1": 0.7}, "lift": {"f1": 0.5}}}
+        client.put_object(Bucket=MANIFEST_BUCKET, Key=f"{tft}/{subtask}/{ids[job]}/manifest.json", Body=json.dumps(manifest).encode())
+
+    return put
+
+
 def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path, profile: Path | None = None,
-                trace_memory: Path | None = None, rate: float | None = None) -> dict[str, Any]:
+                trace_memory: Path | None = None, rate: float | None = None, s3: Any = None) -> dict[str, Any]:
     # Each variant with its own CRD: the API server's defaults must be the ones its models know.
     cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(tree / "manifests" / "crd"))
     time.sleep(2)
@@ -233,7 +268,8 @@ def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path,
     if trace_memory is not None and tree == ROOT:
         (workdir / "sitecustomize.py").write_text(TRACEMALLOC_SITECUSTOMIZE)
         env |= {"PYTHONPATH": str(workdir), "ANYTASKTUNE_BENCH_TRACEMALLOC": str(snapshot)}
-    op = OperatorProcess(env, workdir / f"{namespace}.log", extra_env={"ANYTASKTUNE_RETRY_BACKOFF_SECONDS": "10"})
+    creds = {k: v for k, v in s3.env().items() if k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")} if s3 is not None else {}
+    op = OperatorProcess(env, workdir / f"{namespace}.log", extra_env={"ANYTASKTUNE_RETRY_BACKOFF_SECONDS": "10", **creds})
     _, audit_offset = cp.audit_events()
     op.start()
     time.sleep(4)  # kopf's start-up; its watches open before the first apply
@@ -250,7 +286,9 @@ def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path,
     pool = ThreadPoolExecutor(8)
     try:
         t0 = time.monotonic()
-        list(pool.map(lambda t: custom.create_namespaced_custom_object("anytasktune.io", "v1alpha1", namespace, "taskfinetunes", taskfinetune(t)), names))
+        endpoint = s3.endpoint if s3 is not None else UNREACHABLE_S3
+        list(pool.map(lambda t: custom.create_namespaced_custom_object("anytasktune.io", "v1alpha1", namespace, "taskfinetunes",
+                                                                       taskfinetune(t, endpoint)), names))
         deadline = time.monotonic() + 60 + n * 2
         while rayjob_count(custom, namespace) < len(jobs) and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -265,7 +303,12 @@ def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path,
         drive(pool, status(**initializing), jobs, rate)
         running_at = drive(pool, status(**running_status), jobs, rate)
         recorder.wait([(t, f"s{i}", "Running") for t in names for i in range(SUBTASKS)], 120 + n)
-        drive(pool, status(**job_succeeded), jobs, rate)
+        succeed = status(**job_succeeded)
+        if s3 is not None:
+            put_manifest = publisher(s3, namespace, custom)
+            drive(pool, lambda job: (put_manifest(job), succeed(job)) and None, jobs, rate)
+        else:
+            drive(pool, succeed, jobs, rate)
         done_at = drive(pool, status(**complete), jobs, rate)
         recorder.wait([(t, f"s{i}", "Succeeded") for t in names for i in range(SUBTASKS)], 120 + n)
         time.sleep(2)
@@ -302,6 +345,7 @@ def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path,
         return [recorder.seen[(job.split("-s")[0], "s" + job.split("-s")[1].split("-")[0], phase)] - written[job] for job in jobs]
 
     running, succeeded = latency("Running", running_at), latency("Succeeded", done_at)
+    failed_reads = sum(1 for line in op.logs().splitlines() if "manifest" in line and "not readable" in line)
     # The next variant must not share the API server with this one's garbage collection
     # (10,000 RayJobs at N=1,000): wait until the namespace is gone.
     gone_s = delete_namespace_and_wait(core, namespace)
@@ -312,7 +356,7 @@ def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path,
         "running": [percentile(running, q) for q in (0.5, 0.95, 0.99)],
         "succeeded": [percentile(succeeded, q) for q in (0.5, 0.95, 0.99)],
         "rss_mib": rss, "requests_per_change": operator_requests / changes, "cpu_s": cpu, "rss_end_mib": rss_end, "rss_created_mib": rss_created, **passes,
-        "namespace_gone_s": gone_s, "taskfinetune_bytes": body_bytes, "managed_fields_bytes": managed_bytes,
+        "namespace_gone_s": gone_s, "failed_manifest_reads": failed_reads, "taskfinetune_bytes": body_bytes, "managed_fields_bytes": managed_bytes,
         "requests": dict(by_kind.most_common()),
     }
 
@@ -348,6 +392,7 @@ def main() -> None:
     parser.add_argument("--keep-logs", metavar="DIR", help="keep each operator's log in DIR (default: removed)")
     parser.add_argument("--profile", type=Path, help="sample this tree's operator with py-spy into this folder")
     parser.add_argument("--tracemalloc", type=Path, help="trace this tree's operator's memory; its report into this folder")
+    parser.add_argument("--s3", action="store_true", help="a real S3 server with each run's manifest (default: unreachable)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     variants: list[tuple[str, Path]] = [("this-tree", ROOT)]
@@ -359,12 +404,13 @@ def main() -> None:
     workdir = Path(args.keep_logs) if args.keep_logs else Path(tempfile.mkdtemp(prefix="anytasktune-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        with ControlPlane(audit_policy=AUDIT_POLICY) as cp:
+        with ControlPlane(audit_policy=AUDIT_POLICY) as cp, ExitStack() as stack:
             cp.install_kuberay_crds()
+            s3 = stack.enter_context(EmbeddedS3(workdir / "s3", buckets=[MANIFEST_BUCKET])) if args.s3 else None
             for _ in range(args.rounds):
                 for n in sizes:
                     for label, variant_tree in variants:  # interleaved: same N, both variants, back to back
-                        row = run_variant(cp, label, variant_tree, n, workdir, args.profile, args.tracemalloc, args.rate)
+                        row = run_variant(cp, label, variant_tree, n, workdir, args.profile, args.tracemalloc, args.rate, s3)
                         rows.append(row)
                         print(json.dumps(row), flush=True)
     finally:
@@ -374,7 +420,8 @@ def main() -> None:
             shutil.rmtree(workdir, ignore_errors=True)
     print()
     print(f"status writes: {f'{args.rate:g}/s, open loop' if args.rate else 'as fast as 8 threads go'}; "
-          f"achieved in the Running phase: {statistics.median(r['status_writes_per_s'] for r in rows):.0f}/s (median)")
+          f"achieved in the Running phase: {statistics.median(r['status_writes_per_s'] for r in rows):.0f}/s (median); "
+          f"manifests: {'in a real S3 server' if args.s3 else 'unreachable (every read fails and is retried)'}")
     print(f"{'variant':<20} {'TFTs x 10':>9} {'all RayJobs exist':>17} {'Running p50/p95/p99 s':>22} "
           f"{'Succeeded p50/p95/p99 s':>24} {'peak RSS MiB':>12} {'API req/change':>14} {'operator CPU s':>14} {'passes':>7} {'pass mean ms':>12}")
     for n in sizes:
@@ -385,6 +432,9 @@ def main() -> None:
             suc = "/".join(f"{statistics.median(r['succeeded'][i] for r in mine):.2f}" for i in range(3))
             print(f"{label:<20} {n:>9} {med['created_s']:>16.1f}s {run:>22} {suc:>24} {med['rss_mib']:>12.0f} "
                   f"{med['requests_per_change']:>14.2f} {med['cpu_s']:>14.1f} {med['passes']:>7.0f} {1000 * med['pass_mean_s']:>12.0f}")
+    print("\nfailed manifest reads (the operator's log), median over rounds: " + ", ".join(
+        f"{label} N={n}: {statistics.median(r['failed_manifest_reads'] for r in rows if r['n'] == n and r['variant'] == label):.0f}"
+        for n in sizes for label, _ in variants))
     print("\noperator requests by verb and resource, per RayJob (median over rounds):")
     for n in sizes:
         for label, _ in variants:
