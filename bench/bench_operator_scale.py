@@ -20,10 +20,11 @@ records when each sub-task's status reflects the change. Printed per variant and
         [--tracemalloc DIR]   # this tree's operator under tracemalloc: DIR/<namespace>.txt, what it holds at the end
         [--keep-logs DIR]     # each operator's log, DIR/<namespace>.log (otherwise removed)
         [--rate 100]          # the stand-in's status writes at 100/s (open loop), not as fast as 8 threads go
-        [--s3]                # a real S3 server holding each run's manifest.json, put just before the
-                              # run's SUCCEEDED as the trainjob does; without it the TaskFineTunes point
-                              # at an endpoint where nothing listens, so every manifest read fails and
-                              # is retried with backoff (the operator's worst case, not its usual one)
+        [--s3 off|on|both]    # on: a real S3 server holding each run's manifest.json, put just before
+                              # the run's SUCCEEDED as the trainjob does; off (default): the TaskFineTunes
+                              # point at an endpoint where nothing listens, so every manifest read fails
+                              # and is retried with backoff (the worst case, not the usual one); both:
+                              # each variant twice, interleaved, "+s3" marking the runs with it
 
 After each variant the bench deletes its namespace and waits until it is gone: the namespace
 controller's deletion of 10,000 RayJobs took 56 s and, overlapping the next variant, slowed its
@@ -36,6 +37,7 @@ the machine is shared. Nothing here is a timed assertion.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -70,6 +72,8 @@ STATUS_SEQUENCE = [  # the status writes of KubeRay v1.4 for a RayJob that succe
 AUDIT_POLICY = {"apiVersion": "audit.k8s.io/v1", "kind": "Policy", "rules": [{"level": "Metadata"}]}
 
 
+MANIFESTS = {"off": "unreachable (every read fails and is retried)", "on": "in a real S3 server",
+             "both": "unreachable, and in a real S3 server for the variants marked +s3"}
 UNREACHABLE_S3 = "http://127.0.0.1:1"  # nothing listens: every manifest read fails at once
 MANIFEST_BUCKET = "adapters"
 
@@ -392,10 +396,12 @@ def main() -> None:
     parser.add_argument("--keep-logs", metavar="DIR", help="keep each operator's log in DIR (default: removed)")
     parser.add_argument("--profile", type=Path, help="sample this tree's operator with py-spy into this folder")
     parser.add_argument("--tracemalloc", type=Path, help="trace this tree's operator's memory; its report into this folder")
-    parser.add_argument("--s3", action="store_true", help="a real S3 server with each run's manifest (default: unreachable)")
+    parser.add_argument("--s3", choices=["off", "on", "both"], default="off",
+                        help="manifests in a real S3 server (on), unreachable (off), or each variant both ways")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     variants: list[tuple[str, Path]] = [("this-tree", ROOT)]
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.s3]
     tree = None
     if args.baseline:
         tree = baseline_tree(args.baseline)
@@ -406,11 +412,12 @@ def main() -> None:
     try:
         with ControlPlane(audit_policy=AUDIT_POLICY) as cp, ExitStack() as stack:
             cp.install_kuberay_crds()
-            s3 = stack.enter_context(EmbeddedS3(workdir / "s3", buckets=[MANIFEST_BUCKET])) if args.s3 else None
+            s3 = stack.enter_context(EmbeddedS3(workdir / "s3", buckets=[MANIFEST_BUCKET])) if True in modes else None
             for _ in range(args.rounds):
                 for n in sizes:
-                    for label, variant_tree in variants:  # interleaved: same N, both variants, back to back
-                        row = run_variant(cp, label, variant_tree, n, workdir, args.profile, args.tracemalloc, args.rate, s3)
+                    for (label, variant_tree), with_s3 in itertools.product(variants, modes):  # interleaved: same N, back to back
+                        row = run_variant(cp, label + ("+s3" if args.s3 == "both" and with_s3 else ""), variant_tree, n, workdir,
+                                          args.profile, args.tracemalloc, args.rate, s3 if with_s3 else None)
                         rows.append(row)
                         print(json.dumps(row), flush=True)
     finally:
@@ -418,14 +425,15 @@ def main() -> None:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], capture_output=True)
         if not args.keep_logs:
             shutil.rmtree(workdir, ignore_errors=True)
+    labels = list(dict.fromkeys(r["variant"] for r in rows))  # in the order they ran
     print()
     print(f"status writes: {f'{args.rate:g}/s, open loop' if args.rate else 'as fast as 8 threads go'}; "
           f"achieved in the Running phase: {statistics.median(r['status_writes_per_s'] for r in rows):.0f}/s (median); "
-          f"manifests: {'in a real S3 server' if args.s3 else 'unreachable (every read fails and is retried)'}")
+          f"manifests: {MANIFESTS[args.s3]}")
     print(f"{'variant':<20} {'TFTs x 10':>9} {'all RayJobs exist':>17} {'Running p50/p95/p99 s':>22} "
           f"{'Succeeded p50/p95/p99 s':>24} {'peak RSS MiB':>12} {'API req/change':>14} {'operator CPU s':>14} {'passes':>7} {'pass mean ms':>12}")
     for n in sizes:
-        for label, _ in variants:
+        for label in labels:
             mine = [r for r in rows if r["n"] == n and r["variant"] == label]
             med = {k: statistics.median(r[k] for r in mine) for k in ("created_s", "rss_mib", "requests_per_change", "cpu_s", "passes", "pass_mean_s")}
             run = "/".join(f"{statistics.median(r['running'][i] for r in mine):.2f}" for i in range(3))
@@ -434,10 +442,10 @@ def main() -> None:
                   f"{med['requests_per_change']:>14.2f} {med['cpu_s']:>14.1f} {med['passes']:>7.0f} {1000 * med['pass_mean_s']:>12.0f}")
     print("\nfailed manifest reads (the operator's log), median over rounds: " + ", ".join(
         f"{label} N={n}: {statistics.median(r['failed_manifest_reads'] for r in rows if r['n'] == n and r['variant'] == label):.0f}"
-        for n in sizes for label, _ in variants))
+        for n in sizes for label in labels))
     print("\noperator requests by verb and resource, per RayJob (median over rounds):")
     for n in sizes:
-        for label, _ in variants:
+        for label in labels:
             mine = [r for r in rows if r["n"] == n and r["variant"] == label]
             kinds = sorted({k for r in mine for k in r["requests"]})
             per_job = {k: statistics.median(r["requests"].get(k, 0) / r["rayjobs"] for r in mine) for k in kinds}
