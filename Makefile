@@ -76,28 +76,27 @@ test-e2e: setup ## End-to-end: real Ray, DeepSpeed, PEFT and an S3 server, on CP
 test-gpu: setup ## GPU tier (not in `make test`; skips without CUDA): fused kernels against the plain model
 	$(PYTEST) tests/gpu -q -rs
 
-# The local-mode half of the e2e tier (`anytasktune run`), which `make test` runs after lint
-# and unit, in the same lane.
+# The local-mode half of the e2e tier (`anytasktune run`), which `make test` runs after the
+# integration tier, in the same lane.
 E2E_LOCAL := tests/e2e/test_local.py tests/e2e/test_local_identity.py
 
 .PHONY: test
-# Four lanes side by side: lint, unit, then local mode | integration | the rest of e2e |
+# Four lanes side by side: lint then unit | integration then local mode | the rest of e2e |
 # cluster. Each waits on Ray, pods and servers more than it computes; they share no port,
 # process or folder; so together they take about the longest lane's time instead of the sum
 # (docs/decisions.md). Lint and unit run beside the others rather than before them: a quick
 # failure no longer stops the run early (`make lint test-unit` does that), and the run is
-# ~2 min shorter. Local mode follows unit, not integration: after integration it ran alone
-# for its last ~6 min with a core idle (CI run AG). Each lane's output shows, whole, when it ends.
+# ~2 min shorter. Each lane's output shows, whole, when it ends.
 test: setup controlplane ## Everything CI runs: lint and unit beside integration, e2e and cluster (root)
-	@echo "== four lanes side by side: lint, unit, then e2e local mode | integration | e2e trainjob | cluster (each lane's output shows when it ends)"
-	@$(MAKE) --no-print-directory -j4 --output-sync=target lane-lint-unit-and-local lane-integration lane-e2e-trainjob test-cluster
+	@echo "== four lanes side by side: lint then unit | integration then e2e local mode | e2e trainjob | cluster (each lane's output shows when it ends)"
+	@$(MAKE) --no-print-directory -j4 --output-sync=target lane-lint-and-unit lane-integration-and-local lane-e2e-trainjob test-cluster
 
-.PHONY: lane-lint-unit-and-local lane-integration lane-e2e-trainjob
-lane-lint-unit-and-local: lint
+.PHONY: lane-lint-and-unit lane-integration-and-local lane-e2e-trainjob
+lane-lint-and-unit: lint
 	$(PYTEST) tests/unit -q
-	$(PYTEST) $(E2E_LOCAL) -q
-lane-integration: setup controlplane
+lane-integration-and-local: setup controlplane
 	$(PYTEST) tests/integration -q
+	$(PYTEST) $(E2E_LOCAL) -q
 lane-e2e-trainjob: setup
 	$(PYTEST) tests/e2e -q $(addprefix --ignore=,$(E2E_LOCAL))
 
