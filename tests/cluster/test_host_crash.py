@@ -22,7 +22,7 @@ from tests.cluster.conftest import Cluster
 from tests.cluster.harness import REPO, cluster_is_up
 
 RUN = Path("/run/anytasktune-cluster")  # hack/cluster/lib.sh: the daemons' PID files
-CGROUP_ROOTS = Path("/sys/fs/cgroup").glob("*/anytasktune")  # the kubelet's cgroupRoot, each v1 hierarchy
+CGROUPS = Path("/sys/fs/cgroup")  # the kubelet's cgroupRoot is anytasktune: in each v1 hierarchy, or v2's one tree
 
 
 def test_make_cluster_cleans_up_after_a_crashed_cluster_and_comes_back(cluster: Cluster) -> None:
@@ -58,9 +58,12 @@ def crash_the_cluster() -> int:
                 continue
             if "containerd-shim" in cmdline and sock in cmdline:
                 pids.add(int(proc.name))
-    for root in CGROUP_ROOTS:
-        for procs in root.rglob("cgroup.procs"):
-            pids |= {int(p) for p in procs.read_text().split()}
+    for root in [CGROUPS / "anytasktune", *CGROUPS.glob("*/anytasktune")]:
+        for procs in root.rglob("cgroup.procs") if root.is_dir() else []:
+            try:
+                pids |= {int(p) for p in procs.read_text().split()}
+            except OSError:  # a pod's cgroup removed meanwhile
+                continue
     for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
