@@ -265,7 +265,7 @@ def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path,
     time.sleep(2)
     pythonpath = f"{tree}/operator:{tree}/contract:{tree}/trainjob" if tree != ROOT else None
     custom, core = kube_clients(cp.kubeconfig)
-    namespace = f"bench-{label}-{n}-{int(time.time()) % 100000}"
+    namespace = f"bench-{label.replace('+', '-')}-{n}-{int(time.time()) % 100000}"
     core.create_namespace({"metadata": {"name": namespace}})
     env = {**cp.env(), "ANYTASKTUNE_RESYNC_SECONDS": "30", "PYTHONPATH": pythonpath or ""}
     snapshot = workdir / f"{namespace}.tracemalloc"
