@@ -58,7 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from anytasktune.s3server import EmbeddedS3  # noqa: E402
-from tests.integration.helpers import OperatorProcess, metrics_text  # noqa: E402
+from tests.integration.helpers import OperatorProcess, metrics_text, s3_credentials  # noqa: E402
 from tests.kube.controlplane import ControlPlane  # noqa: E402
 
 SUBTASKS = 10
@@ -233,6 +233,12 @@ def memory_report(snapshot_path: Path, out: Path, top: int = 40) -> None:
     out.write_text("\n".join(lines) + "\n")
 
 
+def tft_and_subtask(job: str) -> tuple[str, str]:
+    """("p12", "s3") of RayJob "p12-s3-1"."""
+    tft, rest = job.split("-s", 1)
+    return tft, "s" + rest.split("-")[0]
+
+
 def run_ids(custom: Any, namespace: str) -> dict[str, str]:
     """RayJob name -> its run id (the label the manifest's key is made of), in pages."""
     ids: dict[str, str] = {}
@@ -251,7 +257,7 @@ def publisher(s3: Any, namespace: str, custom: Any) -> Callable[[str], None]:
     client, ids = s3.client(), run_ids(custom, namespace)
 
     def put(job: str) -> None:
-        tft, subtask = job.split("-s")[0], "s" + job.split("-s")[1].split("-")[0]
+        tft, subtask = tft_and_subtask(job)
         manifest = {"runId": ids[job], "evaluation": {"base": {"f1": 0.2}, "adapter": {"f1": 0.7}, "lift": {"f1": 0.5}}}
         client.put_object(Bucket=MANIFEST_BUCKET, Key=f"{tft}/{subtask}/{ids[job]}/manifest.json", Body=json.dumps(manifest).encode())
 
@@ -272,8 +278,7 @@ def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path,
     if trace_memory is not None and tree == ROOT:
         (workdir / "sitecustomize.py").write_text(TRACEMALLOC_SITECUSTOMIZE)
         env |= {"PYTHONPATH": str(workdir), "ANYTASKTUNE_BENCH_TRACEMALLOC": str(snapshot)}
-    creds = {k: v for k, v in s3.env().items() if k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")} if s3 is not None else {}
-    op = OperatorProcess(env, workdir / f"{namespace}.log", extra_env={"ANYTASKTUNE_RETRY_BACKOFF_SECONDS": "10", **creds})
+    op = OperatorProcess(env, workdir / f"{namespace}.log", extra_env={"ANYTASKTUNE_RETRY_BACKOFF_SECONDS": "10", **s3_credentials(s3)})
     _, audit_offset = cp.audit_events()
     op.start()
     time.sleep(4)  # kopf's start-up; its watches open before the first apply
@@ -310,7 +315,12 @@ def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path,
         succeed = status(**job_succeeded)
         if s3 is not None:
             put_manifest = publisher(s3, namespace, custom)
-            drive(pool, lambda job: (put_manifest(job), succeed(job)) and None, jobs, rate)
+
+            def publish_then_succeed(job: str) -> None:
+                put_manifest(job)
+                succeed(job)
+
+            drive(pool, publish_then_succeed, jobs, rate)
         else:
             drive(pool, succeed, jobs, rate)
         done_at = drive(pool, status(**complete), jobs, rate)
@@ -346,7 +356,7 @@ def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path,
                       for e in mine)
 
     def latency(phase: str, written: dict[str, float]) -> list[float]:
-        return [recorder.seen[(job.split("-s")[0], "s" + job.split("-s")[1].split("-")[0], phase)] - written[job] for job in jobs]
+        return [recorder.seen[(*tft_and_subtask(job), phase)] - written[job] for job in jobs]
 
     running, succeeded = latency("Running", running_at), latency("Succeeded", done_at)
     failed_reads = sum(1 for line in op.logs().splitlines() if "manifest" in line and "not readable" in line)

@@ -232,11 +232,15 @@ def s3_serving(tmp: Path, buckets: list[str], **kwargs: Any) -> Iterator[Any]:
         server.stop()
 
 
+def s3_credentials(s3: Any) -> dict[str, str]:
+    """The S3 server's keys as an operator's environment (none without a server)."""
+    return {k: v for k, v in s3.env().items() if k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")} if s3 is not None else {}
+
+
 @contextmanager
 def operator_serving(kube_env: dict[str, str], log_dir: Path, s3: Any = None, **env: str) -> Iterator[OperatorProcess]:
     """The real operator with the S3 server's keys (if any) and `env`; its log printed at the end."""
-    creds = {k: v for k, v in s3.env().items() if k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")} if s3 is not None else {}
-    op = OperatorProcess(kube_env, log_dir / "operator.log", extra_env={**creds, **env}).start()
+    op = OperatorProcess(kube_env, log_dir / "operator.log", extra_env={**s3_credentials(s3), **env}).start()
     try:
         yield op
     finally:
