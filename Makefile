@@ -128,8 +128,10 @@ bench-trainjob: setup ## Training step: plain torch vs DeepSpeed ZeRO-0/2/3 on t
 bench-overhead: setup ## SmolLM2-135M LoRA steps: a plain PEFT loop vs the trainjob's loop vs the whole trainjob under Ray Train
 	$(PY) bench/bench_overhead.py
 
-bench-packed: setup ## K=2, 4 LoRA adapters trained packed (one process, one base copy) vs K separate runs: speed, peak RSS, held-out metrics
-	$(PY) bench/bench_packed.py
+# On a CUDA machine: make bench-packed BENCH_PACKED_ARGS="--device cuda" (or "--device cuda --dtype bf16 --shape 135m --lr 1e-3").
+BENCH_PACKED_ARGS ?=
+bench-packed: setup ## K=2, 4 LoRA adapters trained packed (one process, one base copy) vs K separate runs: speed, peak memory, held-out metrics
+	$(PY) bench/bench_packed.py $(BENCH_PACKED_ARGS)
 
 bench-ray-report: setup ## What Ray Train's report() costs a loop of fast steps, by how often it is called
 	$(PY) bench/bench_ray_report.py

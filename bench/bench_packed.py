@@ -28,6 +28,11 @@ Adam turns that into a full step the other way, and over the steps the trajector
 apart (up to ~lr per element) as much as two separate runs padded differently do.
 
     .venv/bin/python bench/bench_packed.py [--rounds 3] [--steps 32] [--batch 4] [--records 120]
+    python3 bench/bench_packed.py --device cuda [--dtype bf16] [--shape 135m]   # on a CUDA machine
+
+On a GPU every step ends with the losses read back (as the trainjob's loop reads them), so a
+step's time is its GPU work; memory is the GPU's peak allocation (each separate run also holds
+its own CUDA context, ~0.5 GiB, which that figure leaves out).
 """
 
 from __future__ import annotations
@@ -49,9 +54,18 @@ ROOT = Path(__file__).resolve().parents[1]
 SUBTASKS = ("sentiment", "topic", "price", "length")
 KS = (2, 4)
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "targetModules": ["q_proj", "v_proj"]}
-MODEL = {"hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 8, "num_attention_heads": 8,
-         "num_key_value_heads": 4}
-LOSS_TOL = 1e-3  # nats: float rounding moves it ~1e-6; a gradient from the wrong rows moves it ~1e-1
+SHAPES = {  # Llama-shaped bases built from a config (random weights; the vocabulary is the bench's own BPE)
+    "small": {"hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 8, "num_attention_heads": 8,
+              "num_key_value_heads": 4},
+    # SmolLM2-135M's layers (the demo's model), for a GPU: one sub-task's micro-batch leaves it idle.
+    "135m": {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+             "num_key_value_heads": 3},
+}
+DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+# nats. fp32: float rounding moves it ~1e-6; a gradient from the wrong rows moves it ~1e-1. bf16 keeps
+# 8 bits of mantissa (relative 4e-3 a rounding) and a packed batch rounds differently from a
+# separate one (its padding), so its bound is 2e-2, still 5x below a wrong-rows gradient.
+LOSS_TOL = {"fp32": 1e-3, "bf16": 2e-2}
 ACCURACY_TOL_RECORDS = 1  # a greedy answer on a near-tie may flip with float rounding
 WEIGHT_ATOL = 1e-5  # reported, not a criterion: see "weights" in report()
 FILLER = ("the service was quick and friendly but the room felt small and the view over the old harbour "
@@ -102,7 +116,7 @@ def spec_doc(args: argparse.Namespace, subtask: str, dataset: Path, model_dir: P
         "baseModel": {"uri": str(model_dir)},
         "dataset": {"uri": str(dataset), "format": "taskfinetune"},
         "lora": LORA,
-        "training": {"epochs": 2, "maxSteps": args.steps, "learningRate": 1e-2, "microBatchSize": args.batch,
+        "training": {"epochs": 2, "maxSteps": args.steps, "learningRate": args.lr, "microBatchSize": args.batch,
                      "gradientAccumulationSteps": 1, "maxSeqLength": 160, "warmupRatio": 0.1, "weightDecay": 0.0,
                      "maxGradNorm": 1.0, "seed": seed},
         "deepspeed": {}, "evaluation": {"holdout": 0.2, "maxNewTokens": 3, "batchSize": 8, "maxSamples": 24},
@@ -128,7 +142,7 @@ def prepare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=512, tie_word_embeddings=True,
                                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                                         bos_token_id=None, **MODEL))
+                                         bos_token_id=None, **SHAPES[args.shape]))
     model.generation_config.eos_token_id, model.generation_config.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
     model_dir = workdir / "model"
     model.save_pretrained(model_dir, safe_serialization=True)
@@ -141,8 +155,23 @@ def prepare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         prepared = prepare_data(spec, None, log=lambda _m: None)  # type: ignore[arg-type]  # local files: no store
         tasks.append({"spec": spec.to_json(), "payload": prepared.payload, "pad_id": prepared.pad_id,
                       "stop_ids": prepared.stop_ids})
-    return {"model_dir": str(model_dir), "tasks": tasks,
+    return {"model_dir": str(model_dir), "tasks": tasks, "device": args.device, "dtype": args.dtype,
             "params": sum(p.numel() for p in model.parameters()), "vocab": len(tokenizer)}
+
+
+def placement(job: dict[str, Any]) -> tuple[Any, Any]:
+    """(torch device, torch dtype) the job's runs train and evaluate on."""
+    import torch
+
+    return torch.device(job["device"]), getattr(torch, DTYPES[job["dtype"]])
+
+
+def peak_mib(device: Any) -> float:
+    """The run's peak memory: host RSS on a CPU, the GPU's peak allocation on a GPU."""
+    from anytasktune_trainjob.training import peak_memory_mib
+
+    host, gpu = peak_memory_mib(device)
+    return gpu if gpu is not None else host
 
 
 # --- the children: one run each, a RESULT line on stdout ---------------------------------------------
@@ -157,7 +186,8 @@ def evaluate_adapter(job: dict[str, Any], task: dict[str, Any], folder: Path) ->
     from anytasktune_trainjob.worker import WorkerContext
 
     AutoTokenizer.from_pretrained(job["model_dir"]).save_pretrained(str(folder))  # load_models reads it there
-    ctx = WorkerContext(rank=0, world=1, device=torch.device("cpu"), precision="fp32", dtype=torch.float32)
+    device, dtype = placement(job)
+    ctx = WorkerContext(rank=0, world=1, device=device, precision=job["dtype"], dtype=dtype)
     model, tokenizer = load_models(job["model_dir"], folder, ctx)
     held = task["payload"]["holdout"]
     with torch.no_grad():
@@ -170,21 +200,20 @@ def evaluate_adapter(job: dict[str, Any], task: dict[str, Any], folder: Path) ->
 
 
 def child_packed(job: dict[str, Any], k: int, out: Path) -> dict[str, Any]:
-    import torch
     from transformers import AutoModelForCausalLM
 
     from anytasktune_contract.trainspec import TrainJobSpec
     from anytasktune_trainjob.packed import PackedLoraModel, PackedTrainer, SubTask
     from anytasktune_trainjob.summary import step_time_stats
-    from anytasktune_trainjob.training import peak_memory_mib
 
     tasks = job["tasks"][:k]
     subtasks = [SubTask.from_spec(TrainJobSpec.from_json(t["spec"]), t["payload"]) for t in tasks]
-    base: Any = AutoModelForCausalLM.from_pretrained(job["model_dir"], dtype=torch.float32)
+    device, dtype = placement(job)
+    base: Any = AutoModelForCausalLM.from_pretrained(job["model_dir"], dtype=dtype).to(device)
     trainer = PackedTrainer(PackedLoraModel(base, LORA["targetModules"]), subtasks, pad_id=tasks[0]["pad_id"],
-                            device=torch.device("cpu"))
-    outcome = trainer.train()
-    peak = peak_memory_mib(torch.device("cpu"))[0]  # before evaluation loads another copy of the base
+                            device=device)
+    outcome = trainer.train()  # each step reads its losses back: on a GPU, a step's time is its GPU work
+    peak = peak_mib(device)  # before evaluation loads another copy of the base
     padded = sum(trainer.micro_batch(s, 0)[0]["input_ids"].numel() for s in range(outcome.steps))
     folders = trainer.export(out, job["model_dir"])
     return {"step_stats": step_time_stats(outcome.step_seconds), "steps": outcome.steps, "tokens": outcome.tokens,
@@ -206,14 +235,14 @@ def child_separate(job: dict[str, Any], k: int, out: Path) -> dict[str, Any]:
     from anytasktune_trainjob import encoding
     from anytasktune_trainjob.adapter import write_adapter
     from anytasktune_trainjob.summary import step_time_stats
-    from anytasktune_trainjob.training import peak_memory_mib
     from anytasktune_trainjob.zero import lr_factor, micro_batch, plan_steps
 
     task = job["tasks"][k]
     spec = TrainJobSpec.from_json(task["spec"])
     tr, ids, labels = spec.training, task["payload"]["train_ids"], task["payload"]["train_labels"]
+    device, dtype = placement(job)
     torch.manual_seed(tr.seed)
-    base: Any = AutoModelForCausalLM.from_pretrained(job["model_dir"], dtype=torch.float32)
+    base: Any = AutoModelForCausalLM.from_pretrained(job["model_dir"], dtype=dtype).to(device)
     model = get_peft_model(base, LoraConfig(r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
                                             target_modules=list(spec.lora.targetModules), task_type="CAUSAL_LM"))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -227,16 +256,18 @@ def child_separate(job: dict[str, Any], k: int, out: Path) -> dict[str, Any]:
         t = time.perf_counter()
         idx = micro_batch(plan, step, 0, tr.microBatchSize, tr.seed)
         batch = encoding.pad_batch([(ids[i], labels[i]) for i in idx], task["pad_id"])
-        tensors = {name: torch.tensor(v, dtype=torch.long) for name, v in batch.items()}
-        model(**tensors).loss.backward()
+        tensors = {name: torch.tensor(v, dtype=torch.long, device=device) for name, v in batch.items()}
+        loss = model(**tensors).loss
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(params, tr.maxGradNorm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        float(loss.detach())  # read back, as the trainjob's and the packed loop read their losses
         seconds.append(time.perf_counter() - t)
         tokens += int(tensors["attention_mask"].sum())
         padded += tensors["input_ids"].numel()
-    peak = peak_memory_mib(torch.device("cpu"))[0]
+    peak = peak_mib(device)
     folder = out / spec.subtask
     write_adapter(model, folder)  # the trainjob's own adapter writer
     return {"step_stats": step_time_stats(seconds), "steps": plan.total_steps, "tokens": tokens, "padded": padded,
@@ -244,9 +275,9 @@ def child_separate(job: dict[str, Any], k: int, out: Path) -> dict[str, Any]:
 
 
 # --- the parent ----------------------------------------------------------------------------------
-def run_child(variant: str, job_file: Path, out: Path, threads: int) -> dict[str, Any]:
+def run_child(variant: str, job_file: Path, out: Path, threads: int, device: str) -> dict[str, Any]:
     kind, _, number = variant.partition("-")
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "DS_ACCELERATOR": "cpu"}
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **({"DS_ACCELERATOR": "cpu"} if device == "cpu" else {})}
     proc = subprocess.run([sys.executable, __file__, "--child", kind, "--k", number, "--job", str(job_file),
                            "--out", str(out), "--threads", str(threads)], capture_output=True, text=True, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -274,6 +305,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--records", type=int, default=120)
     ap.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="the base model's (adapters stay fp32, as PEFT keeps them)")
+    ap.add_argument("--shape", choices=tuple(SHAPES), default="small")
+    ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--child", choices=("packed", "separate"))
     ap.add_argument("--k", type=int)
     ap.add_argument("--job")
@@ -303,7 +338,7 @@ def main() -> None:
             for variant in order:
                 out = workdir / f"round{n}" / variant
                 loads.append(os.getloadavg()[0])
-                r = run_child(variant, job_file, out, args.threads)
+                r = run_child(variant, job_file, out, args.threads, args.device)
                 r["folders"] = {name: str(out / name) for name in r["eval"]}
                 results[variant].append(r)
                 s = r["step_stats"]
@@ -333,12 +368,15 @@ def report(args: argparse.Namespace, job: dict[str, Any], results: dict[str, lis
         # The same in every round (the runs are deterministic): the worst round is shown.
         worst, outside, total = max(diffs[(k, n, name)] for n in rounds)
         return f"{worst:.1e} ({outside:,} of {total:,})"
-    print(f"\nLlama-shaped base from a config ({job['params'] / 1e6:.1f}M parameters, vocab {job['vocab']}), LoRA r={LORA['r']} "
-          f"on {'/'.join(LORA['targetModules'])}, fp32 on CPU, {args.threads} threads; micro-batch {args.batch} per sub-task, "
+    where = (f"{args.dtype} on {torch.cuda.get_device_name(0)}" if args.device == "cuda"
+             else f"{args.dtype} on CPU, {args.threads} threads")
+    memory = "peak GPU allocation" if args.device == "cuda" else "peak RSS"
+    print(f"\nLlama-shaped base from a config ({args.shape}: {job['params'] / 1e6:.1f}M parameters, vocab {job['vocab']}), "
+          f"LoRA r={LORA['r']} on {'/'.join(LORA['targetModules'])} (fp32 adapters), {where}; micro-batch {args.batch} per sub-task, "
           f"{args.steps} steps, {args.rounds} interleaved rounds; torch {torch.__version__}; "
           f"1-minute load average {loads[0]:.2f} before, {max(loads[1:]):.2f} at most before a run, {os.getloadavg()[0]:.2f} after")
     print("\n| K | packed step (ms) | K separate steps, summed (ms) | speedup packed vs K separate, median (range) | "
-          "tokens/s packed | tokens/s separate | padding packed / separate | peak RSS packed (MiB) | "
+          f"tokens/s packed | tokens/s separate | padding packed / separate | {memory} packed (MiB) | "
           "separate: sum / max (MiB) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for k in KS:
@@ -367,9 +405,10 @@ def report(args: argparse.Namespace, job: dict[str, Any], results: dict[str, lis
             worst_flips = max([worst_flips] + [abs(a["accuracy"] - b["accuracy"]) * a["records"] for a, b in zip(p, s, strict=True)])
             print(f"| {k} | {name} | {p[0]['eval_loss']:.4f} | {s[0]['eval_loss']:.4f} | {p[0]['accuracy']:.3f} | "
                   f"{s[0]['accuracy']:.3f} | {p[0]['records']} | {weights(k, name)} |")
-    verdict = "within" if worst_loss <= LOSS_TOL and round(worst_flips) <= ACCURACY_TOL_RECORDS else "OUTSIDE"
+    loss_tol = LOSS_TOL[args.dtype]
+    verdict = "within" if worst_loss <= loss_tol and round(worst_flips) <= ACCURACY_TOL_RECORDS else "OUTSIDE"
     print(f"\nPacked vs separate, every sub-task and round: max |held-out loss difference| {worst_loss:.1e} "
-          f"(tolerance {LOSS_TOL:g}), max accuracy difference {round(worst_flips)} held-out records "
+          f"(tolerance {loss_tol:g}), max accuracy difference {round(worst_flips)} held-out records "
           f"(tolerance {ACCURACY_TOL_RECORDS}): {verdict} tolerance")
 
 
