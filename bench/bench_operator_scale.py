@@ -359,7 +359,8 @@ def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path,
         return [recorder.seen[(*tft_and_subtask(job), phase)] - written[job] for job in jobs]
 
     running, succeeded = latency("Running", running_at), latency("Succeeded", done_at)
-    failed_reads = sum(1 for line in op.logs().splitlines() if "manifest" in line and "not readable" in line)
+    log_text = op.log_path.read_text(errors="replace")  # the whole log: logs() keeps only its tail
+    failed_reads = sum(1 for line in log_text.splitlines() if "manifest" in line and "not readable" in line)
     # The next variant must not share the API server with this one's garbage collection
     # (10,000 RayJobs at N=1,000): wait until the namespace is gone.
     gone_s = delete_namespace_and_wait(core, namespace)
