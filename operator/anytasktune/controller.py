@@ -58,6 +58,7 @@ class WorkQueue:
         self._queued: set[Key] = set()
         self._active: set[Key] = set()
         self._dirty: set[Key] = set()
+        self._due_since: dict[Key, float] = {}  # when a pass became due, for the wait metric
         self._timers: dict[Key, tuple[float, asyncio.TimerHandle]] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -72,11 +73,14 @@ class WorkQueue:
     def add(self, key: Key, delay: float = 0.0) -> None:
         if delay > 0:
             self._add_later(key, delay)
-        elif key in self._active:
+            return
+        self._due_since.setdefault(key, asyncio.get_running_loop().time())
+        if key in self._active:
             self._dirty.add(key)
         elif key not in self._queued:
             self._queued.add(key)
             self._queue.put_nowait(key)
+            metrics.QUEUE_DEPTH.set(len(self._queued))
 
     def _add_later(self, key: Key, delay: float) -> None:
         loop = asyncio.get_running_loop()
@@ -96,6 +100,8 @@ class WorkQueue:
         if (timer := self._timers.pop(key, None)) is not None:
             timer[1].cancel()
         self._dirty.discard(key)
+        if key not in self._queued and key not in self._active:
+            self._due_since.pop(key, None)
 
     def __len__(self) -> int:
         return len(self._queued)
@@ -107,6 +113,9 @@ class WorkQueue:
         while True:
             key = await self._queue.get()
             self._queued.discard(key)
+            metrics.QUEUE_DEPTH.set(len(self._queued))
+            if (due := self._due_since.pop(key, None)) is not None:
+                metrics.QUEUE_WAIT_SECONDS.observe(asyncio.get_running_loop().time() - due)
             self._active.add(key)
             try:
                 await self._process(key)

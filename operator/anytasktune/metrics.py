@@ -15,9 +15,16 @@ RECONCILE_SECONDS = Histogram("anytasktune_reconcile_duration_seconds", "Duratio
 ERRORS = Counter("anytasktune_errors_total", "Errors talking to the API server or S3", ["target"])
 CHILD_READS = Counter("anytasktune_child_reads_total",
                       "Reconcile passes by where they read the RayJobs and RayClusters: cache or list", ["source"])
+QUEUE_DEPTH = Gauge("anytasktune_workqueue_depth", "TaskFineTunes waiting for a reconcile pass (due now, not yet started)")
+# From the moment a pass is due (an event, a finished manifest read, a timer firing) to its start:
+# with the pass's own duration, the delay a user sees between a change and the status showing it.
+QUEUE_WAIT_SECONDS = Histogram("anytasktune_workqueue_wait_seconds",
+                               "Time a TaskFineTune's reconcile pass waited in the queue before it started",
+                               buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
 
 ALL_METRICS = ("anytasktune_subtasks", "anytasktune_rayjobs_created_total", "anytasktune_retries_total",
-               "anytasktune_reconcile_duration_seconds", "anytasktune_errors_total", "anytasktune_child_reads_total")
+               "anytasktune_reconcile_duration_seconds", "anytasktune_errors_total", "anytasktune_child_reads_total",
+               "anytasktune_workqueue_depth", "anytasktune_workqueue_wait_seconds")
 
 
 def observe_status(namespace: str, name: str, status: TaskFineTuneStatus) -> None:

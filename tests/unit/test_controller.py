@@ -44,6 +44,44 @@ def test_work_queue_coalesces_and_never_runs_a_key_twice_at_once() -> None:
     assert runs == ["a", "a"] and most == 1
 
 
+def _wait_histogram() -> tuple[float, float]:
+    samples = {s.name: s.value for m in metrics.QUEUE_WAIT_SECONDS.collect() for s in m.samples}
+    return samples["anytasktune_workqueue_wait_seconds_count"], samples["anytasktune_workqueue_wait_seconds_sum"]
+
+
+def test_work_queue_measures_how_long_a_due_pass_waits_and_how_many_wait() -> None:
+    """One worker busy with "a" for 0.3 s: "b", due meanwhile, waits about that long; a
+    delayed pass counts its wait from when it fell due, not from when it was asked for."""
+    async def scenario() -> tuple[list[float], list[float]]:
+        depths: list[float] = []
+        release = asyncio.Event()
+
+        async def process(key: tuple[str, str]) -> None:
+            if key[1] == "a":
+                await release.wait()
+
+        queue = WorkQueue(process, workers=1)
+        queue.start()
+        queue.add(("ns", "a"))
+        await asyncio.sleep(0.05)  # "a" holds the only worker
+        queue.add(("ns", "b"))
+        queue.add(("ns", "c"), delay=0.5)  # due at 0.55 s, started at once then
+        depths.append(metrics.QUEUE_DEPTH._value.get())  # type: ignore[attr-defined]
+        await asyncio.sleep(0.3)
+        count0, sum0 = _wait_histogram()
+        release.set()
+        await asyncio.sleep(0.4)
+        count1, sum1 = _wait_histogram()
+        depths.append(metrics.QUEUE_DEPTH._value.get())  # type: ignore[attr-defined]
+        await queue.stop()
+        return [count1 - count0, sum1 - sum0], depths
+
+    (count, total), depths = asyncio.run(scenario())
+    assert depths == [1, 0]  # "b" waited; then nothing
+    assert count == 2  # "b" and the delayed "c"
+    assert 0.29 <= total < 0.45  # "b" ~0.3 s, "c" ~0 s (not the 0.5 s it was delayed)
+
+
 @pytest.mark.parametrize("then", ["nothing", "a child's event"])
 def test_a_taskfinetune_deleted_during_its_pass_leaves_no_state_or_metrics(then: str) -> None:
     """Also when the garbage collector's deletion of its RayJobs queues the parent again
