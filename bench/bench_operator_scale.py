@@ -162,16 +162,42 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
+    """Prometheus's estimate: linear inside the bucket that holds the q-th observation.
+    `buckets`: (upper bound, cumulative count), ascending, +Inf last."""
+    total = buckets[-1][1]
+    if not total:
+        return float("nan")
+    rank, lower, below = q * total, 0.0, 0.0
+    for upper, count in buckets:
+        if count >= rank:
+            if upper == float("inf"):
+                return lower  # beyond the largest bound: Prometheus answers that bound
+            return lower + (upper - lower) * (rank - below) / (count - below) if count > below else upper
+        lower, below = upper, count
+    return lower
+
+
 def pass_metrics(op: OperatorProcess) -> dict[str, float]:
-    """Reconcile passes and their mean duration, from the operator's own histogram (an
-    operator without it, or without a metrics port, gives NaN)."""
+    """Reconcile passes and their mean duration, and the work queue's wait before a pass
+    (p50, p99, mean), from the operator's own histograms (an operator without them, or
+    without a metrics port, gives NaN)."""
+    nan = float("nan")
     try:
-        samples = {line.split()[0]: float(line.split()[-1]) for line in metrics_text(op.metrics_port).splitlines()
-                   if line.startswith("anytasktune_reconcile_duration_seconds_")}
-        count, total = samples["anytasktune_reconcile_duration_seconds_count"], samples["anytasktune_reconcile_duration_seconds_sum"]
-        return {"passes": count, "pass_mean_s": total / count if count else float("nan")}
-    except Exception:  # noqa: BLE001 - the baseline may not export it
-        return {"passes": float("nan"), "pass_mean_s": float("nan")}
+        text = metrics_text(op.metrics_port)
+    except Exception:  # noqa: BLE001 - the baseline may have no metrics port
+        return {"passes": nan, "pass_mean_s": nan, "wait_p50_s": nan, "wait_p99_s": nan, "wait_mean_s": nan}
+    samples = {line.split()[0]: float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith(("anytasktune_reconcile_duration_seconds_", "anytasktune_workqueue_wait_seconds_"))}
+    count = samples.get("anytasktune_reconcile_duration_seconds_count", nan)
+    out = {"passes": count, "pass_mean_s": samples.get("anytasktune_reconcile_duration_seconds_sum", nan) / count if count else nan}
+    waits = sorted((float("inf") if key.endswith('le="+Inf"}') else float(key.split('le="')[1].rstrip('"}')), value)
+                   for key, value in samples.items() if key.startswith("anytasktune_workqueue_wait_seconds_bucket"))
+    waited = samples.get("anytasktune_workqueue_wait_seconds_count", 0.0)
+    out |= {"wait_p50_s": histogram_quantile(0.5, waits) if waits else nan,
+            "wait_p99_s": histogram_quantile(0.99, waits) if waits else nan,
+            "wait_mean_s": samples.get("anytasktune_workqueue_wait_seconds_sum", nan) / waited if waited else nan}
+    return out
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -451,6 +477,11 @@ def main() -> None:
             suc = "/".join(f"{statistics.median(r['succeeded'][i] for r in mine):.2f}" for i in range(3))
             print(f"{label:<20} {n:>9} {med['created_s']:>16.1f}s {run:>22} {suc:>24} {med['rss_mib']:>12.0f} "
                   f"{med['requests_per_change']:>14.2f} {med['cpu_s']:>14.1f} {med['passes']:>7.0f} {1000 * med['pass_mean_s']:>12.0f}")
+    def waits(n: int, label: str) -> str:
+        mine = [r for r in rows if r["n"] == n and r["variant"] == label]
+        return "/".join(f"{statistics.median(r.get(k, float('nan')) for r in mine):.3f}" for k in ("wait_p50_s", "wait_p99_s", "wait_mean_s"))
+    print("\nwork queue wait p50/p99/mean, from a pass falling due to its start (the operator's histogram; quantiles "
+          "estimated from its buckets), median over rounds: " + ", ".join(f"{label} N={n}: {waits(n, label)} s" for n in sizes for label in labels))
     print("\nfailed manifest reads (the operator's log), median over rounds: " + ", ".join(
         f"{label} N={n}: {statistics.median(r['failed_manifest_reads'] for r in rows if r['n'] == n and r['variant'] == label):.0f}"
         for n in sizes for label in labels))
