@@ -82,22 +82,30 @@ def test_work_queue_measures_how_long_a_due_pass_waits_and_how_many_wait() -> No
     assert 0.29 <= total < 0.75  # "b" ~0.3 s, "c" ~0 s: counted from the add, "c" alone would be > 0.5 s
 
 
+def busy_queue(again: tuple[str, str] | None = None) -> tuple[WorkQueue, list[str], asyncio.Event]:
+    """A one-worker queue whose first pass holds the worker until `release` is set, and
+    then asks for `again`; `runs` lists the names passed, in order."""
+    runs: list[str] = []
+    release = asyncio.Event()
+
+    async def process(key: tuple[str, str]) -> None:
+        runs.append(key[1])
+        if len(runs) == 1:
+            await release.wait()
+            if again is not None:
+                queue.add(again)
+
+    queue = WorkQueue(process, workers=1)
+    return queue, runs, release
+
+
 def test_work_queue_starts_every_change_before_any_resync_pass() -> None:
     """One worker, busy: the resync queues r1..r3 before the changes c1, c2 arrive; an event
     for r2 moves it to the change lane; a delayed change pass (a deadline) due while the
     worker is busy goes in that lane too. A key asked for during its own pass by a change
     runs again in the change lane. All of them run once."""
     async def scenario() -> list[str]:
-        runs: list[str] = []
-        release = asyncio.Event()
-
-        async def process(key: tuple[str, str]) -> None:
-            runs.append(key[1])
-            if runs == ["busy"]:
-                await release.wait()
-                queue.add(("ns", "busy"))  # a change during its own pass: one more, a change
-
-        queue = WorkQueue(process, workers=1)
+        queue, runs, release = busy_queue(again=("ns", "busy"))  # a change during its own pass: one more, a change
         queue.start()
         queue.add(("ns", "busy"))
         await asyncio.sleep(0.05)
@@ -119,15 +127,7 @@ def test_work_queue_starts_every_change_before_any_resync_pass() -> None:
 
 def test_a_resync_timer_that_meets_a_change_timer_keeps_the_earlier_time_and_the_change_lane() -> None:
     async def scenario() -> list[str]:
-        runs: list[str] = []
-        release = asyncio.Event()
-
-        async def process(key: tuple[str, str]) -> None:
-            runs.append(key[1])
-            if runs == ["busy"]:
-                await release.wait()
-
-        queue = WorkQueue(process, workers=1)
+        queue, runs, release = busy_queue()
         queue.start()
         queue.add(("ns", "busy"))
         await asyncio.sleep(0.02)
