@@ -191,16 +191,12 @@ def pass_metrics(op: OperatorProcess) -> dict[str, float]:
                if line.startswith(("anytasktune_reconcile_duration_seconds_", "anytasktune_workqueue_wait_seconds_"))}
     count = samples.get("anytasktune_reconcile_duration_seconds_count", nan)
     out = {"passes": count, "pass_mean_s": samples.get("anytasktune_reconcile_duration_seconds_sum", nan) / count if count else nan}
-    # The passes a change asked for: lane="change" (an operator with lanes) or all of them (one without).
-    def wanted(key: str) -> bool:
-        return 'lane="' not in key or 'lane="change"' in key
     waits = sorted((float("inf") if key.endswith('le="+Inf"}') else float(key.split('le="')[1].rstrip('"}')), value)
-                   for key, value in samples.items() if key.startswith("anytasktune_workqueue_wait_seconds_bucket") and wanted(key))
-    waited = sum(v for k, v in samples.items() if k.startswith("anytasktune_workqueue_wait_seconds_count") and wanted(k))
-    total = sum(v for k, v in samples.items() if k.startswith("anytasktune_workqueue_wait_seconds_sum") and wanted(k))
+                   for key, value in samples.items() if key.startswith("anytasktune_workqueue_wait_seconds_bucket"))
+    waited = samples.get("anytasktune_workqueue_wait_seconds_count", 0.0)
     out |= {"wait_p50_s": histogram_quantile(0.5, waits) if waits else nan,
             "wait_p99_s": histogram_quantile(0.99, waits) if waits else nan,
-            "wait_mean_s": total / waited if waited else nan}
+            "wait_mean_s": samples.get("anytasktune_workqueue_wait_seconds_sum", nan) / waited if waited else nan}
     return out
 
 
@@ -484,9 +480,8 @@ def main() -> None:
     def waits(n: int, label: str) -> str:
         mine = [r for r in rows if r["n"] == n and r["variant"] == label]
         return "/".join(f"{statistics.median(r.get(k, float('nan')) for r in mine):.3f}" for k in ("wait_p50_s", "wait_p99_s", "wait_mean_s"))
-    print("\nwork queue wait p50/p99/mean of the passes a change asked for (all passes where the operator has no lanes), "
-          "from a pass falling due to its start (the operator's histogram; quantiles estimated from its buckets), median over rounds: "
-          + ", ".join(f"{label} N={n}: {waits(n, label)} s" for n in sizes for label in labels))
+    print("\nwork queue wait p50/p99/mean, from a pass falling due to its start (the operator's histogram; quantiles "
+          "estimated from its buckets), median over rounds: " + ", ".join(f"{label} N={n}: {waits(n, label)} s" for n in sizes for label in labels))
     print("\nfailed manifest reads (the operator's log), median over rounds: " + ", ".join(
         f"{label} N={n}: {statistics.median(r['failed_manifest_reads'] for r in rows if r['n'] == n and r['variant'] == label):.0f}"
         for n in sizes for label in labels))

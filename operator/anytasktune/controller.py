@@ -4,10 +4,6 @@ resync safety net, and manifest reads kept off the reconcile path.
 - **One pass per TaskFineTune at a time, coalesced.** Any number of events for the
   same TaskFineTune while a pass is queued collapse into that pass; events during a
   pass schedule exactly one more (client-go's workqueue semantics).
-- **Changes before the safety net.** A pass that only the resync asked for waits
-  behind every pass that an event, a finished read or a timer asked for (two lanes, as
-  controller-runtime's priority queue does for its resyncs); an event for a TaskFineTune
-  already queued by the resync moves it to the front lane.
 - **Supervised.** Any error in a pass (API errors, a connection refused while the API
   server restarts, a bug) is logged, counted and retried with backoff; the resync loop
   survives every error too.
@@ -24,7 +20,6 @@ resync safety net, and manifest reads kept off the reconcile path.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import threading
 import time
@@ -53,26 +48,18 @@ EVENT_THREADS = 4
 PASS_ERROR_BACKOFF = Backoff(1.0, 60.0)
 
 
-CHANGE, RESYNC = 0, 1  # the lanes, in the order they are served
-LANE_NAMES = {CHANGE: "change", RESYNC: "resync"}
-
-
 class WorkQueue:
-    """Coalescing, per-key serialized, with delayed adds (earliest wins) and two lanes:
-    every queued CHANGE pass starts before any RESYNC pass."""
+    """Coalescing, per-key serialized, with delayed adds (earliest wins)."""
 
     def __init__(self, process: Callable[[Key], Awaitable[None]], workers: int) -> None:
         self._process = process
         self._workers = workers
-        # (lane, order, key). An entry whose key was since moved to the CHANGE lane (or
-        # already processed) is stale and skipped: _queued says which lane is current.
-        self._queue: asyncio.PriorityQueue[tuple[int, int, Key]] = asyncio.PriorityQueue()
-        self._order = itertools.count()
-        self._queued: dict[Key, int] = {}  # key -> its lane
+        self._queue: asyncio.Queue[Key] = asyncio.Queue()
+        self._queued: set[Key] = set()
         self._active: set[Key] = set()
-        self._dirty: dict[Key, int] = {}  # asked for during its pass: one more, in this lane
+        self._dirty: set[Key] = set()
         self._due_since: dict[Key, float] = {}  # when a pass became due, for the wait metric
-        self._timers: dict[Key, tuple[float, int, asyncio.TimerHandle]] = {}
+        self._timers: dict[Key, tuple[float, asyncio.TimerHandle]] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -83,40 +70,36 @@ class WorkQueue:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def add(self, key: Key, delay: float = 0.0, lane: int = CHANGE) -> None:
+    def add(self, key: Key, delay: float = 0.0) -> None:
         if delay > 0:
-            self._add_later(key, delay, lane)
+            self._add_later(key, delay)
             return
         self._due_since.setdefault(key, asyncio.get_running_loop().time())
         if key in self._active:
-            self._dirty[key] = min(lane, self._dirty.get(key, lane))
-        elif lane < self._queued.get(key, lane + 1):  # not queued, or queued in a later lane
-            self._queued[key] = lane
-            self._queue.put_nowait((lane, next(self._order), key))
+            self._dirty.add(key)
+        elif key not in self._queued:
+            self._queued.add(key)
+            self._queue.put_nowait(key)
             metrics.QUEUE_DEPTH.set(len(self._queued))
 
-    def _add_later(self, key: Key, delay: float, lane: int) -> None:
-        """One timer per key, at the earliest time asked for, in the most urgent lane asked
-        for: the pass it starts asks again for whatever later time it still needs."""
+    def _add_later(self, key: Key, delay: float) -> None:
         loop = asyncio.get_running_loop()
         when = loop.time() + delay
         current = self._timers.get(key)
         if current is not None:
-            lane = min(lane, current[1])
             if current[0] <= when:
-                self._timers[key] = (current[0], lane, current[2])
                 return
-            current[2].cancel()
-        self._timers[key] = (when, lane, loop.call_at(when, self._fire, key))
+            current[1].cancel()
+        self._timers[key] = (when, loop.call_at(when, self._fire, key))
 
     def _fire(self, key: Key) -> None:
-        _, lane, _ = self._timers.pop(key)
-        self.add(key, lane=lane)
+        self._timers.pop(key, None)
+        self.add(key)
 
     def forget(self, key: Key) -> None:
         if (timer := self._timers.pop(key, None)) is not None:
-            timer[2].cancel()
-        self._dirty.pop(key, None)
+            timer[1].cancel()
+        self._dirty.discard(key)
         if key not in self._queued and key not in self._active:
             self._due_since.pop(key, None)
 
@@ -128,20 +111,19 @@ class WorkQueue:
 
     async def _work(self) -> None:
         while True:
-            lane, _, key = await self._queue.get()
-            if self._queued.get(key) != lane:
-                continue  # stale: moved to the CHANGE lane, and that entry went first
-            del self._queued[key]
+            key = await self._queue.get()
+            self._queued.discard(key)
             metrics.QUEUE_DEPTH.set(len(self._queued))
             if (due := self._due_since.pop(key, None)) is not None:
-                metrics.QUEUE_WAIT_SECONDS.labels(lane=LANE_NAMES[lane]).observe(asyncio.get_running_loop().time() - due)
+                metrics.QUEUE_WAIT_SECONDS.observe(asyncio.get_running_loop().time() - due)
             self._active.add(key)
             try:
                 await self._process(key)
             finally:
                 self._active.discard(key)
-                if (again := self._dirty.pop(key, None)) is not None:
-                    self.add(key, lane=again)
+                if key in self._dirty:
+                    self._dirty.discard(key)
+                    self.add(key)
 
 
 class TenantReadPool:
@@ -352,13 +334,15 @@ class Controller:
                 log.info("%s/%s is gone though no event said so (the watch was down): forgetting it", *ghost)
                 self.forget(*ghost)
             for key, delay in zip(keys, resync_delays(len(keys), self.config.resync_seconds), strict=True):
-                self.queue.add(key, delay, RESYNC)
+                self.queue.add(key, delay)
             log.debug("resync queued %d TaskFineTunes in %.2fs", len(keys), time.monotonic() - started)
 
 
 def resync_delays(count: int, period: float) -> list[float]:
-    """Spread a resync's passes over half its period: their API requests come as a
-    stream, not a burst. (They wait in the RESYNC lane, behind every change's pass.)"""
+    """Spread a resync's passes over half its period, so that they never queue (FIFO) in
+    front of an event's pass all at once. At 1,000 x 10 in bench-operator-scale this
+    measured no different from queueing them together (Succeeded p99 16.9 s against
+    17.3 s): the API server was the limit there, not the queue."""
     return [i * period / 2 / count for i in range(count)]
 
 

@@ -19,8 +19,7 @@ QUEUE_DEPTH = Gauge("anytasktune_workqueue_depth", "TaskFineTunes waiting for a 
 # From the moment a pass is due (an event, a finished manifest read, a timer firing) to its start:
 # with the pass's own duration, the delay a user sees between a change and the status showing it.
 QUEUE_WAIT_SECONDS = Histogram("anytasktune_workqueue_wait_seconds",
-                               "Time a TaskFineTune's reconcile pass waited in the queue before it started, by lane: "
-                               "change (an event, a finished read, a timer) or resync", ["lane"],
+                               "Time a TaskFineTune's reconcile pass waited in the queue before it started",
                                buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
 
 ALL_METRICS = ("anytasktune_subtasks", "anytasktune_rayjobs_created_total", "anytasktune_retries_total",

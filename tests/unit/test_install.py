@@ -129,10 +129,8 @@ def test_dashboard_queries_only_metrics_the_operator_exports() -> None:
 
 def test_dashboard_labels_exist_on_the_metrics() -> None:
     labels = {"anytasktune_subtasks": {"namespace", "taskfinetune", "phase"}, "anytasktune_retries_total": {"failure_class"},
-              "anytasktune_errors_total": {"target"}, "anytasktune_child_reads_total": {"source"},
-              "anytasktune_workqueue_wait_seconds": {"lane"}}
+              "anytasktune_errors_total": {"target"}, "anytasktune_child_reads_total": {"source"}}
     assert set(metrics.SUBTASKS._labelnames) == labels["anytasktune_subtasks"]
-    assert set(metrics.QUEUE_WAIT_SECONDS._labelnames) == labels["anytasktune_workqueue_wait_seconds"]
     assert set(metrics.CHILD_READS._labelnames) == labels["anytasktune_child_reads_total"]
     assert set(metrics.RETRIES._labelnames) == labels["anytasktune_retries_total"]
     assert set(metrics.ERRORS._labelnames) == labels["anytasktune_errors_total"]
