@@ -124,6 +124,8 @@ class WorkQueue:
                 if key in self._dirty:
                     self._dirty.discard(key)
                     self.add(key)
+                else:  # forgotten during its pass after an event: nothing is due any more
+                    self._due_since.pop(key, None)
 
 
 class TenantReadPool:
