@@ -92,12 +92,22 @@ start() {
 
 # alive <daemon>: its PID file names a live process running our binary.
 alive() {
-  local f pid
+  local f pid cmd i
   f="$(pidfile "$1")"
   [[ -f "$f" ]] || return 1
   pid="$(cat "$f")"
-  [[ -n "$pid" && -d "/proc/$pid" ]] || return 1
-  [[ "$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" == *"$1"* ]]
+  [[ -n "$pid" ]] || return 1
+  # While a process execs (setsid becoming the daemon), its cmdline reads empty for a moment:
+  # the new image's arguments are not set up yet. Read again before calling it dead (CI run AK
+  # was told CoreDNS "exited" while it ran). A zombie's stays empty: that one is dead.
+  for (( i = 0; i < 50; i++ )); do
+    [[ -d "/proc/$pid" ]] || return 1
+    cmd="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)"
+    [[ -n "$cmd" ]] && break
+    [[ "$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1)" == Z ]] && return 1
+    sleep 0.02
+  done
+  [[ "$cmd" == *"$1"* ]]
 }
 
 kubectl_() { kubectl --kubeconfig "$KUBECONFIG_FILE" "$@"; }
