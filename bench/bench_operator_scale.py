@@ -197,6 +197,13 @@ def pass_metrics(op: OperatorProcess) -> dict[str, float]:
     out |= {"wait_p50_s": histogram_quantile(0.5, waits) if waits else nan,
             "wait_p99_s": histogram_quantile(0.99, waits) if waits else nan,
             "wait_mean_s": samples.get("anytasktune_workqueue_wait_seconds_sum", nan) / waited if waited else nan}
+    # Passes by what made them due, and child events that queued none (operators that count them).
+    for line in text.splitlines():
+        if line.startswith("anytasktune_reconcile_passes_total{"):
+            trigger = line.split('trigger="')[1].split('"')[0]
+            out[f"passes_{trigger}"] = float(line.split()[-1])
+        elif line.startswith("anytasktune_child_events_total{") and 'changed="false"' in line:
+            out["child_events_unchanged"] = out.get("child_events_unchanged", 0.0) + float(line.split()[-1])
     return out
 
 
@@ -482,6 +489,15 @@ def main() -> None:
         return "/".join(f"{statistics.median(r.get(k, float('nan')) for r in mine):.3f}" for k in ("wait_p50_s", "wait_p99_s", "wait_mean_s"))
     print("\nwork queue wait p50/p99/mean, from a pass falling due to its start (the operator's histogram; quantiles "
           "estimated from its buckets), median over rounds: " + ", ".join(f"{label} N={n}: {waits(n, label)} s" for n in sizes for label in labels))
+    triggers = ("taskfinetune", "child", "read", "timer", "retry", "resync")
+
+    def median_of(n: int, label: str, key: str) -> float:
+        return statistics.median(r.get(key, float("nan")) for r in rows if r["n"] == n and r["variant"] == label)
+
+    print("\npasses by what made them due (" + "/".join(triggers) + "), and RayJob events that queued no pass "
+          "(nothing a pass reads changed), median over rounds: " + ", ".join(
+              f"{label} N={n}: " + "/".join(f"{median_of(n, label, f'passes_{t}'):.0f}" for t in triggers)
+              + f", {median_of(n, label, 'child_events_unchanged'):.0f} unchanged" for n in sizes for label in labels))
     print("\nfailed manifest reads (the operator's log), median over rounds: " + ", ".join(
         f"{label} N={n}: {statistics.median(r['failed_manifest_reads'] for r in rows if r['n'] == n and r['variant'] == label):.0f}"
         for n in sizes for label in labels))

@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
+from enum import Enum
 from typing import Any
 
 from anytasktune import metrics
@@ -48,6 +49,17 @@ EVENT_THREADS = 4
 PASS_ERROR_BACKOFF = Backoff(1.0, 60.0)
 
 
+class Trigger(str, Enum):
+    """What made a pass due (the first cause counts when several coalesce)."""
+
+    TaskFineTune = "taskfinetune"  # an event of the TaskFineTune itself
+    Child = "child"  # a RayJob or RayCluster event that changed what a pass reads
+    Read = "read"  # a manifest read finished
+    Timer = "timer"  # the planner asked to look again later (a deadline, a backoff, a poll)
+    Retry = "retry"  # the last pass failed
+    Resync = "resync"  # the safety net
+
+
 class WorkQueue:
     """Coalescing, per-key serialized, with delayed adds (earliest wins)."""
 
@@ -58,7 +70,7 @@ class WorkQueue:
         self._queued: set[Key] = set()
         self._active: set[Key] = set()
         self._dirty: set[Key] = set()
-        self._due_since: dict[Key, float] = {}  # when a pass became due, for the wait metric
+        self._due_since: dict[Key, tuple[float, Trigger]] = {}  # when a pass became due and why, for the metrics
         self._timers: dict[Key, tuple[float, asyncio.TimerHandle]] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -70,11 +82,11 @@ class WorkQueue:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def add(self, key: Key, delay: float = 0.0) -> None:
+    def add(self, key: Key, delay: float = 0.0, trigger: Trigger = Trigger.TaskFineTune) -> None:
         if delay > 0:
-            self._add_later(key, delay)
+            self._add_later(key, delay, trigger)
             return
-        self._due_since.setdefault(key, asyncio.get_running_loop().time())
+        self._due_since.setdefault(key, (asyncio.get_running_loop().time(), trigger))
         if key in self._active:
             self._dirty.add(key)
         elif key not in self._queued:
@@ -82,7 +94,7 @@ class WorkQueue:
             self._queue.put_nowait(key)
             metrics.QUEUE_DEPTH.set(len(self._queued))
 
-    def _add_later(self, key: Key, delay: float) -> None:
+    def _add_later(self, key: Key, delay: float, trigger: Trigger) -> None:
         loop = asyncio.get_running_loop()
         when = loop.time() + delay
         current = self._timers.get(key)
@@ -90,11 +102,11 @@ class WorkQueue:
             if current[0] <= when:
                 return
             current[1].cancel()
-        self._timers[key] = (when, loop.call_at(when, self._fire, key))
+        self._timers[key] = (when, loop.call_at(when, self._fire, key, trigger))
 
-    def _fire(self, key: Key) -> None:
+    def _fire(self, key: Key, trigger: Trigger) -> None:
         self._timers.pop(key, None)
-        self.add(key)
+        self.add(key, trigger=trigger)
 
     def forget(self, key: Key) -> None:
         if (timer := self._timers.pop(key, None)) is not None:
@@ -115,7 +127,8 @@ class WorkQueue:
             self._queued.discard(key)
             metrics.QUEUE_DEPTH.set(len(self._queued))
             if (due := self._due_since.pop(key, None)) is not None:
-                metrics.QUEUE_WAIT_SECONDS.observe(asyncio.get_running_loop().time() - due)
+                metrics.QUEUE_WAIT_SECONDS.observe(asyncio.get_running_loop().time() - due[0])
+                metrics.PASSES.labels(trigger=due[1].value).inc()
             self._active.add(key)
             try:
                 await self._process(key)
@@ -181,6 +194,7 @@ class Controller:
         self.bodies = Bodies()
         self._read_once: set[Key] = set()  # TaskFineTunes GET at least once since start: the truth before the cache
         self._errors: dict[Key, int] = {}
+        self._last_pass: dict[Key, float] = {}  # when each TaskFineTune's latest pass started (monotonic)
         self._deleted: set[Key] = set()  # deleted while a pass may be in flight
         self._loop: asyncio.AbstractEventLoop | None = None
         self._resync: asyncio.Task[None] | None = None
@@ -195,7 +209,8 @@ class Controller:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         reflectors = 2 * max(1, len(self.config.watch_namespaces))  # RayJobs and RayClusters, per namespace
-        self.cache = ChildCache(self.client.watch_api(reflectors), self.config.watch_namespaces, self._enqueue_threadsafe)
+        self.cache = ChildCache(self.client.watch_api(reflectors), self.config.watch_namespaces,
+                                lambda namespace, name: self._enqueue_threadsafe(namespace, name, Trigger.Child))
         self.cache.start()
         self.queue.start()
         self._resync = asyncio.create_task(self._resync_forever())
@@ -211,14 +226,15 @@ class Controller:
         self.writers.shutdown(wait=False, cancel_futures=True)
         self.event_posts.shutdown(wait=False, cancel_futures=True)  # an Event is best effort
 
-    def enqueue(self, namespace: str, name: str, delay: float = 0.0, *, exists: bool = False) -> None:
+    def enqueue(self, namespace: str, name: str, delay: float = 0.0, *, exists: bool = False,
+                trigger: Trigger = Trigger.TaskFineTune) -> None:
         """Queue a pass. `exists`: the TaskFineTune's own event says it exists (again), so a
         deletion noted while a pass was in flight no longer applies. Its children's events and
         finished reads say nothing of the kind: the garbage collector deletes its RayJobs after
         it, and their events must not keep a deleted TaskFineTune's state and metrics."""
         if exists:
             self._deleted.discard((namespace, name))
-        self.queue.add((namespace, name), delay)
+        self.queue.add((namespace, name), delay, trigger)
 
     def remember(self, namespace: str, name: str, body: Mapping[str, Any]) -> None:
         """The TaskFineTune as its latest event shows it: the next pass need not GET it."""
@@ -234,6 +250,7 @@ class Controller:
 
     def _drop(self, key: Key) -> None:
         self.reads.pop(key, None)
+        self._last_pass.pop(key, None)
         self._errors.pop(key, None)
         self.bodies.forget(key)
         self._read_once.discard(key)
@@ -243,6 +260,7 @@ class Controller:
 
     # --- one pass ----------------------------------------------------------------
     async def _process(self, key: Key) -> None:
+        self._last_pass[key] = time.monotonic()
         with metrics.RECONCILE_SECONDS.time():
             try:
                 result = await asyncio.get_running_loop().run_in_executor(self.pass_threads, self.reconcile_once, *key)
@@ -258,7 +276,7 @@ class Controller:
                 metrics.ERRORS.labels(target=_target(err)).inc()
                 log.warning("reconcile %s/%s failed (%d in a row), retrying in %.0fs: %s: %s",
                             *key, failures, delay, type(err).__name__, err)
-                self.queue.add(key, delay)
+                self.queue.add(key, delay, Trigger.Retry)
                 return
         if key in self._deleted:
             self._deleted.discard(key)
@@ -266,7 +284,7 @@ class Controller:
             return
         self._errors.pop(key, None)
         if result is not None and result.requeue_after is not None:
-            self.queue.add(key, result.requeue_after)
+            self.queue.add(key, result.requeue_after, Trigger.Timer)
 
     def reconcile_once(self, namespace: str, name: str) -> Plan | None:
         cached = self.bodies.get((namespace, name)) if (namespace, name) in self._read_once else None
@@ -295,13 +313,19 @@ class Controller:
         store = self._store(settings)
 
         def read() -> None:
+            delay = 0.0
             try:
                 reads.succeeded(uri, store.get_bytes(uri)[0])
             except Exception as err:  # noqa: BLE001 - recorded, shown in the status, retried with backoff
                 metrics.ERRORS.labels(target="s3").inc()
-                failed = reads.failed(uri, f"{type(err).__name__}: {err}", datetime.now(timezone.utc))
+                now = datetime.now(timezone.utc)
+                failed, shown = reads.failed(uri, f"{type(err).__name__}: {err}", now)
                 log.warning("manifest %s not readable (attempt %d): %s", uri, failed.failures, err)
-            self._enqueue_threadsafe(namespace, name)
+                if not shown and failed.next_try is not None:
+                    # The same failure again: a pass now would change nothing; the next is
+                    # due when the retry is (one pass per retry, not two).
+                    delay = max((failed.next_try - now).total_seconds(), 0.0)
+            self._enqueue_threadsafe(namespace, name, Trigger.Read, delay)
 
         self.read_pool.submit(namespace, read)
 
@@ -312,11 +336,11 @@ class Controller:
             self._stores[settings] = ObjectStore(settings, attempts=1, botocore_attempts=2, connect_timeout=3, read_timeout=10)
         return self._stores[settings]
 
-    def _enqueue_threadsafe(self, namespace: str, name: str) -> None:
+    def _enqueue_threadsafe(self, namespace: str, name: str, trigger: Trigger, delay: float = 0.0) -> None:
         if self._loop is None or self._loop.is_closed():
             return  # the operator is stopping: no more passes
         try:
-            self._loop.call_soon_threadsafe(self.enqueue, namespace, name)
+            self._loop.call_soon_threadsafe(lambda: self.enqueue(namespace, name, delay, trigger=trigger))
         except RuntimeError:  # closed between the check and the call
             pass
 
@@ -335,9 +359,18 @@ class Controller:
             for ghost in self.bodies.stale(set(keys), listed_at):
                 log.info("%s/%s is gone though no event said so (the watch was down): forgetting it", *ghost)
                 self.forget(*ghost)
-            for key, delay in zip(keys, resync_delays(len(keys), self.config.resync_seconds), strict=True):
-                self.queue.add(key, delay)
-            log.debug("resync queued %d TaskFineTunes in %.2fs", len(keys), time.monotonic() - started)
+            due = resync_due(keys, self._last_pass, started - self.config.resync_seconds)
+            for key, delay in zip(due, resync_delays(len(due), self.config.resync_seconds), strict=True):
+                self.queue.add(key, delay, Trigger.Resync)
+            log.debug("resync queued %d of %d TaskFineTunes in %.2fs", len(due), len(keys), time.monotonic() - started)
+
+
+def resync_due(keys: list[Key], last_pass: Mapping[Key, float], since: float) -> list[Key]:
+    """The TaskFineTunes with no pass started since `since` (one resync period ago). A pass
+    reads the same memory whatever queued it, so one that ran within the period already did
+    what a resync pass would; skipping it spares a saturated operator ~1 pass per
+    TaskFineTune per period and keeps the guarantee: a pass at least every period or two."""
+    return [key for key in keys if last_pass.get(key, float("-inf")) < since]
 
 
 def resync_delays(count: int, period: float) -> list[float]:

@@ -118,13 +118,16 @@ class ManifestReads:
         with self._lock:
             self._reads[uri] = ManifestRead(manifest=record_fields(manifest))
 
-    def failed(self, uri: str, error: str, now: datetime) -> ManifestRead:
+    def failed(self, uri: str, error: str, now: datetime) -> tuple[ManifestRead, bool]:
+        """Record a failed read; and whether the status must show it (a first failure, or
+        another error than the last): a repeated failure changes nothing a pass shows."""
         with self._lock:
             previous = self._reads.get(uri, ManifestRead())
             failures = previous.failures + 1
             error = error[:300]
-            if previous.error and same_error(previous.error, error):
+            repeated = bool(previous.error) and same_error(previous.error, error)
+            if repeated:
                 error = previous.error  # the status shows it: only a new error may change it
             read = ManifestRead(error=error, failures=failures, next_try=now + timedelta(seconds=self.backoff.delay(failures)))
             self._reads[uri] = read
-            return read
+            return read, not repeated

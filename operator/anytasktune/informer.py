@@ -6,18 +6,17 @@ and the request that grows with every RayJob's two pod templates).
   WATCHes from that LIST's resourceVersion and applies every event. A 410 Gone, a
   dropped or failing watch re-LISTs, so an object deleted while the watch was down
   cannot linger (kopf's watch keeps such ghosts; this is why the operator keeps its own).
-- **Small.** A RayJob is kept as its `ObservedJob`, a RayCluster as a `CachedCluster`.
+- **Small.** A RayJob is kept as its `ObservedJob`, a RayCluster as a `CachedCluster`; an
+  event that leaves that record as it was queues no pass.
 - **Used only when it is safe** (`ChildCache.observe` returns None otherwise and the
   pass LISTs, as before):
   - until every reflector has LISTed once;
-  - while one of the pass's own writes is not yet visible in the store: the executor
-    records an expectation before each create, delete and suspend patch (client-go's
-    `ControllerExpectations`). Without them a pass right after a launch would not see the
-    RayJob it just created and could launch past `maxParallelSubtasks`. An expectation
-    that is never met (an object deleted by someone else before we saw it) lapses after
-    `EXPECTATION_TTL` seconds.
-- **The TaskFineTunes** are not watched here: `Bodies` keeps what kopf's watch of them
-  delivered, for the same reason (a pass need not GET its own).
+  - while one of the pass's own writes is not yet in the store: the executor records an
+    expectation before each create, delete and suspend patch (client-go's
+    `ControllerExpectations`), else a pass right after a launch would not see the RayJob it
+    created and could launch past `maxParallelSubtasks`. One never met (an object deleted
+    by someone else first) lapses after `EXPECTATION_TTL` seconds.
+- **The TaskFineTunes** are not watched here: `Bodies` keeps what kopf's watch delivered.
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
 
+from anytasktune import metrics
 from anytasktune.actions import ObservedCluster
 from anytasktune.attempt import ObservedJob
 from anytasktune.render import LABEL_MANAGED_BY, LABEL_SHARED_CLUSTER, LABEL_TFT, MANAGER
@@ -85,22 +85,30 @@ def assemble(jobs: Iterable[ObservedJob], clusters: Iterable[CachedCluster]) -> 
 class Store:
     """(namespace, name) -> (parent TaskFineTune, record), indexed by parent. Thread-safe."""
 
-    def __init__(self, record: Callable[[Mapping[str, Any]], Any]) -> None:
+    def __init__(self, kind: str, record: Callable[[Mapping[str, Any]], Any]) -> None:
+        self._kind = kind  # for the metric: "rayjob", "raycluster"
         self._record = record
         self._items: dict[tuple[str, str], tuple[str, Any]] = {}
         self._by_parent: dict[Key, set[str]] = {}
         self._lock = threading.Lock()
 
     def apply(self, event_type: str, obj: Mapping[str, Any]) -> Key | None:
-        """One watch event; the parent it concerns (None: not one of ours)."""
+        """One watch event; the parent whose pass it concerns. None: not one of ours, or no
+        change in its record (KubeRay rewrites a RayJob's status on every change of its
+        RayCluster's; a pass over the same records would plan the same)."""
         meta = obj.get("metadata", {})
         namespace, name = meta.get("namespace", ""), meta.get("name", "")
         parent = (meta.get("labels") or {}).get(LABEL_TFT, "")
+        record = self._record(obj) if event_type != "DELETED" and parent else None
         with self._lock:
-            self._remove((namespace, name))
-            if event_type != "DELETED" and parent:
-                self._put(namespace, name, parent, self._record(obj))
-        return (namespace, parent) if parent else None
+            old = self._remove((namespace, name))
+            if record is not None:
+                self._put(namespace, name, parent, record)
+        if not parent:
+            return None
+        changed = old != ((parent, record) if record is not None else None)
+        metrics.CHILD_EVENTS.labels(kind=self._kind, changed=str(changed).lower()).inc()
+        return (namespace, parent) if changed else None
 
     def replace(self, namespace: str, objects: Iterable[Mapping[str, Any]]) -> set[Key]:
         """A LIST's result replaces everything held for `namespace` ("" = every namespace);
@@ -136,7 +144,7 @@ class Store:
         self._items[(namespace, name)] = (parent, record)
         self._by_parent.setdefault((namespace, parent), set()).add(name)
 
-    def _remove(self, key: tuple[str, str]) -> None:
+    def _remove(self, key: tuple[str, str]) -> tuple[str, Any] | None:
         old = self._items.pop(key, None)
         if old is not None:
             siblings = self._by_parent.get((key[0], old[0]))
@@ -144,6 +152,7 @@ class Store:
                 siblings.discard(key[1])
                 if not siblings:
                     del self._by_parent[(key[0], old[0])]
+        return old
 
 
 class Want(str, Enum):
@@ -182,8 +191,8 @@ class ChildCache:
 
     def __init__(self, custom: Any, namespaces: tuple[str, ...], notify: Callable[[str, str], None],
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.jobs = Store(job_record)
-        self.clusters = Store(cluster_record)
+        self.jobs = Store("rayjob", job_record)
+        self.clusters = Store("raycluster", cluster_record)
         self._clock = clock
         self._expected: dict[Key, list[Expectation]] = {}
         self._lock = threading.Lock()
@@ -353,14 +362,12 @@ class Bodies:
         self._lock = threading.Lock()
 
     def remember(self, key: Key, body: Mapping[str, Any]) -> None:
-        kept = {k: body[k] for k in body}
-        metadata = {k: v for k, v in (kept.get("metadata") or {}).items() if k != "managedFields"}
-        kept["metadata"] = metadata
+        metadata = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
+        kept = {**{k: body[k] for k in body}, "metadata": metadata}
         text, version = json.dumps(kept, separators=(",", ":")), metadata.get("resourceVersion")
         with self._lock:
             self._bodies[key] = (text, version, self._clock())
-            written = self._written.get(key)
-            if written is not None and written[0] == version:
+            if (written := self._written.get(key)) is not None and written[0] == version:
                 del self._written[key]
 
     def wrote(self, key: Key, version: str | None) -> None:

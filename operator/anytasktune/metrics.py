@@ -21,10 +21,20 @@ QUEUE_DEPTH = Gauge("anytasktune_workqueue_depth", "TaskFineTunes waiting for a 
 QUEUE_WAIT_SECONDS = Histogram("anytasktune_workqueue_wait_seconds",
                                "Time a TaskFineTune's reconcile pass waited in the queue before it started",
                                buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+# What made each pass due: how many passes a RayJob costs, and which cause to cut first.
+PASSES = Counter("anytasktune_reconcile_passes_total",
+                 "Reconcile passes started, by what made each due first: taskfinetune, child, read, timer, retry or resync",
+                 ["trigger"])
+# RayJob and RayCluster events that left what a pass reads unchanged (KubeRay's
+# rayClusterStatus updates, a RayCluster's readiness) queue no pass.
+CHILD_EVENTS = Counter("anytasktune_child_events_total",
+                       "RayJob and RayCluster watch events, by kind and whether they changed what a pass reads",
+                       ["kind", "changed"])
 
 ALL_METRICS = ("anytasktune_subtasks", "anytasktune_rayjobs_created_total", "anytasktune_retries_total",
                "anytasktune_reconcile_duration_seconds", "anytasktune_errors_total", "anytasktune_child_reads_total",
-               "anytasktune_workqueue_depth", "anytasktune_workqueue_wait_seconds")
+               "anytasktune_workqueue_depth", "anytasktune_workqueue_wait_seconds",
+               "anytasktune_reconcile_passes_total", "anytasktune_child_events_total")
 
 
 def observe_status(namespace: str, name: str, status: TaskFineTuneStatus) -> None:

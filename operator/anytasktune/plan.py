@@ -195,7 +195,7 @@ def _succeeded(pool: Pool, d: Decision, done: ObservedJob, resolved: Resolved, m
             apply_record(st, read.manifest, pool.train(st.name))
         elif not read.in_flight and (read.next_try is None or pool.now >= read.next_try):
             d.actions.append(ReadManifest(st.name, uri))
-        elif read.next_try is not None:
+        elif read.next_try is not None and not read.in_flight:  # one in flight queues a pass when it ends
             d.requeue_after = max((read.next_try - pool.now).total_seconds(), 1.0)
         unreadable = prev is not None and prev.reason == "EvaluationUnreadable"
         if read.error and st.metrics is None:

@@ -11,8 +11,10 @@ import pytest
 from anytasktune import metrics
 from anytasktune.actions import Plan
 from anytasktune.config import OperatorConfig
-from anytasktune.controller import Controller, WorkQueue, resync_delays
+from anytasktune.controller import Controller, Trigger, WorkQueue, resync_delays, resync_due
+from anytasktune.executor import ManifestReads
 from anytasktune.spec import SubtaskPhase, SubtaskStatus, TaskFineTuneStatus
+from anytasktune_contract.backoff import Backoff
 
 
 def test_work_queue_coalesces_and_never_runs_a_key_twice_at_once() -> None:
@@ -149,6 +151,72 @@ def test_a_resync_spreads_its_passes_over_half_its_period(count: int, delays: li
     assert resync_delays(count, 30.0) == delays
 
 
+def _passes() -> dict[str, float]:
+    return {s.labels["trigger"]: s.value for m in metrics.PASSES.collect() for s in m.samples if s.name.endswith("_total")}
+
+
+def test_each_pass_is_counted_by_what_made_it_due_first() -> None:
+    """Several causes coalesced into one pass count once, as the first; a delayed add counts
+    as what asked for it, when it fires."""
+    async def scenario() -> None:
+        async def process(key: tuple[str, str]) -> None:
+            await asyncio.sleep(0)
+
+        queue = WorkQueue(process, workers=1)
+        queue.add(("ns", "a"), trigger=Trigger.Child)
+        queue.add(("ns", "a"), trigger=Trigger.Resync)  # coalesced into the child's pass
+        queue.add(("ns", "b"), delay=0.05, trigger=Trigger.Timer)
+        queue.start()
+        await asyncio.sleep(0.2)
+        await queue.stop()
+
+    before = _passes()
+    asyncio.run(scenario())
+    after = _passes()
+    assert {k: after[k] - before.get(k, 0.0) for k in after if after[k] != before.get(k, 0.0)} == {"child": 1, "timer": 1}
+
+
+@pytest.mark.parametrize(("last_pass", "due"), [
+    ({}, ["a", "b"]),  # never passed since the operator started
+    ({("ns", "a"): 105.0}, ["b"]),  # "a" passed within the period: its resync pass is spared
+    ({("ns", "a"): 99.0, ("ns", "b"): 100.0}, ["a"]),  # "a" before the period began
+])
+def test_a_resync_queues_only_what_had_no_pass_within_its_period(last_pass: dict[tuple[str, str], float], due: list[str]) -> None:
+    assert [name for _, name in resync_due([("ns", "a"), ("ns", "b")], last_pass, since=100.0)] == due
+
+
+def test_a_repeated_read_failure_queues_its_pass_for_the_retry_not_now() -> None:
+    """A first failure is news (the status shows it): a pass at once. The same failure again
+    changes nothing: the next pass is due when the retry is, one pass per retry, not two."""
+    controller = Controller(OperatorConfig(), client=None)
+    queued: list[tuple[float, Trigger]] = []
+    finished = threading.Semaphore(0)
+
+    class Down:
+        def get_bytes(self, uri: str) -> tuple[bytes, str]:
+            raise ConnectionError("connection refused")
+
+    def enqueue(namespace: str, name: str, delay: float = 0.0, *, trigger: Trigger = Trigger.TaskFineTune, **_: object) -> None:
+        queued.append((delay, trigger))
+        finished.release()
+
+    controller._store = lambda settings: Down()  # type: ignore[method-assign,assignment,return-value]
+    controller.enqueue = enqueue  # type: ignore[method-assign]
+    tft = {"metadata": {"namespace": "ns", "name": "t"}, "spec": {"storage": {"output": "s3://adapters/out/"}}}
+    reads = controller.reads.setdefault(("ns", "t"), ManifestReads(Backoff(5, 300)))
+
+    async def scenario() -> None:
+        controller._loop = asyncio.get_running_loop()
+        for _ in range(2):
+            controller._start_read(tft, reads, "s3://adapters/run/manifest.json")
+            await asyncio.to_thread(finished.acquire, True, 5)
+
+    asyncio.run(scenario())
+    controller.read_pool.shutdown()
+    (first, first_trigger), (second, second_trigger) = queued
+    assert first == 0.0 and 9.0 < second <= 10.0 and first_trigger == second_trigger == Trigger.Read
+
+
 def test_a_read_that_finishes_after_the_operator_stopped_queues_nothing() -> None:
     """Manifest reads and watch events run on threads: after the loop is closed (SIGTERM)
     they must not fail (once 2,159 'loop is closed' tracebacks at one shutdown)."""
@@ -156,5 +224,5 @@ def test_a_read_that_finishes_after_the_operator_stopped_queues_nothing() -> Non
     loop = asyncio.new_event_loop()
     controller._loop = loop
     loop.close()
-    controller._enqueue_threadsafe("ns", "t")  # no RuntimeError
+    controller._enqueue_threadsafe("ns", "t", Trigger.Read)  # no RuntimeError
     assert len(controller.queue) == 0

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from anytasktune import metrics
 from anytasktune.actions import ObservedCluster
 from anytasktune.attempt import ObservedJob
 from anytasktune.informer import EXPECTATION_TTL, Bodies, CachedCluster, ChildCache, Reflector, Store, Want, assemble, cluster_record, job_record, met
@@ -33,7 +34,7 @@ def raycluster(name: str, parent: str = "t", ns: str = "ns", *, origin: str = ""
 
 
 def test_store_follows_events_and_a_list_replaces_only_its_namespace() -> None:
-    store = Store(job_record)
+    store = Store("rayjob", job_record)
     assert store.apply("ADDED", rayjob("t-a-1")) == ("ns", "t")
     store.apply("ADDED", rayjob("t-b-1"))
     store.apply("ADDED", rayjob("u-a-1", parent="u", ns="other"))
@@ -51,8 +52,27 @@ def test_store_follows_events_and_a_list_replaces_only_its_namespace() -> None:
     assert len(store) == 0 and store.children(("other", "u")) == {}
 
 
+def test_an_event_that_changes_nothing_a_pass_reads_queues_no_pass() -> None:
+    """KubeRay rewrites a RayJob's status on every change of its RayCluster's: the same
+    record again is no reason for a pass (the planner would plan the same)."""
+    store = Store("rayjob", job_record)
+    before = metrics.CHILD_EVENTS.labels(kind="rayjob", changed="false")._value.get()
+    assert store.apply("ADDED", rayjob("t-a-1", jobDeploymentStatus="Running")) == ("ns", "t")
+    cluster_status = rayjob("t-a-1", jobDeploymentStatus="Running", rayClusterStatus={"state": "ready"})
+    assert store.apply("MODIFIED", cluster_status) is None
+    assert metrics.CHILD_EVENTS.labels(kind="rayjob", changed="false")._value.get() == before + 1
+    assert store.apply("MODIFIED", rayjob("t-a-1", jobDeploymentStatus="Running", suspend=True)) == ("ns", "t")
+    assert store.apply("MODIFIED", rayjob("t-a-1", jobDeploymentStatus="Complete", suspend=True)) == ("ns", "t")
+    assert store.apply("DELETED", rayjob("t-a-1")) == ("ns", "t")
+    assert store.apply("DELETED", rayjob("t-a-1")) is None  # already gone
+    clusters = Store("raycluster", cluster_record)
+    assert clusters.apply("ADDED", raycluster("t-ray", origin="t-a-1")) == ("ns", "t")
+    assert clusters.apply("MODIFIED", raycluster("t-ray", origin="t-a-1")) is None  # its readiness: not read
+    assert clusters.apply("MODIFIED", raycluster("t-ray", origin="t-a-1", deleting=True)) == ("ns", "t")
+
+
 def test_store_ignores_objects_without_a_parent_label() -> None:
-    store = Store(job_record)
+    store = Store("rayjob", job_record)
     orphan = rayjob("x-a-1")
     del orphan["metadata"]["labels"][LABEL_TFT]
     assert store.apply("ADDED", orphan) is None and len(store) == 0
@@ -256,7 +276,7 @@ def test_a_reflector_lists_every_page_into_the_store_and_goes_on_from_that_list(
             return {"metadata": {"resourceVersion": "42"}, "items": [rayjob("u-a-1", parent="u")]}
 
     api = Pages()
-    store = Store(job_record)
+    store = Store("rayjob", job_record)
     store.apply("ADDED", rayjob("t-gone-1"))  # deleted while no watch ran: the LIST drops it
     queued: list[tuple[str, str]] = []
     reflector = Reflector(api, "rayjobs", "", store, lambda ns, name: queued.append((ns, name)))

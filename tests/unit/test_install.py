@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import Counter
+from prometheus_client.metrics import MetricWrapperBase
 
 from anytasktune import install, metrics
 from anytasktune.cli import build_parser
@@ -128,12 +130,9 @@ def test_dashboard_queries_only_metrics_the_operator_exports() -> None:
 
 
 def test_dashboard_labels_exist_on_the_metrics() -> None:
-    labels = {"anytasktune_subtasks": {"namespace", "taskfinetune", "phase"}, "anytasktune_retries_total": {"failure_class"},
-              "anytasktune_errors_total": {"target"}, "anytasktune_child_reads_total": {"source"}}
-    assert set(metrics.SUBTASKS._labelnames) == labels["anytasktune_subtasks"]
-    assert set(metrics.CHILD_READS._labelnames) == labels["anytasktune_child_reads_total"]
-    assert set(metrics.RETRIES._labelnames) == labels["anytasktune_retries_total"]
-    assert set(metrics.ERRORS._labelnames) == labels["anytasktune_errors_total"]
+    labels = {collector._name + ("_total" if isinstance(collector, Counter) else ""): set(collector._labelnames)
+              for collector in vars(metrics).values() if isinstance(collector, MetricWrapperBase)}
+    assert set(labels) == set(metrics.ALL_METRICS)
     for expr in dashboard_exprs():
         for group in re.findall(r"by \(([^)]*)\)", expr):
             used = {g.strip() for g in group.split(",")} - {"le"}

@@ -191,6 +191,9 @@ def test_the_evaluation_is_read_between_passes_with_backoff_and_reported() -> No
     assert not [a for a in outage.actions if isinstance(a, ReadManifest)]  # backoff: no read before next_try
     still = plan(with_status(obj, outage), done, {read.uri: ManifestRead(error="down", failures=2, next_try=NOW)}, NOW, CONFIG)
     assert ReadManifest("task0", read.uri) in still.actions and "StorageUnavailable" not in [e.reason for e in still.events]
+    # The retry in flight: no timer of the pass's own (the read queues a pass when it ends).
+    retrying = {read.uri: ManifestRead(error="down", failures=2, next_try=NOW - timedelta(seconds=1), in_flight=True)}
+    assert plan(with_status(obj, outage), done, retrying, NOW, CONFIG).requeue_after is None
 
     scores = {"base": {"f1": 0.1}, "adapter": {"f1": 0.7}, "lift": {"f1": 0.6}}
     ok = plan(with_status(obj, still), done, {read.uri: ManifestRead(manifest={"evaluation": scores})}, NOW, CONFIG)
