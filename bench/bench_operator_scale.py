@@ -57,6 +57,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from anytasktune.config import OperatorConfig  # noqa: E402
 from anytasktune.s3server import EmbeddedS3  # noqa: E402
 from tests.integration.helpers import OperatorProcess, metrics_text, s3_credentials  # noqa: E402
 from tests.kube.controlplane import ControlPlane  # noqa: E402
@@ -69,6 +70,13 @@ STATUS_SEQUENCE = [  # the status writes of KubeRay v1.4 for a RayJob that succe
     {"jobStatus": "SUCCEEDED"},  # KubeRay: jobStatus first, seconds before the rest
     {"jobDeploymentStatus": "Complete", "endTime": "2026-11-25T10:30:00Z"},
 ]
+# The operator's own defaults, over the integration tests' short ones (OperatorProcess: a 2 s
+# resync). Until 2026-11-27 the bench set the resync in the wrong place and every run used 2 s:
+# at 1,000 TaskFineTunes that asked for ~400 passes a second.
+_DEFAULTS = OperatorConfig()
+PRODUCTION_TIMINGS = {"ANYTASKTUNE_RESYNC_SECONDS": f"{_DEFAULTS.resync_seconds:g}",
+                      "ANYTASKTUNE_RETRY_BACKOFF_SECONDS": f"{_DEFAULTS.retry_backoff_seconds:g}",
+                      "ANYTASKTUNE_RETRY_BACKOFF_MAX_SECONDS": f"{_DEFAULTS.retry_backoff_max_seconds:g}"}
 AUDIT_POLICY = {"apiVersion": "audit.k8s.io/v1", "kind": "Policy", "rules": [{"level": "Metadata"}]}
 
 
@@ -306,12 +314,13 @@ def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path,
     custom, core = kube_clients(cp.kubeconfig)
     namespace = f"bench-{label.replace('+', '-')}-{n}-{int(time.time()) % 100000}"
     core.create_namespace({"metadata": {"name": namespace}})
-    env = {**cp.env(), "ANYTASKTUNE_RESYNC_SECONDS": "30", "PYTHONPATH": pythonpath or ""}
+    env = {**cp.env(), "PYTHONPATH": pythonpath or ""}
     snapshot = workdir / f"{namespace}.tracemalloc"
     if trace_memory is not None and tree == ROOT:
         (workdir / "sitecustomize.py").write_text(TRACEMALLOC_SITECUSTOMIZE)
         env |= {"PYTHONPATH": str(workdir), "ANYTASKTUNE_BENCH_TRACEMALLOC": str(snapshot)}
-    op = OperatorProcess(env, workdir / f"{namespace}.log", extra_env={"ANYTASKTUNE_RETRY_BACKOFF_SECONDS": "10", **s3_credentials(s3)})
+    op = OperatorProcess(env, workdir / f"{namespace}.log", extra_env={**PRODUCTION_TIMINGS, **s3_credentials(s3)})
+    assert all(op.env[k] == v for k, v in PRODUCTION_TIMINGS.items()), "the operator must run with its production timings"
     _, audit_offset = cp.audit_events()
     op.start()
     time.sleep(4)  # kopf's start-up; its watches open before the first apply

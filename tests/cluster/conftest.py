@@ -31,12 +31,14 @@ from tests.cluster.harness import (
     CACHE,
     HELM,
     REPO,
+    SCRAPE,
     ClusterError,
     Kube,
     TrainingData,
     cluster_is_up,
     image_refs,
     make,
+    operator_counts,
     snapshot,
     start_s3,
     upload_training_data,
@@ -159,6 +161,8 @@ def operator(cluster: Cluster, images: dict[str, str], s3: Any, tmp_path_factory
     yield OPERATOR_NAMESPACE
     if cluster.crashed:
         return
+    scraped = kube.run("exec", "-n", OPERATOR_NAMESPACE, "deploy/anytasktune", "--", "python", "-c", SCRAPE, check=False)
+    cluster.figures["operator"] = operator_counts(scraped) or "metrics not readable"
     logs = kube.logs(OPERATOR_NAMESPACE, "deploy/anytasktune", "--tail=400")
     (CACHE / "cluster-tier-operator.log").write_text(logs)
     helm("uninstall", "anytasktune", "--namespace", OPERATOR_NAMESPACE, "--wait", home=home)

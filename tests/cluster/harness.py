@@ -241,6 +241,26 @@ def render_children(tft: dict[str, Any], image: str, tmp: Path, source: Path | N
     return items
 
 
+# ------------------------------------------------------------------------- figures
+# The operator's own counts, read in its pod at the end of the tier: how many passes each
+# cause queued, and how many of real KubeRay's RayJob and RayCluster events changed nothing a
+# pass reads (and so queued none). Figures, not assertions.
+SCRAPE = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8080/metrics', timeout=10).read().decode())"
+COUNTED = {"anytasktune_reconcile_passes_total": "passes", "anytasktune_child_events_total": "child_events"}
+
+
+def operator_counts(metrics_text: str) -> dict[str, dict[str, float]]:
+    """{"passes": {trigger: n}, "child_events": {"rayjob changed=false": n, ...}} from a /metrics page."""
+    out: dict[str, dict[str, float]] = {}
+    for line in metrics_text.splitlines():
+        name, _, rest = line.partition("{")
+        if name in COUNTED and rest:
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', rest.partition("}")[0]))
+            key = labels["trigger"] if "trigger" in labels else f"{labels.get('kind')} changed={labels.get('changed')}"
+            out.setdefault(COUNTED[name], {})[key] = float(line.split()[-1])
+    return out
+
+
 # ------------------------------------------------------------------------- recording
 # Everything KubeRay writes to RayJob.status but the embedded copy of the RayCluster's status
 # (replica counts, endpoints, head IP: noise for whoever plans from the job's state).
