@@ -54,7 +54,7 @@ class Trigger(str, Enum):
 
     TaskFineTune = "taskfinetune"  # an event of the TaskFineTune itself
     Child = "child"  # a RayJob or RayCluster event that changed what a pass reads
-    Read = "read"  # a manifest read finished
+    Read = "read"  # a manifest read finished (news: at once), or its retry is due (a repeated failure)
     Timer = "timer"  # the planner asked to look again later (a deadline, a backoff, a poll)
     Retry = "retry"  # the last pass failed
     Resync = "resync"  # the safety net
