@@ -161,8 +161,6 @@ def operator(cluster: Cluster, images: dict[str, str], s3: Any, tmp_path_factory
     yield OPERATOR_NAMESPACE
     if cluster.crashed:
         return
-    scraped = kube.run("exec", "-n", OPERATOR_NAMESPACE, "deploy/anytasktune", "--", "python", "-c", SCRAPE, check=False)
-    cluster.figures["operator"] = operator_counts(scraped) or "metrics not readable"
     logs = kube.logs(OPERATOR_NAMESPACE, "deploy/anytasktune", "--tail=400")
     (CACHE / "cluster-tier-operator.log").write_text(logs)
     helm("uninstall", "anytasktune", "--namespace", OPERATOR_NAMESPACE, "--wait", home=home)
@@ -179,6 +177,10 @@ def namespace(cluster: Cluster, s3: Any, request: pytest.FixtureRequest) -> Iter
     wait_for("the default ServiceAccount", lambda: kube.get("serviceaccount", "default", name, check=False), timeout=60)
     kube.secret(name, "s3-credentials", {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key})
     yield name
+    if not cluster.crashed:  # the operator's counts so far (a test that crashes the host ends them)
+        scraped = kube.run("exec", "-n", OPERATOR_NAMESPACE, "deploy/anytasktune", "--", "python", "-c", SCRAPE, check=False)
+        if counts := operator_counts(scraped):
+            cluster.figures["operator"] = counts
     if os.environ.get("ANYTASKTUNE_KEEP_CLUSTER") != "1":
         # Not waited for: its Ray pods take their 30 s grace period to go, and nothing after
         # this test depends on them being gone.
