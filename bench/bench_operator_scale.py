@@ -58,7 +58,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from anytasktune.config import OperatorConfig  # noqa: E402
+from anytasktune.controller import Trigger  # noqa: E402
 from anytasktune.s3server import EmbeddedS3  # noqa: E402
+from tests.cluster.harness import operator_counts  # noqa: E402
 from tests.integration.helpers import OperatorProcess, metrics_text, s3_credentials  # noqa: E402
 from tests.kube.controlplane import ControlPlane  # noqa: E402
 
@@ -206,12 +208,10 @@ def pass_metrics(op: OperatorProcess) -> dict[str, float]:
             "wait_p99_s": histogram_quantile(0.99, waits) if waits else nan,
             "wait_mean_s": samples.get("anytasktune_workqueue_wait_seconds_sum", nan) / waited if waited else nan}
     # Passes by what made them due, and child events that queued none (operators that count them).
-    for line in text.splitlines():
-        if line.startswith("anytasktune_reconcile_passes_total{"):
-            trigger = line.split('trigger="')[1].split('"')[0]
-            out[f"passes_{trigger}"] = float(line.split()[-1])
-        elif line.startswith("anytasktune_child_events_total{") and 'changed="false"' in line:
-            out["child_events_unchanged"] = out.get("child_events_unchanged", 0.0) + float(line.split()[-1])
+    counts = operator_counts(text)
+    out |= {f"passes_{trigger}": n for trigger, n in counts.get("passes", {}).items()}
+    if unchanged := [n for key, n in counts.get("child_events", {}).items() if key.endswith("changed=false")]:
+        out["child_events_unchanged"] = sum(unchanged)
     return out
 
 
@@ -498,17 +498,15 @@ def main() -> None:
             suc = "/".join(f"{statistics.median(r['succeeded'][i] for r in mine):.2f}" for i in range(3))
             print(f"{label:<20} {n:>9} {med['created_s']:>16.1f}s {run:>22} {suc:>24} {med['rss_mib']:>12.0f} "
                   f"{med['requests_per_change']:>14.2f} {med['cpu_s']:>14.1f} {med['passes']:>7.0f} {1000 * med['pass_mean_s']:>12.0f}")
-    def waits(n: int, label: str) -> str:
-        mine = [r for r in rows if r["n"] == n and r["variant"] == label]
-        return "/".join(f"{statistics.median(r.get(k, float('nan')) for r in mine):.3f}" for k in ("wait_p50_s", "wait_p99_s", "wait_mean_s"))
-    print("\nwork queue wait p50/p99/mean, from a pass falling due to its start (the operator's histogram; quantiles "
-          "estimated from its buckets), median over rounds: " + ", ".join(f"{label} N={n}: {waits(n, label)} s" for n in sizes for label in labels))
-    triggers = ("taskfinetune", "child", "read", "timer", "retry", "resync")
-
     def median_of(n: int, label: str, key: str) -> float:
         return statistics.median(r.get(key, float("nan")) for r in rows if r["n"] == n and r["variant"] == label)
 
-    print("\npasses by what made them due (" + "/".join(triggers) + "), and RayJob events that queued no pass "
+    def waits(n: int, label: str) -> str:
+        return "/".join(f"{median_of(n, label, k):.3f}" for k in ("wait_p50_s", "wait_p99_s", "wait_mean_s"))
+    print("\nwork queue wait p50/p99/mean, from a pass falling due to its start (the operator's histogram; quantiles "
+          "estimated from its buckets), median over rounds: " + ", ".join(f"{label} N={n}: {waits(n, label)} s" for n in sizes for label in labels))
+    triggers = [trigger.value for trigger in Trigger]
+    print("\npasses by what made them due (" + "/".join(triggers) + "), and RayJob and RayCluster events that queued no pass "
           "(nothing a pass reads changed), median over rounds: " + ", ".join(
               f"{label} N={n}: " + "/".join(f"{median_of(n, label, f'passes_{t}'):.0f}" for t in triggers)
               + f", {median_of(n, label, 'child_events_unchanged'):.0f} unchanged" for n in sizes for label in labels))

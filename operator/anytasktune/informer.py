@@ -86,7 +86,7 @@ class Store:
     """(namespace, name) -> (parent TaskFineTune, record), indexed by parent. Thread-safe."""
 
     def __init__(self, kind: str, record: Callable[[Mapping[str, Any]], Any]) -> None:
-        self._kind = kind  # for the metric: "rayjob", "raycluster"
+        self._events = {changed: metrics.CHILD_EVENTS.labels(kind=kind, changed=str(changed).lower()) for changed in (True, False)}
         self._record = record
         self._items: dict[tuple[str, str], tuple[str, Any]] = {}
         self._by_parent: dict[Key, set[str]] = {}
@@ -107,7 +107,7 @@ class Store:
         if not parent:
             return None
         changed = old != ((parent, record) if record is not None else None)
-        metrics.CHILD_EVENTS.labels(kind=self._kind, changed=str(changed).lower()).inc()
+        self._events[changed].inc()  # bound once: this runs for every watch event
         return (namespace, parent) if changed else None
 
     def replace(self, namespace: str, objects: Iterable[Mapping[str, Any]]) -> set[Key]:

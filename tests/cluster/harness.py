@@ -242,9 +242,9 @@ def render_children(tft: dict[str, Any], image: str, tmp: Path, source: Path | N
 
 
 # ------------------------------------------------------------------------- figures
-# The operator's own counts, read in its pod at the end of the tier: how many passes each
+# The operator's own counts, read in its pod after each test of the tier: how many passes each
 # cause queued, and how many of real KubeRay's RayJob and RayCluster events changed nothing a
-# pass reads (and so queued none). Figures, not assertions.
+# pass reads (and so queued none). Figures, not assertions; bench-operator-scale reads them too.
 SCRAPE = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8080/metrics', timeout=10).read().decode())"
 COUNTED = {"anytasktune_reconcile_passes_total": "passes", "anytasktune_child_events_total": "child_events"}
 
