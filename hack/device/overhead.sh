@@ -51,7 +51,9 @@ run() {
   mkdir -p "$site" /tmp/anytasktune-bin
   xz -dc "$BUNDLE/site.tar.xz" | tar -C "$site" -xf -
   [ -f "$BUNDLE/smollm2-config/tokenizer.json" ] || xz -dk "$BUNDLE/smollm2-config/tokenizer.json.xz"
-  xz -dc "$BUNDLE/weed.xz" > /tmp/anytasktune-bin/weed && chmod +x /tmp/anytasktune-bin/weed
+  # A new file moved into place: a `weed` still running from an earlier call keeps the old one.
+  xz -dc "$BUNDLE/weed.xz" > /tmp/anytasktune-bin/weed.new && chmod +x /tmp/anytasktune-bin/weed.new
+  mv -f /tmp/anytasktune-bin/weed.new /tmp/anytasktune-bin/weed
   export PATH=/tmp/anytasktune-bin:$PATH PYTHONPATH=$site:$PWD/contract:$PWD/trainjob:$PWD/operator PYTHONUNBUFFERED=1
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
   python3 -c 'import sys, torch, transformers, peft, deepspeed, ray, pyarrow; print("python", sys.version.split()[0], "torch", torch.__version__, "transformers", transformers.__version__, "peft", peft.__version__, "deepspeed", deepspeed.__version__, "ray", ray.__version__, "pyarrow", pyarrow.__version__)'
