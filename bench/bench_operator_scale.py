@@ -1,6 +1,6 @@
 """Operator scale on the real API server: N TaskFineTunes x 10 sub-tasks, the operator of
 this tree beside a baseline operator (another commit, from a git worktree), in
-interleaved rounds on one control plane.
+interleaved rounds, each variant on a control plane started for it.
 
 A stand-in for KubeRay writes each RayJob's status through the status subresource in the
 order KubeRay v1.4 does (Initializing -> Running/RUNNING -> Running/SUCCEEDED ->
@@ -29,6 +29,8 @@ records when each sub-task's status reflects the change. Printed per variant and
 After each variant the bench deletes its namespace and waits until it is gone: the namespace
 controller's deletion of 10,000 RayJobs took 56 s and, overlapping the next variant, slowed its
 creation by half.
+Each variant then gets a fresh kube-apiserver and etcd: on one shared control plane the
+second variant of a pair at N=1,000 was the slower in every pair, whichever operator it was.
 
 Read ratios between the two variants measured in the same run, not absolute seconds:
 the machine is shared. Nothing here is a timed assertion.
@@ -464,18 +466,21 @@ def main() -> None:
     workdir = Path(args.keep_logs) if args.keep_logs else Path(tempfile.mkdtemp(prefix="anytasktune-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        with ControlPlane(audit_policy=AUDIT_POLICY) as cp, ExitStack() as stack:
-            cp.install_kuberay_crds()
+        with ExitStack() as stack:
             s3 = stack.enter_context(EmbeddedS3(workdir / "s3", buckets=[MANIFEST_BUCKET])) if True in modes else None
             for round_index in range(args.rounds):
-                # The order alternates from round to round (ABBA): at N=1,000 the variant that ran
-                # second was slower to create its RayJobs in three pairs out of three, in a phase
-                # two of those changes do not touch; the first leaves etcd 10,000 deleted RayJobs.
+                # The order alternates from round to round (ABBA), and each variant runs on a
+                # control plane of its own (kube-apiserver + etcd, started for it): on a shared one,
+                # the variant that ran second at N=1,000 was the slower in every pair, whichever it
+                # was (RESULTS, 2026-11-27); the first leaves etcd 10,000 deleted RayJobs and the
+                # API server's memory several GiB larger.
                 ordered = variants[::-1] if (round_index % 2 == 1) != args.this_first else variants
                 for n in sizes:
                     for (label, variant_tree), with_s3 in itertools.product(ordered, modes):  # interleaved: same N, back to back
-                        row = run_variant(cp, label + ("+s3" if args.s3 == "both" and with_s3 else ""), variant_tree, n, workdir,
-                                          args.profile, args.tracemalloc, args.rate, s3 if with_s3 else None)
+                        with ControlPlane(audit_policy=AUDIT_POLICY) as cp:
+                            cp.install_kuberay_crds()
+                            row = run_variant(cp, label + ("+s3" if args.s3 == "both" and with_s3 else ""), variant_tree, n, workdir,
+                                              args.profile, args.tracemalloc, args.rate, s3 if with_s3 else None)
                         rows.append(row)
                         print(json.dumps(row), flush=True)
     finally:
