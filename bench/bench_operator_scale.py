@@ -26,11 +26,11 @@ records when each sub-task's status reflects the change. Printed per variant and
                               # and is retried with backoff (the worst case, not the usual one); both:
                               # each variant twice, interleaved, "+s3" marking the runs with it
 
-After each variant the bench deletes its namespace and waits until it is gone: the namespace
-controller's deletion of 10,000 RayJobs took 56 s and, overlapping the next variant, slowed its
-creation by half.
-Each variant then gets a fresh kube-apiserver and etcd: on one shared control plane the
-second variant of a pair at N=1,000 was the slower in every pair, whichever operator it was.
+Each variant gets a kube-apiserver and etcd started for it and stopped after it: on one
+shared control plane, the namespace controller's deletion of the previous variant's 10,000
+RayJobs slowed the next one's creation by half while it overlapped it, and after waiting for
+it to end, the second variant of a pair at N=1,000 was still the slower in every pair,
+whichever operator it was.
 
 Read ratios between the two variants measured in the same run, not absolute seconds:
 the machine is shared. Nothing here is a timed assertion.
@@ -405,9 +405,6 @@ def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path,
     running, succeeded = latency("Running", running_at), latency("Succeeded", done_at)
     log_text = op.log_path.read_text(errors="replace")  # the whole log: logs() keeps only its tail
     failed_reads = sum(1 for line in log_text.splitlines() if "manifest" in line and "not readable" in line)
-    # The next variant must not share the API server with this one's garbage collection
-    # (10,000 RayJobs at N=1,000): wait until the namespace is gone.
-    gone_s = delete_namespace_and_wait(core, namespace)
     changes = 4 * len(jobs)  # the four status writes of each RayJob
     return {
         "variant": label, "n": n, "rayjobs": len(jobs), "created_s": created,
@@ -415,24 +412,9 @@ def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path,
         "running": [percentile(running, q) for q in (0.5, 0.95, 0.99)],
         "succeeded": [percentile(succeeded, q) for q in (0.5, 0.95, 0.99)],
         "rss_mib": rss, "requests_per_change": operator_requests / changes, "cpu_s": cpu, "rss_end_mib": rss_end, "rss_created_mib": rss_created, **passes,
-        "namespace_gone_s": gone_s, "failed_manifest_reads": failed_reads, "taskfinetune_bytes": body_bytes, "managed_fields_bytes": managed_bytes,
+        "failed_manifest_reads": failed_reads, "taskfinetune_bytes": body_bytes, "managed_fields_bytes": managed_bytes,
         "requests": dict(by_kind.most_common()),
     }
-
-
-def delete_namespace_and_wait(core: Any, namespace: str, limit_s: float = 900) -> float:
-    """Seconds until the namespace (and all in it) is gone; NaN past the limit."""
-    core.delete_namespace(namespace)
-    deleted_at = time.monotonic()
-    while time.monotonic() - deleted_at < limit_s:
-        try:
-            core.read_namespace(namespace)
-        except Exception as err:  # kubernetes.client ApiException
-            if getattr(err, "status", None) == 404:
-                return time.monotonic() - deleted_at
-            raise
-        time.sleep(2)
-    return float("nan")
 
 
 def baseline_tree(commit: str) -> Path:
