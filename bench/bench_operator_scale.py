@@ -308,7 +308,8 @@ def publisher(s3: Any, namespace: str, custom: Any) -> Callable[[str], None]:
 
 
 def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path, profile: Path | None = None,
-                trace_memory: Path | None = None, rate: float | None = None, s3: Any = None) -> dict[str, Any]:
+                trace_memory: Path | None = None, rate: float | None = None, s3: Any = None,
+                until_created: bool = False) -> dict[str, Any]:
     # Each variant with its own CRD: the API server's defaults must be the ones its models know.
     cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(tree / "manifests" / "crd"))
     time.sleep(2)
@@ -347,6 +348,9 @@ def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path,
             time.sleep(0.5)
         created = time.monotonic() - t0
         rss_created = rss_mib(op.proc.pid, "VmRSS") if op.proc else float("nan")
+        if until_created:  # the creation phase alone: what it cost, nothing driven
+            cpu = cpu_seconds(op.proc.pid) if op.proc else float("nan")
+            return creation_row(label, n, len(jobs), created, rss_created, cpu, pass_metrics(op))
         recorder.wait([(t, f"s{i}", "Pending") for t in names for i in range(SUBTASKS)], 120 + n)
 
         def status(**fields: Any) -> Callable[[str], None]:
@@ -417,6 +421,15 @@ def run_variant(cp: ControlPlane, label: str, tree: Path, n: int, workdir: Path,
     }
 
 
+def creation_row(label: str, n: int, rayjobs: int, created: float, rss: float, cpu: float, passes: dict[str, float]) -> dict[str, Any]:
+    """A row of `--until created`: the latencies and per-change figures are not measured."""
+    nan = float("nan")
+    return {"variant": label, "n": n, "rayjobs": rayjobs, "created_s": created, "status_writes_per_s": nan,
+            "running": [nan] * 3, "succeeded": [nan] * 3, "rss_mib": rss, "requests_per_change": nan, "cpu_s": cpu,
+            "rss_end_mib": rss, "rss_created_mib": rss, **passes, "failed_manifest_reads": 0,
+            "taskfinetune_bytes": 0, "managed_fields_bytes": 0, "requests": {}}
+
+
 def baseline_tree(commit: str) -> Path:
     tree = Path(tempfile.mkdtemp(prefix="anytasktune-baseline-"))
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), commit], check=True, capture_output=True)
@@ -427,9 +440,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10,100")
     parser.add_argument("--rate", type=float, help="status writes per second (open loop); default: as fast as 8 threads go")
-    parser.add_argument("--baseline", default="ef68e83", help="git commit of the baseline operator ('' = none)")
+    parser.add_argument("--baseline", default="ef68e83",
+                        help="git commit of the baseline operator; several, comma-separated, to bisect ('' = none)")
     parser.add_argument("--rounds", type=int, default=1, help="rounds; the variants' order alternates from one to the next")
     parser.add_argument("--this-first", action="store_true", help="this tree before the baseline in the first round")
+    parser.add_argument("--until", choices=["succeeded", "created"], default="succeeded",
+                        help="created: stop each variant once all its RayJobs exist (the creation phase alone, "
+                             "~3 min a variant at N=1,000 instead of ~22)")
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--keep-logs", metavar="DIR", help="keep each operator's log in DIR (default: removed)")
     parser.add_argument("--profile", type=Path, help="sample this tree's operator with py-spy into this folder")
@@ -440,14 +457,14 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     variants: list[tuple[str, Path]] = [("this-tree", ROOT)]
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.s3]
-    tree = None
-    if args.baseline:
-        tree = baseline_tree(args.baseline)
-        variants.insert(0, (f"baseline-{args.baseline}", tree))
+    baselines: list[tuple[str, Path]] = []
     rows: list[dict[str, Any]] = []
     workdir = Path(args.keep_logs) if args.keep_logs else Path(tempfile.mkdtemp(prefix="anytasktune-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
+        for commit in filter(None, args.baseline.split(",")):
+            baselines.append((f"baseline-{commit}", baseline_tree(commit)))
+        variants = baselines + variants
         with ExitStack() as stack:
             s3 = stack.enter_context(EmbeddedS3(workdir / "s3", buckets=[MANIFEST_BUCKET])) if True in modes else None
             for round_index in range(args.rounds):
@@ -462,11 +479,12 @@ def main() -> None:
                         with ControlPlane(audit_policy=AUDIT_POLICY) as cp:
                             cp.install_kuberay_crds()
                             row = run_variant(cp, label + ("+s3" if args.s3 == "both" and with_s3 else ""), variant_tree, n, workdir,
-                                              args.profile, args.tracemalloc, args.rate, s3 if with_s3 else None)
+                                              args.profile, args.tracemalloc, args.rate, s3 if with_s3 else None,
+                                              until_created=args.until == "created")
                         rows.append(row)
                         print(json.dumps(row), flush=True)
     finally:
-        if tree is not None:
+        for _, tree in baselines:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], capture_output=True)
         if not args.keep_logs:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -508,8 +526,9 @@ def main() -> None:
             per_job = {k: statistics.median(r["requests"].get(k, 0) / r["rayjobs"] for r in mine) for k in kinds}
             print(f"  {label:<20} {n:>5}: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(per_job.items(), key=lambda kv: -kv[1])))
     sample = rows[-1]
-    print(f"\none TaskFineTune as the API server returns it at the end: {sample['taskfinetune_bytes']:,} bytes of "
-          f"JSON, of which managedFields {sample['managed_fields_bytes']:,}")
+    if sample["taskfinetune_bytes"]:  # not measured with --until created
+        print(f"\none TaskFineTune as the API server returns it at the end: {sample['taskfinetune_bytes']:,} bytes of "
+              f"JSON, of which managedFields {sample['managed_fields_bytes']:,}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 
