@@ -149,8 +149,9 @@ BENCH_SIZES ?= 10,100
 BENCH_BASELINE ?= ef68e83
 BENCH_RATE ?=
 BENCH_S3 ?= off
+BENCH_SCALE_ARGS ?=
 bench-operator-scale: setup controlplane ## N TaskFineTunes x 10 sub-tasks on a real API server, this tree vs BENCH_BASELINE, interleaved (BENCH_RATE=40: status writes paced; BENCH_S3=on|both: manifests in a real S3)
-	$(PY) bench/bench_operator_scale.py --sizes $(BENCH_SIZES) --baseline "$(BENCH_BASELINE)" --s3 $(BENCH_S3) $(if $(BENCH_RATE),--rate $(BENCH_RATE))
+	$(PY) bench/bench_operator_scale.py --sizes $(BENCH_SIZES) --baseline "$(BENCH_BASELINE)" --s3 $(BENCH_S3) $(if $(BENCH_RATE),--rate $(BENCH_RATE)) $(BENCH_SCALE_ARGS)
 
 BENCH_CEILING_N ?= 1000
 bench-apiserver-ceiling: setup controlplane ## The API server's own ceiling: N x 10 of the operator's RayJobs created with no operator, by a near-free client

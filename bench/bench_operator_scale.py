@@ -15,7 +15,8 @@ records when each sub-task's status reflects the change. Printed per variant and
 - operator CPU: user + system seconds the operator process used over the whole run;
   passes and their mean duration from its `anytasktune_reconcile_duration_seconds`.
 
-    .venv/bin/python bench/bench_operator_scale.py --sizes 10,100 [--baseline ef68e83] [--rounds 1]
+    .venv/bin/python bench/bench_operator_scale.py --sizes 10,100 [--baseline ef68e83[,COMMIT...]] [--rounds 1]
+        [--until created]     # stop each variant once its RayJobs exist: the creation phase alone
         [--profile DIR]   # py-spy (on PATH) samples this tree's operator: DIR/<namespace>.txt, collapsed stacks
         [--tracemalloc DIR]   # this tree's operator under tracemalloc: DIR/<namespace>.txt, what it holds at the end
         [--keep-logs DIR]     # each operator's log, DIR/<namespace>.log (otherwise removed)
