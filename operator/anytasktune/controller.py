@@ -32,12 +32,14 @@ from typing import Any
 
 from anytasktune import metrics
 from anytasktune.actions import Plan
+from anytasktune.breaker import Breaker
 from anytasktune.config import OperatorConfig
 from anytasktune.executor import ManifestReads, reconcile
 from anytasktune.informer import Bodies, ChildCache
 from anytasktune.kube import KubeClient, KubeExecutor
 from anytasktune.spec import ClusterMode, StorageSpec
 from anytasktune_contract.backoff import Backoff
+from anytasktune_contract.failures import StorageUnavailableError
 from anytasktune_contract.storage import ObjectStore, StorageSettings
 
 log = logging.getLogger("anytasktune")
@@ -189,6 +191,7 @@ class Controller:
         self.reads: dict[Key, ManifestReads] = {}
         self.read_pool = TenantReadPool(READ_THREADS, READS_PER_NAMESPACE)
         self._stores: dict[StorageSettings, ObjectStore] = {}
+        self._breakers: dict[StorageSettings, Breaker] = {}
         self.writers = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="create")
         self.event_posts = ThreadPoolExecutor(EVENT_THREADS, thread_name_prefix="event")
         self.bodies = Bodies()
@@ -310,17 +313,16 @@ class Controller:
             return
         namespace, name = tft["metadata"]["namespace"], tft["metadata"]["name"]
         settings = StorageSettings.from_spec(StorageSpec.model_validate(tft["spec"]["storage"]))  # the pass validated the whole spec
-        store = self._store(settings)
+        store, breaker = self._store(settings), self._breaker(settings)
 
         def read() -> None:
             delay = 0.0
-            try:
-                reads.succeeded(uri, store.get_bytes(uri)[0])
-            except Exception as err:  # noqa: BLE001 - recorded, shown in the status, retried with backoff
-                metrics.ERRORS.labels(target="s3").inc()
+            shown_error, sent_error = self._read_manifest(store, breaker, reads, uri)
+            if shown_error is not None:
                 now = datetime.now(timezone.utc)
-                failed, shown = reads.failed(uri, f"{type(err).__name__}: {err}", now)
-                log.warning("manifest %s not readable (attempt %d): %s", uri, failed.failures, err)
+                failed, shown = reads.failed(uri, shown_error, now)
+                if sent_error is not None:
+                    log.warning("manifest %s not readable (attempt %d): %s", uri, failed.failures, sent_error)
                 if not shown and failed.next_try is not None:
                     # The same failure again: a pass now would change nothing; the next is
                     # due when the retry is (one pass per retry, not two).
@@ -329,12 +331,43 @@ class Controller:
 
         self.read_pool.submit(namespace, read)
 
+    def _read_manifest(self, store: ObjectStore, breaker: Breaker, reads: ManifestReads, uri: str) -> tuple[str | None, str | None]:
+        """Read one manifest into `reads`, unless the endpoint's breaker holds it. Returns the
+        error the status shows (None: read) and the sent read's own error (None: not sent, or read)."""
+        if (held := breaker.hold()) is not None:
+            metrics.READS_HELD.inc()
+            return held, None
+        try:
+            reads.succeeded(uri, store.get_bytes(uri)[0])
+        except Exception as err:  # noqa: BLE001 - recorded, shown in the status, retried with backoff
+            metrics.ERRORS.labels(target="s3").inc()
+            error = f"{type(err).__name__}: {err}"
+            if not isinstance(err, StorageUnavailableError):
+                self._answered(breaker)  # a 404, a 403, a bad manifest: the endpoint is up
+                return error, error
+            if breaker.unavailable(type(err.__context__ or err).__name__):
+                log.warning("%s failed %d reads in a row: its manifest reads are held, one sent every %.0fs",
+                            breaker.endpoint, breaker.threshold, breaker.cooldown)
+            return breaker.error() or error, error
+        self._answered(breaker)
+        return None, None
+
     def _store(self, settings: StorageSettings) -> ObjectStore:
         # One client per endpoint, reused: building a boto3 client costs ~130 ms of CPU.
         # Fail fast (one try, short timeouts): the ManifestReads backoff spaces the retries.
         if settings not in self._stores:
             self._stores[settings] = ObjectStore(settings, attempts=1, botocore_attempts=2, connect_timeout=3, read_timeout=10)
         return self._stores[settings]
+
+    def _breaker(self, settings: StorageSettings) -> Breaker:
+        if settings not in self._breakers:
+            self._breakers[settings] = Breaker(settings.endpoint or "")
+        return self._breakers[settings]
+
+    @staticmethod
+    def _answered(breaker: Breaker) -> None:
+        if breaker.answered():
+            log.info("%s answers again: its manifest reads are sent again", breaker.endpoint)
 
     def _enqueue_threadsafe(self, namespace: str, name: str, trigger: Trigger, delay: float = 0.0) -> None:
         if self._loop is None or self._loop.is_closed():

@@ -30,11 +30,15 @@ PASSES = Counter("anytasktune_reconcile_passes_total",
 CHILD_EVENTS = Counter("anytasktune_child_events_total",
                        "RayJob and RayCluster watch events, by kind and whether they changed what a pass reads",
                        ["kind", "changed"])
+# Reads not sent because their S3 endpoint failed the reads before them (breaker.py).
+READS_HELD = Counter("anytasktune_manifest_reads_held_total",
+                     "Manifest reads failed without being sent: their S3 endpoint failed the reads before them")
 
 ALL_METRICS = ("anytasktune_subtasks", "anytasktune_rayjobs_created_total", "anytasktune_retries_total",
                "anytasktune_reconcile_duration_seconds", "anytasktune_errors_total", "anytasktune_child_reads_total",
                "anytasktune_workqueue_depth", "anytasktune_workqueue_wait_seconds",
-               "anytasktune_reconcile_passes_total", "anytasktune_child_events_total")
+               "anytasktune_reconcile_passes_total", "anytasktune_child_events_total",
+               "anytasktune_manifest_reads_held_total")
 
 
 def observe_status(namespace: str, name: str, status: TaskFineTuneStatus) -> None:

@@ -44,6 +44,12 @@ def operator(kube_env: dict[str, str], s3: Any, tmp_path_factory: pytest.TempPat
         yield op
 
 
+def held_reads(operator: OperatorProcess) -> float:
+    """Manifest reads the operator failed unsent (`anytasktune_manifest_reads_held_total`)."""
+    return sum(float(line.split()[-1]) for line in metrics_text(operator.metrics_port).splitlines()
+               if line.startswith("anytasktune_manifest_reads_held_total "))
+
+
 def subtask_status(tft: dict[str, Any], name: str) -> dict[str, Any]:
     for s in tft.get("status", {}).get("subtasks", []):
         if s["name"] == name:
@@ -328,17 +334,42 @@ def test_passes_read_rayjobs_from_the_watch_and_see_one_deleted_behind_their_bac
     assert reads.get("cache", 0) > reads.get("list", 0), reads  # LISTs only while a pass's own writes are in flight
 
 
-def test_s3_outage_is_retried_with_backoff_and_shown_in_status_and_events(k: Kubectl, operator: OperatorProcess) -> None:
-    """The helper TaskFineTunes point at http://127.0.0.1:1 (nothing listens): an outage."""
+def test_s3_outage_is_retried_with_backoff_shown_held_and_recovered(k: Kubectl, operator: OperatorProcess, s3: Any, tmp_path: Path) -> None:
+    """A pool of 5 whose S3 server goes down after its manifests were written: each sub-task
+    shows the outage (EvaluationUnreadable, one StorageUnavailable Event each); after 5 reads
+    in a row failed the endpoint's reads are held unsent (breaker.py) and the status settles;
+    once the server is back, a probe finds it and every evaluation is read."""
     ns = k.namespace("outage")
-    k.apply(taskfinetune("unlucky", ["kw"]), ns)
-    wait_for("launch", lambda: "unlucky-kw-1" in k.rayjobs(ns))
-    k.set_rayjob_status(ns, "unlucky-kw-1", **SUCCEEDED)
-    kw = wait_for("message", lambda: "evaluation not read yet" in (s := subtask_status(k.tft(ns, "unlucky"), "kw"))["message"] and s)
-    assert kw["phase"] == "Succeeded" and "EndpointConnectionError" in kw["message"]
-    wait_for("event", lambda: "StorageUnavailable" in reasons(k, ns, "unlucky"))
-    # Backoff, not a hot loop: the status settles while the reads keep failing.
-    version = k.tft(ns, "unlucky")["metadata"]["resourceVersion"]
-    time.sleep(6)
-    assert k.tft(ns, "unlucky")["metadata"]["resourceVersion"] == version
-    assert [e["reason"] for e in k.events(ns, "unlucky")].count("StorageUnavailable") == 1
+    names = [f"kw{i}" for i in range(5)]
+    with s3_serving(tmp_path / "s3", ["adapters"], access_key=s3.access_key, secret_key=s3.secret_key) as own:
+        body = taskfinetune("unlucky", names, maxParallelSubtasks=5)
+        body["spec"]["storage"] = {"output": "s3://adapters/", "endpoint": own.endpoint, "addressingStyle": "path"}
+        k.apply(body, ns)
+        jobs = wait_for("launches", lambda: (j := k.rayjobs(ns)) and len(j) == 5 and j)
+        for name in names:
+            run_id = jobs[f"unlucky-{name}-1"]["metadata"]["labels"]["anytasktune.io/run-id"]
+            manifest = {"runId": run_id, "evaluation": {"base": {"f1": 0.2}, "adapter": {"f1": 0.7}, "lift": {"f1": 0.5}}}
+            own.client().put_object(Bucket="adapters", Key=f"unlucky/{name}/{run_id}/manifest.json", Body=json.dumps(manifest).encode())
+        own.stop(keep_data=True, graceful=False)
+        held_before = held_reads(operator)
+        for name in names:
+            k.set_rayjob_status(ns, f"unlucky-{name}-1", **SUCCEEDED)
+
+        def all_held() -> dict[str, Any] | None:
+            tft = k.tft(ns, "unlucky")
+            return tft if all("reads in a row" in subtask_status(tft, n)["message"] for n in names) else None
+
+        tft = wait_for("every sub-task's read held", all_held, timeout=60)
+        kw = subtask_status(tft, "kw0")
+        assert kw["phase"] == "Succeeded" and kw["reason"] == "EvaluationUnreadable" and "EndpointConnectionError" in kw["message"]
+        unavailable = [m for e in k.events(ns, "unlucky") if e["reason"] == "StorageUnavailable" for m in announcements(e["message"])]
+        assert sorted(m.split(":")[0] for m in unavailable) == [f"sub-task {n}" for n in names]  # one each
+        assert held_reads(operator) > held_before
+        # Backoff and the breaker, not a hot loop: the status settles while reads keep failing.
+        version = tft["metadata"]["resourceVersion"]
+        time.sleep(6)
+        assert k.tft(ns, "unlucky")["metadata"]["resourceVersion"] == version
+        own.start()
+        tft = wait_for("every evaluation read", lambda: (t := k.tft(ns, "unlucky")) and all(
+            subtask_status(t, n).get("metrics") for n in names) and t, timeout=90)
+        assert {subtask_status(tft, n)["reason"] for n in names} == {"Succeeded"}

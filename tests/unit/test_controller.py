@@ -10,11 +10,13 @@ import pytest
 
 from anytasktune import metrics
 from anytasktune.actions import Plan
+from anytasktune.breaker import Breaker
 from anytasktune.config import OperatorConfig
 from anytasktune.controller import Controller, Trigger, WorkQueue, resync_delays, resync_due
 from anytasktune.executor import ManifestReads
 from anytasktune.spec import SubtaskPhase, SubtaskStatus, TaskFineTuneStatus
 from anytasktune_contract.backoff import Backoff
+from anytasktune_contract.failures import StorageUnavailableError, same_error
 
 
 def test_work_queue_coalesces_and_never_runs_a_key_twice_at_once() -> None:
@@ -215,6 +217,60 @@ def test_a_repeated_read_failure_queues_its_pass_for_the_retry_not_now() -> None
     controller.read_pool.shutdown()
     (first, first_trigger), (second, second_trigger) = queued
     assert first == 0.0 and 9.0 < second <= 10.0 and first_trigger == second_trigger == Trigger.Read
+
+
+def test_reads_of_an_endpoint_that_keeps_failing_are_held_until_a_probe_gets_an_answer() -> None:
+    """Five reads in a row find the endpoint down: the next reads fail unsent, their status
+    saying why, until the cooldown lets one through; its answer sends the rest again."""
+    controller = Controller(OperatorConfig(), client=None)
+    now = [0.0]
+    breaker = Breaker("http://s3:9000", threshold=5, cooldown=5.0, clock=lambda: now[0])
+    sent: list[str] = []
+    finished = threading.Semaphore(0)
+    up = [False]
+
+    class Store:
+        def get_bytes(self, uri: str) -> tuple[bytes, str]:
+            sent.append(uri)
+            if up[0]:
+                return b'{"runId": "r"}', "etag"
+            try:
+                raise ConnectionRefusedError("connection refused")
+            except ConnectionRefusedError:
+                raise StorageUnavailableError(f"get: storage unavailable after 1 attempts: {uri}") from None
+
+    controller._store = lambda settings: Store()  # type: ignore[method-assign,assignment,return-value]
+    controller._breaker = lambda settings: breaker  # type: ignore[method-assign]
+    controller.enqueue = lambda *args, **kwargs: finished.release()  # type: ignore[method-assign]
+    tft = {"metadata": {"namespace": "ns", "name": "t"}, "spec": {"storage": {"output": "s3://adapters/out/"}}}
+    reads = controller.reads.setdefault(("ns", "t"), ManifestReads(Backoff(5, 300)))
+    held_before = metrics.READS_HELD._value.get()
+
+    async def read(i: int) -> None:
+        controller._start_read(tft, reads, f"s3://adapters/run{i}/manifest.json")
+        await asyncio.to_thread(finished.acquire, True, 5)
+
+    async def scenario() -> None:
+        controller._loop = asyncio.get_running_loop()
+        for i in range(8):
+            await read(i)
+        assert len(sent) == 5 and metrics.READS_HELD._value.get() - held_before == 3
+        held = reads.snapshot()["s3://adapters/run7/manifest.json"]
+        assert held.error.startswith("StorageUnavailableError: http://s3:9000 failed 5 reads in a row (the last: ConnectionRefusedError)")
+        assert held.failures == 1 and held.next_try is not None  # a held read fails like a sent one: its backoff
+        # Before the breaker opened a read shows its own error; from then on every one shows the
+        # breaker's (one text per outage: a probe's failure changes no status).
+        assert reads.snapshot()["s3://adapters/run3/manifest.json"].error.startswith("StorageUnavailableError: get: storage unavailable")
+        assert same_error(reads.snapshot()["s3://adapters/run4/manifest.json"].error, held.error)
+        now[0] += 5.0
+        up[0] = True
+        await read(8)  # the probe
+        await read(9)
+        assert sent[5:] == ["s3://adapters/run8/manifest.json", "s3://adapters/run9/manifest.json"]
+        assert reads.snapshot()["s3://adapters/run9/manifest.json"].manifest is not None
+
+    asyncio.run(scenario())
+    controller.read_pool.shutdown()
 
 
 def test_a_read_that_finishes_after_the_operator_stopped_queues_nothing() -> None:
