@@ -14,16 +14,15 @@ resync safety net, and manifest reads kept off the reconcile path.
   pool of their own, off the pass.
 - **S3 never blocks a pass.** A manifest read runs on a small pool, at most
   `READS_PER_NAMESPACE` at once per namespace, so one tenant's slow or black-holed
-  endpoint occupies at most that many threads and delays no one else's passes.
+  endpoint occupies at most that many threads and delays no one else's passes; an
+  endpoint that keeps failing has its reads held (`storagereads.Breaker`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -32,12 +31,12 @@ from typing import Any
 
 from anytasktune import metrics
 from anytasktune.actions import Plan
-from anytasktune.breaker import Breaker
 from anytasktune.config import OperatorConfig
 from anytasktune.executor import ManifestReads, reconcile
 from anytasktune.informer import Bodies, ChildCache
 from anytasktune.kube import KubeClient, KubeExecutor
 from anytasktune.spec import ClusterMode, StorageSpec
+from anytasktune.storagereads import Breaker, TenantReadPool
 from anytasktune_contract.backoff import Backoff
 from anytasktune_contract.failures import StorageUnavailableError
 from anytasktune_contract.storage import ObjectStore, StorageSettings
@@ -141,44 +140,6 @@ class WorkQueue:
                     self.add(key)
                 else:  # forgotten during its pass after an event: nothing is due any more
                     self._due_since.pop(key, None)
-
-
-class TenantReadPool:
-    """A thread pool that runs at most `per_namespace` jobs of one namespace at once."""
-
-    def __init__(self, threads: int, per_namespace: int) -> None:
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="manifest-read")
-        self._per_namespace = per_namespace
-        self._running: dict[str, int] = {}
-        self._waiting: dict[str, deque[Callable[[], None]]] = {}
-        self._lock = threading.Lock()
-
-    def submit(self, namespace: str, job: Callable[[], None]) -> None:
-        with self._lock:
-            if self._running.get(namespace, 0) >= self._per_namespace:
-                self._waiting.setdefault(namespace, deque()).append(job)
-                return
-            self._running[namespace] = self._running.get(namespace, 0) + 1
-        self._pool.submit(self._run, namespace, job)
-
-    def _run(self, namespace: str, job: Callable[[], None]) -> None:
-        while True:
-            try:
-                job()
-            except Exception:  # noqa: BLE001 - a read reports its own errors; never lose the slot
-                log.exception("manifest read failed unexpectedly")
-            with self._lock:
-                waiting = self._waiting.get(namespace)
-                if not waiting:
-                    self._running[namespace] -= 1
-                    self._waiting.pop(namespace, None)
-                    return
-                job = waiting.popleft()
-
-    def shutdown(self) -> None:
-        with self._lock:
-            self._waiting.clear()  # a running job finishes; nothing queued starts
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class Controller:

@@ -30,7 +30,7 @@ PASSES = Counter("anytasktune_reconcile_passes_total",
 CHILD_EVENTS = Counter("anytasktune_child_events_total",
                        "RayJob and RayCluster watch events, by kind and whether they changed what a pass reads",
                        ["kind", "changed"])
-# Reads not sent because their S3 endpoint failed the reads before them (breaker.py).
+# Reads not sent because their S3 endpoint failed the reads before them (storagereads.py).
 READS_HELD = Counter("anytasktune_manifest_reads_held_total",
                      "Manifest reads failed without being sent: their S3 endpoint failed the reads before them")
 

@@ -337,7 +337,7 @@ def test_passes_read_rayjobs_from_the_watch_and_see_one_deleted_behind_their_bac
 def test_s3_outage_is_retried_with_backoff_shown_held_and_recovered(k: Kubectl, operator: OperatorProcess, s3: Any, tmp_path: Path) -> None:
     """A pool of 5 whose S3 server goes down after its manifests were written: each sub-task
     shows the outage (EvaluationUnreadable, one StorageUnavailable Event each); after 5 reads
-    in a row failed the endpoint's reads are held unsent (breaker.py) and the status settles;
+    in a row failed the endpoint's reads are held unsent (storagereads.py) and the status settles;
     once the server is back, a probe finds it and every evaluation is read."""
     ns = k.namespace("outage")
     names = [f"kw{i}" for i in range(5)]

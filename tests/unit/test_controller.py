@@ -10,11 +10,11 @@ import pytest
 
 from anytasktune import metrics
 from anytasktune.actions import Plan
-from anytasktune.breaker import Breaker
 from anytasktune.config import OperatorConfig
 from anytasktune.controller import Controller, Trigger, WorkQueue, resync_delays, resync_due
 from anytasktune.executor import ManifestReads
 from anytasktune.spec import SubtaskPhase, SubtaskStatus, TaskFineTuneStatus
+from anytasktune.storagereads import Breaker
 from anytasktune_contract.backoff import Backoff
 from anytasktune_contract.failures import StorageUnavailableError, same_error
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from anytasktune.breaker import Breaker
+from anytasktune.storagereads import Breaker
 from anytasktune_contract.failures import same_error
 
 # Steps: "send" / "hold" (what hold() must say), "down" (a sent read found it unavailable),

@@ -1,8 +1,10 @@
-"""A circuit breaker for one S3 endpoint's manifest reads.
+"""How the operator reads run manifests off its passes: a pool that runs at most a few reads
+per namespace at once (one tenant's slow storage delays nobody else), and a circuit breaker
+per S3 endpoint.
 
 While an endpoint is down, every sub-task's manifest read still comes due on its own backoff:
-at 1,000 TaskFineTunes x 10 that was ~40 failing boto3 calls a second, and their CPU (request
-building, signing, the exception) most of what an outage cost the operator on two cores. After
+at 1,000 TaskFineTunes x 10 that was ~40 failing boto3 calls a second, whose CPU (request
+building, signing, the exception, the log line) was 19% of the operator's (bench/RESULTS.md). After
 `threshold` reads in a row found the endpoint unavailable, the reads due in the next `cooldown`
 seconds fail at once without calling it; then one read goes through (the probe). Any answer,
 a 404 or a 403 included, closes the breaker; another unavailability opens it again.
@@ -14,9 +16,14 @@ answer lets the reads that come due after it through.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+log = logging.getLogger("anytasktune")
 
 
 class Breaker:
@@ -68,3 +75,41 @@ class Breaker:
             if self._failures >= self.threshold:
                 self._open_until = self._clock() + self.cooldown
             return self._failures == self.threshold
+
+
+class TenantReadPool:
+    """A thread pool that runs at most `per_namespace` jobs of one namespace at once."""
+
+    def __init__(self, threads: int, per_namespace: int) -> None:
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="manifest-read")
+        self._per_namespace = per_namespace
+        self._running: dict[str, int] = {}
+        self._waiting: dict[str, deque[Callable[[], None]]] = {}
+        self._lock = threading.Lock()
+
+    def submit(self, namespace: str, job: Callable[[], None]) -> None:
+        with self._lock:
+            if self._running.get(namespace, 0) >= self._per_namespace:
+                self._waiting.setdefault(namespace, deque()).append(job)
+                return
+            self._running[namespace] = self._running.get(namespace, 0) + 1
+        self._pool.submit(self._run, namespace, job)
+
+    def _run(self, namespace: str, job: Callable[[], None]) -> None:
+        while True:
+            try:
+                job()
+            except Exception:  # noqa: BLE001 - a read reports its own errors; never lose the slot
+                log.exception("manifest read failed unexpectedly")
+            with self._lock:
+                waiting = self._waiting.get(namespace)
+                if not waiting:
+                    self._running[namespace] -= 1
+                    self._waiting.pop(namespace, None)
+                    return
+                job = waiting.popleft()
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._waiting.clear()  # a running job finishes; nothing queued starts
+        self._pool.shutdown(wait=False, cancel_futures=True)
