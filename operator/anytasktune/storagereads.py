@@ -27,6 +27,8 @@ log = logging.getLogger("anytasktune")
 
 
 class Breaker:
+    """One S3 endpoint's: closed (reads are sent), open (held), or probing (one sent). Thread-safe."""
+
     def __init__(self, endpoint: str, threshold: int = 5, cooldown: float = 5.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.endpoint = endpoint or "the S3 endpoint"
