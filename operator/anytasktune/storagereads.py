@@ -4,7 +4,7 @@ per S3 endpoint.
 
 While an endpoint is down, every sub-task's manifest read still comes due on its own backoff:
 at 1,000 TaskFineTunes x 10 that was ~40 failing boto3 calls a second, whose CPU (request
-building, signing, the exception, the log line) was 19% of the operator's (bench/RESULTS.md). After
+building, signing, the exception, the log line) was 18–19% of the operator's (bench/RESULTS.md). After
 `threshold` reads in a row found the endpoint unavailable, the reads due in the next `cooldown`
 seconds fail at once without calling it; then one read goes through (the probe). Any answer,
 a 404 or a 403 included, closes the breaker; another unavailability opens it again.
