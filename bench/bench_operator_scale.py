@@ -43,6 +43,7 @@ import argparse
 import itertools
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -61,8 +62,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from anytasktune.config import OperatorConfig  # noqa: E402
-from anytasktune.controller import Trigger  # noqa: E402
 from anytasktune.s3server import EmbeddedS3  # noqa: E402
+from anytasktune.workqueue import Trigger  # noqa: E402
 from tests.cluster.harness import operator_counts  # noqa: E402
 from tests.integration.helpers import OperatorProcess, metrics_text, s3_credentials  # noqa: E402
 from tests.kube.controlplane import ControlPlane  # noqa: E402
@@ -201,21 +202,42 @@ def pass_metrics(op: OperatorProcess) -> dict[str, float]:
     except Exception:  # noqa: BLE001 - the baseline may have no metrics port
         return {"passes": nan, "pass_mean_s": nan, "wait_p50_s": nan, "wait_p99_s": nan, "wait_mean_s": nan}
     samples = {line.split()[0]: float(line.split()[-1]) for line in text.splitlines()
-               if line.startswith(("anytasktune_reconcile_duration_seconds_", "anytasktune_workqueue_wait_seconds_"))}
+               if line.startswith("anytasktune_reconcile_duration_seconds_")}
     count = samples.get("anytasktune_reconcile_duration_seconds_count", nan)
     out = {"passes": count, "pass_mean_s": samples.get("anytasktune_reconcile_duration_seconds_sum", nan) / count if count else nan}
-    waits = sorted((float("inf") if key.endswith('le="+Inf"}') else float(key.split('le="')[1].rstrip('"}')), value)
-                   for key, value in samples.items() if key.startswith("anytasktune_workqueue_wait_seconds_bucket"))
-    waited = samples.get("anytasktune_workqueue_wait_seconds_count", 0.0)
-    out |= {"wait_p50_s": histogram_quantile(0.5, waits) if waits else nan,
-            "wait_p99_s": histogram_quantile(0.99, waits) if waits else nan,
-            "wait_mean_s": samples.get("anytasktune_workqueue_wait_seconds_sum", nan) / waited if waited else nan}
+    out |= queue_waits(text)
+    out |= {f"event_{k}": v for k, v in queue_waits(text, priority="event").items()}
     # Passes by what made them due, and child events that queued none (operators that count them).
     counts = operator_counts(text)
     out |= {f"passes_{trigger}": n for trigger, n in counts.get("passes", {}).items()}
     if unchanged := [n for key, n in counts.get("child_events", {}).items() if key.endswith("changed=false")]:
         out["child_events_unchanged"] = sum(unchanged)
     return out
+
+
+def queue_waits(text: str, priority: str | None = None) -> dict[str, float]:
+    """The work queue's wait (p50, p99, mean) from its histogram in the metrics `text`: all
+    passes, or those at one priority (operators from 2026-11-27 on label it; older ones
+    have no priority, so theirs is NaN)."""
+    buckets: dict[float, float] = {}
+    total = {"_sum": 0.0, "_count": 0.0}
+    for line in text.splitlines():
+        match = re.match(r"anytasktune_workqueue_wait_seconds(_bucket|_sum|_count)(?:\{(.*)\})? (\S+)$", line)
+        if not match:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', match[2] or ""))
+        if priority is not None and labels.get("priority") != priority:
+            continue
+        if match[1] == "_bucket":
+            upper = float(labels["le"].replace("+Inf", "inf"))
+            buckets[upper] = buckets.get(upper, 0.0) + float(match[3])
+        else:
+            total[match[1]] += float(match[3])
+    nan = float("nan")
+    ordered = sorted(buckets.items())
+    return {"wait_p50_s": histogram_quantile(0.5, ordered) if ordered else nan,
+            "wait_p99_s": histogram_quantile(0.99, ordered) if ordered else nan,
+            "wait_mean_s": total["_sum"] / total["_count"] if total["_count"] else nan}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -507,10 +529,12 @@ def main() -> None:
     def median_of(n: int, label: str, key: str) -> float:
         return statistics.median(r.get(key, float("nan")) for r in rows if r["n"] == n and r["variant"] == label)
 
-    def waits(n: int, label: str) -> str:
-        return "/".join(f"{median_of(n, label, k):.3f}" for k in ("wait_p50_s", "wait_p99_s", "wait_mean_s"))
+    def waits(n: int, label: str, prefix: str = "") -> str:
+        return "/".join(f"{median_of(n, label, prefix + k):.3f}" for k in ("wait_p50_s", "wait_p99_s", "wait_mean_s"))
     print("\nwork queue wait p50/p99/mean, from a pass falling due to its start (the operator's histogram; quantiles "
           "estimated from its buckets), median over rounds: " + ", ".join(f"{label} N={n}: {waits(n, label)} s" for n in sizes for label in labels))
+    print("the same for the passes at event priority (an event, a finished read; NaN: no priorities): "
+          + ", ".join(f"{label} N={n}: {waits(n, label, 'event_')} s" for n in sizes for label in labels))
     triggers = [trigger.value for trigger in Trigger]
     print("\npasses by what made them due (" + "/".join(triggers) + "), and RayJob and RayCluster events that queued no pass "
           "(nothing a pass reads changed), median over rounds: " + ", ".join(

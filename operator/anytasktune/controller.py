@@ -1,9 +1,7 @@
 """The operator's runtime: a work queue of TaskFineTunes, supervised passes, the
 resync safety net, and manifest reads kept off the reconcile path.
 
-- **One pass per TaskFineTune at a time, coalesced.** Any number of events for the
-  same TaskFineTune while a pass is queued collapse into that pass; events during a
-  pass schedule exactly one more (client-go's workqueue semantics).
+- **One pass per TaskFineTune at a time, coalesced, events first** (`workqueue.py`).
 - **Supervised.** Any error in a pass (API errors, a connection refused while the API
   server restarts, a bug) is logged, counted and retried with backoff; the resync loop
   survives every error too.
@@ -23,10 +21,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
-from enum import Enum
 from typing import Any
 
 from anytasktune import metrics
@@ -37,109 +34,17 @@ from anytasktune.informer import Bodies, ChildCache
 from anytasktune.kube import KubeClient, KubeExecutor
 from anytasktune.spec import ClusterMode, StorageSpec
 from anytasktune.storagereads import Breaker, TenantReadPool
+from anytasktune.workqueue import Key, Trigger, WorkQueue
 from anytasktune_contract.backoff import Backoff
 from anytasktune_contract.failures import StorageUnavailableError
 from anytasktune_contract.storage import ObjectStore, StorageSettings
 
 log = logging.getLogger("anytasktune")
-Key = tuple[str, str]  # (namespace, name)
 READS_PER_NAMESPACE = 2
 READ_THREADS = 8
 WRITE_THREADS = 8  # concurrent RayJob creates within passes
 EVENT_THREADS = 4
 PASS_ERROR_BACKOFF = Backoff(1.0, 60.0)
-
-
-class Trigger(str, Enum):
-    """What made a pass due (the first cause counts when several coalesce)."""
-
-    TaskFineTune = "taskfinetune"  # an event of the TaskFineTune itself
-    Child = "child"  # a RayJob or RayCluster event that changed what a pass reads
-    Read = "read"  # a manifest read finished (news: at once), or its retry is due (a repeated failure)
-    Timer = "timer"  # the planner asked to look again later (a deadline, a backoff, a poll)
-    Retry = "retry"  # the last pass failed
-    Resync = "resync"  # the safety net
-
-
-class WorkQueue:
-    """Coalescing, per-key serialized, with delayed adds (earliest wins)."""
-
-    def __init__(self, process: Callable[[Key], Awaitable[None]], workers: int) -> None:
-        self._process = process
-        self._workers = workers
-        self._queue: asyncio.Queue[Key] = asyncio.Queue()
-        self._queued: set[Key] = set()
-        self._active: set[Key] = set()
-        self._dirty: set[Key] = set()
-        self._due_since: dict[Key, tuple[float, Trigger]] = {}  # when a pass became due and why, for the metrics
-        self._timers: dict[Key, tuple[float, asyncio.TimerHandle]] = {}
-        self._tasks: list[asyncio.Task[None]] = []
-
-    def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._work()) for _ in range(self._workers)]
-
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    def add(self, key: Key, delay: float = 0.0, trigger: Trigger = Trigger.TaskFineTune) -> None:
-        if delay > 0:
-            self._add_later(key, delay, trigger)
-            return
-        self._due_since.setdefault(key, (asyncio.get_running_loop().time(), trigger))
-        if key in self._active:
-            self._dirty.add(key)
-        elif key not in self._queued:
-            self._queued.add(key)
-            self._queue.put_nowait(key)
-            metrics.QUEUE_DEPTH.set(len(self._queued))
-
-    def _add_later(self, key: Key, delay: float, trigger: Trigger) -> None:
-        loop = asyncio.get_running_loop()
-        when = loop.time() + delay
-        current = self._timers.get(key)
-        if current is not None:
-            if current[0] <= when:
-                return
-            current[1].cancel()
-        self._timers[key] = (when, loop.call_at(when, self._fire, key, trigger))
-
-    def _fire(self, key: Key, trigger: Trigger) -> None:
-        self._timers.pop(key, None)
-        self.add(key, trigger=trigger)
-
-    def forget(self, key: Key) -> None:
-        if (timer := self._timers.pop(key, None)) is not None:
-            timer[1].cancel()
-        self._dirty.discard(key)
-        if key not in self._queued and key not in self._active:
-            self._due_since.pop(key, None)
-
-    def __len__(self) -> int:
-        return len(self._queued)
-
-    def active(self, key: Key) -> bool:
-        return key in self._active
-
-    async def _work(self) -> None:
-        while True:
-            key = await self._queue.get()
-            self._queued.discard(key)
-            metrics.QUEUE_DEPTH.set(len(self._queued))
-            if (due := self._due_since.pop(key, None)) is not None:
-                metrics.QUEUE_WAIT_SECONDS.observe(asyncio.get_running_loop().time() - due[0])
-                metrics.PASSES.labels(trigger=due[1].value).inc()
-            self._active.add(key)
-            try:
-                await self._process(key)
-            finally:
-                self._active.discard(key)
-                if key in self._dirty:
-                    self._dirty.discard(key)
-                    self.add(key)
-                else:  # forgotten during its pass after an event: nothing is due any more
-                    self._due_since.pop(key, None)
 
 
 class Controller:
@@ -151,8 +56,7 @@ class Controller:
         self.pass_threads = ThreadPoolExecutor(config.workers, thread_name_prefix="pass")
         self.reads: dict[Key, ManifestReads] = {}
         self.read_pool = TenantReadPool(READ_THREADS, READS_PER_NAMESPACE)
-        self._stores: dict[StorageSettings, ObjectStore] = {}
-        self._breakers: dict[StorageSettings, Breaker] = {}
+        self._endpoints: dict[StorageSettings, tuple[ObjectStore, Breaker]] = {}
         self.writers = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="create")
         self.event_posts = ThreadPoolExecutor(EVENT_THREADS, thread_name_prefix="event")
         self.bodies = Bodies()
@@ -274,7 +178,7 @@ class Controller:
             return
         namespace, name = tft["metadata"]["namespace"], tft["metadata"]["name"]
         settings = StorageSettings.from_spec(StorageSpec.model_validate(tft["spec"]["storage"]))  # the pass validated the whole spec
-        store, breaker = self._store(settings), self._breaker(settings)
+        store, breaker = self._endpoint(settings)
 
         def read() -> None:
             delay = 0.0
@@ -313,17 +217,14 @@ class Controller:
         self._answered(breaker)
         return None, None
 
-    def _store(self, settings: StorageSettings) -> ObjectStore:
-        # One client per endpoint, reused: building a boto3 client costs ~130 ms of CPU.
-        # Fail fast (one try, short timeouts): the ManifestReads backoff spaces the retries.
-        if settings not in self._stores:
-            self._stores[settings] = ObjectStore(settings, attempts=1, botocore_attempts=2, connect_timeout=3, read_timeout=10)
-        return self._stores[settings]
-
-    def _breaker(self, settings: StorageSettings) -> Breaker:
-        if settings not in self._breakers:
-            self._breakers[settings] = Breaker(settings.endpoint or "")
-        return self._breakers[settings]
+    def _endpoint(self, settings: StorageSettings) -> tuple[ObjectStore, Breaker]:
+        """One client and one breaker per endpoint, reused: building a boto3 client costs
+        ~130 ms of CPU. The client fails fast (one try, short timeouts): the ManifestReads
+        backoff spaces the retries."""
+        if settings not in self._endpoints:
+            store = ObjectStore(settings, attempts=1, botocore_attempts=2, connect_timeout=3, read_timeout=10)
+            self._endpoints[settings] = store, Breaker(settings.endpoint or "")
+        return self._endpoints[settings]
 
     @staticmethod
     def _answered(breaker: Breaker) -> None:
