@@ -87,7 +87,7 @@ E2E_LOCAL := tests/e2e/test_local.py tests/e2e/test_local_identity.py
 # (docs/decisions.md). Lint and unit run beside the others rather than before them: a quick
 # failure no longer stops the run early (`make lint test-unit` does that), and the run is
 # ~2 min shorter. Each lane's output shows, whole, when it ends.
-test: setup controlplane ## Everything CI runs: lint and unit beside integration, e2e and cluster (root)
+test: setup controlplane cluster-deps ## Everything CI runs: lint and unit beside integration, e2e and cluster (root)
 	@echo "== four lanes side by side: lint then unit | integration then e2e local mode | e2e trainjob | cluster (each lane's output shows when it ends)"
 	@$(MAKE) --no-print-directory -j4 --output-sync=target lane-lint-and-unit lane-integration-and-local lane-e2e-trainjob test-cluster
 
@@ -179,9 +179,20 @@ images: ## Build the operator and training images: docker if an engine answers, 
 	  bash hack/images/build.sh --import operator trainjob; \
 	fi
 
-.PHONY: test-cluster
-test-cluster: setup ## Cluster tier: helm install + kubectl apply on `make cluster`, the real KubeRay (root)
+.PHONY: test-cluster cluster-deps
+test-cluster: setup cluster-deps ## Cluster tier: helm install + kubectl apply on `make cluster`, the real KubeRay (root)
 	$(PYTEST) tests/cluster -q
+
+# The cluster tier's builds that no source change touches, each cached (stamps, image keys):
+# CoreDNS, KubeRay, the pause binary and Kueue from Go, and the images pause, kuberay-operator,
+# kueue, python-base and ray-base (the trainjob's 5 GB dependency layer). `make test` runs them
+# before its lanes, outside any test's timeout: on a cold machine they take 15-30 minutes of
+# both cores, and inside the cluster lane they once slowed the cluster fixture and an e2e
+# fixture past their timeouts (cold run AS, 2026-11-27). Warm: seconds. Not root: nothing
+# (the cluster tier says why it cannot run).
+cluster-deps: setup controlplane ## Build (cached) what the cluster tier needs that no source change touches (root)
+	@if [ "$$(id -u)" != 0 ]; then echo "cluster-deps: not root, nothing built (the cluster tier needs root)"; \
+	else bash hack/images/build.sh pause kuberay-operator kueue python-base ray-base; fi
 
 .PHONY: clean
 clean: ## Remove the virtualenv and local outputs (keeps $(ANYTASKTUNE_CACHE))
