@@ -48,21 +48,27 @@ def _wait_histogram(priority: str = "event") -> tuple[float, float]:
     return samples.get("anytasktune_workqueue_wait_seconds_count", 0.0), samples.get("anytasktune_workqueue_wait_seconds_sum", 0.0)
 
 
+async def _queue_held_by(name: str) -> tuple[WorkQueue, asyncio.Event]:
+    """A queue with one worker, which the pass of `name` holds until the event is set."""
+    release = asyncio.Event()
+
+    async def process(key: tuple[str, str]) -> None:
+        if key[1] == name:
+            await release.wait()
+
+    queue = WorkQueue(process, workers=1)
+    queue.start()
+    queue.add(("ns", name))
+    await asyncio.sleep(0.05)  # its pass holds the only worker
+    return queue, release
+
+
 def test_work_queue_measures_how_long_a_due_pass_waits_and_how_many_wait() -> None:
     """One worker busy with "a" for 0.3 s: "b", due meanwhile, waits about that long; a
     delayed pass counts its wait from when it fell due, not from when it was asked for."""
     async def scenario() -> tuple[list[float], list[float]]:
         depths: list[float] = []
-        release = asyncio.Event()
-
-        async def process(key: tuple[str, str]) -> None:
-            if key[1] == "a":
-                await release.wait()
-
-        queue = WorkQueue(process, workers=1)
-        queue.start()
-        queue.add(("ns", "a"))
-        await asyncio.sleep(0.05)  # "a" holds the only worker
+        queue, release = await _queue_held_by("a")
         queue.add(("ns", "b"))
         queue.add(("ns", "c"), delay=0.5)  # due at 0.55 s, started at once then
         depths.append(metrics.QUEUE_DEPTH._value.get())  # type: ignore[attr-defined]
@@ -185,16 +191,7 @@ def test_a_key_added_during_its_pass_goes_again_at_the_highest_priority_asked() 
 
 def test_a_promoted_pass_counts_as_the_event_and_its_wait_from_the_promotion() -> None:
     async def scenario() -> None:
-        release = asyncio.Event()
-
-        async def process(key: tuple[str, str]) -> None:
-            if key[1] == "busy":
-                await release.wait()
-
-        queue = WorkQueue(process, workers=1)
-        queue.start()
-        queue.add(("ns", "busy"))
-        await asyncio.sleep(0.02)
+        queue, release = await _queue_held_by("busy")
         queue.add(("ns", "p"), trigger=Trigger.Resync)
         await asyncio.sleep(0.3)  # waited 0.3 s in the background line...
         queue.add(("ns", "p"), trigger=Trigger.Child)  # ...then an event
