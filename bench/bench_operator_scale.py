@@ -206,7 +206,6 @@ def pass_metrics(op: OperatorProcess) -> dict[str, float]:
     count = samples.get("anytasktune_reconcile_duration_seconds_count", nan)
     out = {"passes": count, "pass_mean_s": samples.get("anytasktune_reconcile_duration_seconds_sum", nan) / count if count else nan}
     out |= queue_waits(text)
-    out |= {f"event_{k}": v for k, v in queue_waits(text, priority="event").items()}
     # Passes by what made them due, and child events that queued none (operators that count them).
     counts = operator_counts(text)
     out |= {f"passes_{trigger}": n for trigger, n in counts.get("passes", {}).items()}
@@ -215,21 +214,17 @@ def pass_metrics(op: OperatorProcess) -> dict[str, float]:
     return out
 
 
-def queue_waits(text: str, priority: str | None = None) -> dict[str, float]:
-    """The work queue's wait (p50, p99, mean) from its histogram in the metrics `text`: all
-    passes, or those at one priority (operators from 2026-11-27 on label it; older ones
-    have no priority, so theirs is NaN)."""
+def queue_waits(text: str) -> dict[str, float]:
+    """The work queue's wait (p50, p99, mean) from its histogram in the metrics `text`, summed
+    over any labels (an operator without it gives NaN)."""
     buckets: dict[float, float] = {}
     total = {"_sum": 0.0, "_count": 0.0}
     for line in text.splitlines():
         match = re.match(r"anytasktune_workqueue_wait_seconds(_bucket|_sum|_count)(?:\{(.*)\})? (\S+)$", line)
         if not match:
             continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', match[2] or ""))
-        if priority is not None and labels.get("priority") != priority:
-            continue
         if match[1] == "_bucket":
-            upper = float(labels["le"].replace("+Inf", "inf"))
+            upper = float(dict(re.findall(r'(\w+)="([^"]*)"', match[2] or ""))["le"].replace("+Inf", "inf"))
             buckets[upper] = buckets.get(upper, 0.0) + float(match[3])
         else:
             total[match[1]] += float(match[3])
@@ -529,12 +524,10 @@ def main() -> None:
     def median_of(n: int, label: str, key: str) -> float:
         return statistics.median(r.get(key, float("nan")) for r in rows if r["n"] == n and r["variant"] == label)
 
-    def waits(n: int, label: str, prefix: str = "") -> str:
-        return "/".join(f"{median_of(n, label, prefix + k):.3f}" for k in ("wait_p50_s", "wait_p99_s", "wait_mean_s"))
+    def waits(n: int, label: str) -> str:
+        return "/".join(f"{median_of(n, label, k):.3f}" for k in ("wait_p50_s", "wait_p99_s", "wait_mean_s"))
     print("\nwork queue wait p50/p99/mean, from a pass falling due to its start (the operator's histogram; quantiles "
           "estimated from its buckets), median over rounds: " + ", ".join(f"{label} N={n}: {waits(n, label)} s" for n in sizes for label in labels))
-    print("the same for the passes at event priority (an event, a finished read; NaN: no priorities): "
-          + ", ".join(f"{label} N={n}: {waits(n, label, 'event_')} s" for n in sizes for label in labels))
     triggers = [trigger.value for trigger in Trigger]
     print("\npasses by what made them due (" + "/".join(triggers) + "), and RayJob and RayCluster events that queued no pass "
           "(nothing a pass reads changed), median over rounds: " + ", ".join(

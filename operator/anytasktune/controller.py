@@ -1,7 +1,7 @@
 """The operator's runtime: a work queue of TaskFineTunes, supervised passes, the
 resync safety net, and manifest reads kept off the reconcile path.
 
-- **One pass per TaskFineTune at a time, coalesced, events first** (`workqueue.py`).
+- **One pass per TaskFineTune at a time, coalesced** (`workqueue.py`, client-go's workqueue semantics).
 - **Supervised.** Any error in a pass (API errors, a connection refused while the API
   server restarts, a bug) is logged, counted and retried with backoff; the resync loop
   survives every error too.

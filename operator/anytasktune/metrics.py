@@ -18,10 +18,9 @@ CHILD_READS = Counter("anytasktune_child_reads_total",
 QUEUE_DEPTH = Gauge("anytasktune_workqueue_depth", "TaskFineTunes waiting for a reconcile pass (due now, not yet started)")
 # From the moment a pass is due (an event, a finished manifest read, a timer firing) to its start:
 # with the pass's own duration, the delay a user sees between a change and the status showing it.
-# By the priority it ran at (workqueue.py): `event` is what a change waits for.
 QUEUE_WAIT_SECONDS = Histogram("anytasktune_workqueue_wait_seconds",
-                               "Time a TaskFineTune's reconcile pass waited in the queue before it started, by priority: event or background",
-                               ["priority"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+                               "Time a TaskFineTune's reconcile pass waited in the queue before it started",
+                               buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
 # What made each pass due: how many passes a RayJob costs, and which cause to cut first.
 PASSES = Counter("anytasktune_reconcile_passes_total",
                  "Reconcile passes started, by what made each due first: taskfinetune, child, read, timer, retry or resync",

@@ -1,16 +1,12 @@
 """The work queue without an API server: it coalesces, serializes each key, measures the
-wait, and starts the passes that show a change before those that only look again."""
+wait and counts passes by what made them due."""
 
 from __future__ import annotations
 
 import asyncio
 
-import pytest
-
 from anytasktune import metrics
-from anytasktune.workqueue import EVENTS_PER_BACKGROUND, Trigger, WorkQueue
-
-Add = tuple[str, Trigger]
+from anytasktune.workqueue import Trigger, WorkQueue
 
 
 def test_work_queue_coalesces_and_never_runs_a_key_twice_at_once() -> None:
@@ -42,10 +38,9 @@ def test_work_queue_coalesces_and_never_runs_a_key_twice_at_once() -> None:
     assert runs == ["a", "a"] and most == 1
 
 
-def _wait_histogram(priority: str = "event") -> tuple[float, float]:
-    samples = {s.name: s.value for m in metrics.QUEUE_WAIT_SECONDS.collect() for s in m.samples
-               if s.labels.get("priority") == priority}
-    return samples.get("anytasktune_workqueue_wait_seconds_count", 0.0), samples.get("anytasktune_workqueue_wait_seconds_sum", 0.0)
+def _wait_histogram() -> tuple[float, float]:
+    samples = {s.name: s.value for m in metrics.QUEUE_WAIT_SECONDS.collect() for s in m.samples}
+    return samples["anytasktune_workqueue_wait_seconds_count"], samples["anytasktune_workqueue_wait_seconds_sum"]
 
 
 async def _queue_held_by(name: str) -> tuple[WorkQueue, asyncio.Event]:
@@ -133,74 +128,3 @@ def test_each_pass_is_counted_by_what_made_it_due_first() -> None:
     asyncio.run(scenario())
     after = _passes()
     assert {k: after[k] - before.get(k, 0.0) for k in after if after[k] != before.get(k, 0.0)} == {"child": 1, "timer": 1}
-
-
-
-
-def _order(adds: list[Add], during_busy: list[Add] | None = None) -> list[str]:
-    """The order in which one worker passes `adds`, all queued while it was busy with
-    "busy"; `during_busy` are added for "busy" itself while its pass runs."""
-    async def scenario() -> list[str]:
-        runs: list[str] = []
-        release = asyncio.Event()
-
-        async def process(key: tuple[str, str]) -> None:
-            runs.append(key[1])
-            if key[1] == "busy" and runs.count("busy") == 1:
-                await release.wait()
-
-        queue = WorkQueue(process, workers=1)
-        queue.start()
-        queue.add(("ns", "busy"))
-        await asyncio.sleep(0.02)
-        for name, trigger in adds + [("busy", t) for _, t in during_busy or []]:
-            queue.add(("ns", name), trigger=trigger)
-        release.set()
-        await asyncio.sleep(0.1)
-        await queue.stop()
-        return runs[1:]
-
-    return asyncio.run(scenario())
-
-
-E, R, T, X = Trigger.Child, Trigger.Resync, Trigger.Timer, Trigger.Retry
-
-
-@pytest.mark.parametrize(("adds", "order"), [
-    # Events first, FIFO within each line.
-    ([("a", R), ("b", T), ("c", E), ("d", Trigger.TaskFineTune), ("e", Trigger.Read), ("f", X)], ["c", "d", "e", "a", "b", "f"]),
-    # A background pass gets every fifth start while both lines wait: late, never starved.
-    ([("x1", R), ("x2", T)] + [(f"e{i}", E) for i in range(1, 11)],
-     ["e1", "e2", "e3", "e4", "x1", "e5", "e6", "e7", "e8", "x2", "e9", "e10"]),
-    # An event for a key waiting in the background line moves it up, and it passes once.
-    ([("a", R), ("b", R), ("b", E)], ["b", "a"]),
-    # A background add for a key waiting at event priority changes nothing.
-    ([("a", R), ("b", E), ("b", R)], ["b", "a"]),
-])
-def test_passes_that_show_a_change_start_before_those_that_only_look_again(adds: list[Add], order: list[str]) -> None:
-    assert EVENTS_PER_BACKGROUND == 4
-    assert _order(adds) == order
-
-
-def test_a_key_added_during_its_pass_goes_again_at_the_highest_priority_asked() -> None:
-    """A resync and then a child's event during "busy"'s pass: it goes again as an event,
-    ahead of the resync queued before it."""
-    assert _order([("a", R)], during_busy=[("busy", R), ("busy", E)]) == ["busy", "a"]
-    assert _order([("a", R)], during_busy=[("busy", R)]) == ["a", "busy"]
-
-
-def test_a_promoted_pass_counts_as_the_event_and_its_wait_from_the_promotion() -> None:
-    async def scenario() -> None:
-        queue, release = await _queue_held_by("busy")
-        queue.add(("ns", "p"), trigger=Trigger.Resync)
-        await asyncio.sleep(0.3)  # waited 0.3 s in the background line...
-        queue.add(("ns", "p"), trigger=Trigger.Child)  # ...then an event
-        release.set()
-        await asyncio.sleep(0.1)
-        await queue.stop()
-
-    passes, waits = _passes(), _wait_histogram("event")
-    asyncio.run(scenario())
-    after, waited = _passes(), _wait_histogram("event")
-    assert {k: after[k] - passes.get(k, 0.0) for k in after if after[k] != passes.get(k, 0.0)} == {"taskfinetune": 1, "child": 1}
-    assert waited[0] - waits[0] == 2 and waited[1] - waits[1] < 0.2  # "busy" and "p", each from its event
