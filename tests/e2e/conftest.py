@@ -22,6 +22,11 @@ INSTRUCTION = "Classify the sentiment of the review as positive or negative."
 # fault injected after seeing one checkpoint lands before the next one, on a fast machine
 # too (the tiny model's steps take ~0.05 s).
 PACED = {"ANYTASKTUNE_TEST_STEP_PAUSE_S": "0.5"}
+# How long a test waits on a real training's progress (Ray start, imports, model load, steps)
+# before calling it hung. An idle 2-core machine needs 60-110 s for what these waits cover;
+# CI's four lanes on a slow day took 5x that (stop 26: a 112 s fixture ran past 600 s, a first
+# checkpoint past 300 s). A hang still fails: the waits and the tests' timeouts are bounded.
+PROGRESS_WAIT_S = 900
 
 
 @pytest.fixture(scope="session")

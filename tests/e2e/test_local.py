@@ -19,6 +19,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
 
 import tinymodel  # noqa: E402
+from conftest import PROGRESS_WAIT_S  # noqa: E402
 
 INSTRUCTION = "Classify the sentiment of the review as positive or negative."
 TRAINING = {"epochs": 1, "maxSteps": 3, "microBatchSize": 4, "maxSeqLength": 128, "learningRate": 0.005,
@@ -63,7 +64,7 @@ def write_pool(tmp: Path) -> Path:
     return path
 
 
-def cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, cwd: Path, timeout: float = PROGRESS_WAIT_S) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "anytasktune" / "torch_extensions"))
     return subprocess.run([sys.executable, "-m", "anytasktune.cli", *args], cwd=cwd, env=env, capture_output=True,
@@ -140,6 +141,7 @@ def test_missing_local_dataset_is_a_clear_user_error(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.timeout(2400)  # two runs, each waited on for up to PROGRESS_WAIT_S
 def test_ctrl_c_stops_cleanly_and_a_rerun_resumes_from_the_checkpoint(tmp_path: Path) -> None:
     import signal
     import time
@@ -157,15 +159,15 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes_from_the_checkpoint(tmp_path: 
     first = subprocess.Popen([sys.executable, "-m", "anytasktune.cli", "run", str(pool), "--workdir", str(out), "--no-progress"],
                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + PROGRESS_WAIT_S
     # Interrupt after the second checkpoint: Ray Train records a checkpoint in its run
     # state just after the worker reports it, so the first one is surely resumable then.
     while not (log.exists() and "checkpoint saved at step 10" in log.read_text(errors="replace")):
         assert first.poll() is None, "the run ended before its first checkpoint"
-        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        assert time.monotonic() < deadline, f"no checkpoint within {PROGRESS_WAIT_S} s"
         time.sleep(0.2)
     first.send_signal(signal.SIGINT)  # what Ctrl-C sends
-    _, stderr = first.communicate(timeout=120)
+    _, stderr = first.communicate(timeout=300)
     assert first.returncode == 130, stderr
     assert "interrupted: stopped every sub-task" in stderr and "Traceback" not in stderr
     spec_file = out / "reviews" / "specs" / "reviews-good-1.json"

@@ -17,7 +17,7 @@ from conftest import BUCKET, make_spec
 from anytasktune_contract.failures import FAILURE_MARKER
 from anytasktune_contract.trainspec import TrainJobSpec
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = pytest.mark.timeout(1800)  # the fixture trains twice (~2 min idle); see PROGRESS_WAIT_S
 FAULT_STEP = 10
 
 

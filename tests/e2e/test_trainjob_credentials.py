@@ -31,13 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import INSTRUCTION, PACED, make_spec
+from conftest import INSTRUCTION, PACED, PROGRESS_WAIT_S, make_spec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
 
 import tinymodel  # noqa: E402
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(1800)  # the training test waits twice, up to PROGRESS_WAIT_S each
 BUCKET = "anytasktune-sts"
 ROLE_ARN = "arn:aws:iam::role/AnyTaskTuneTrainJob"
 AUDIENCE = "sts.anytasktune.test"
@@ -204,7 +204,7 @@ def test_a_run_longer_than_its_credentials_publishes(pod_identity_env: dict[str,
                                 env={**pod_identity_env, **PACED})
         try:
             resumed = _pause_past_a_session_after_first_checkpoint(proc, admin, log)
-            proc.wait(timeout=240)
+            proc.wait(timeout=PROGRESS_WAIT_S)
         finally:
             proc.kill()
     assert proc.returncode == 0, log.read_text()[-6000:]
@@ -229,10 +229,10 @@ def _pause_past_a_session_after_first_checkpoint(proc: subprocess.Popen[bytes], 
 
     import psutil
 
-    deadline = time.time() + 240
+    deadline = time.time() + PROGRESS_WAIT_S
     while not _checkpoints_in(admin):
         assert proc.poll() is None, log.read_text()[-6000:]
-        assert time.time() < deadline, "no checkpoint within 240 s"
+        assert time.time() < deadline, f"no checkpoint within {PROGRESS_WAIT_S} s"
         time.sleep(0.1)
     tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
     for process in tree:
