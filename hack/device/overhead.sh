@@ -39,7 +39,8 @@ bundle() {
   tar -C "$tmp/site" -cf - . | xz -T2 -9 > "$BUNDLE/site.tar.xz"
   xz -T2 -9 -c "$("$py" -c 'from anytasktune.s3server import find_weed_binary; print(find_weed_binary())')" > "$BUNDLE/weed.xz"
   local model
-  model=$("$py" -c 'from anytasktune.basemodels import prepare_smollm2; print(prepare_smollm2())')
+  # the last line: a first conversion imports DeepSpeed, whose accelerator warning goes to stdout
+  model=$("$py" -c 'from anytasktune.basemodels import prepare_smollm2; print(prepare_smollm2())' | tail -1)
   cp "$model"/{config.json,generation_config.json,tokenizer.json,tokenizer_config.json} "$BUNDLE/smollm2-config/"
   cp "$model"/*.jinja "$BUNDLE/smollm2-config/" 2>/dev/null || true
   xz -9 "$BUNDLE/smollm2-config/tokenizer.json"
