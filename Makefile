@@ -125,8 +125,8 @@ bench: bench-trainjob bench-overhead bench-packed bench-ray-report bench-gpu ben
 bench-trainjob: setup ## Training step: plain torch vs DeepSpeed ZeRO-0/2/3 on the tiny model, interleaved rounds
 	$(PY) bench/bench_trainjob.py
 
-bench-overhead: setup ## SmolLM2-135M LoRA steps: a plain PEFT loop vs the trainjob's loop vs the whole trainjob under Ray Train
-	$(PY) bench/bench_overhead.py
+bench-overhead: setup $(VENV)/.smollm2 ## SmolLM2-135M LoRA steps: a plain PEFT loop vs the trainjob's loop vs the whole trainjob under Ray Train
+	$(PY) bench/bench_overhead.py $(BENCH_OVERHEAD_ARGS)
 
 # On a CUDA machine: make bench-packed BENCH_PACKED_ARGS="--device cuda" (or "--device cuda --dtype bf16 --shape 135m --lr 1e-3").
 BENCH_PACKED_ARGS ?=
