@@ -10,6 +10,7 @@ server (SeaweedFS):
 from __future__ import annotations
 
 import json
+import selectors
 import socket
 import statistics
 import threading
@@ -24,7 +25,8 @@ from tests.integration.helpers import RUNNING, SUCCEEDED, Kubectl, OperatorProce
 
 class Listener:
     """A TCP endpoint that records connections: `answer=False` accepts and never answers
-    (a black hole); otherwise it answers 403 to whatever arrives."""
+    (a black hole), and counts how many the clients hold open at once; otherwise it
+    answers 403 to whatever arrives."""
 
     def __init__(self, answer: bool) -> None:
         self.answer = answer
@@ -32,7 +34,9 @@ class Listener:
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(64)
         self.connections = 0
-        self.held: list[socket.socket] = []
+        self.most_open = 0  # the most connections the clients held open at one time
+        self.held: set[socket.socket] = set()
+        self._closing = False
         threading.Thread(target=self._serve, daemon=True).start()
 
     @property
@@ -40,22 +44,44 @@ class Listener:
         return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
 
     def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            if self.answer:
-                conn.recv(65536)
-                conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
-                conn.close()
-            else:
-                self.held.append(conn)
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.sock, selectors.EVENT_READ)
+            while not self._closing:
+                try:
+                    ready = [key.fileobj for key, _ in sel.select(timeout=0.5)]
+                except (OSError, ValueError):  # close() closed a socket under it
+                    return
+                # Closes first: a client that gave up on one connection closed it (its FIN is
+                # queued) before opening the next, so both can be ready in one select.
+                for conn in [c for c in ready if c is not self.sock]:
+                    assert isinstance(conn, socket.socket)
+                    try:
+                        closed = not conn.recv(65536)  # b"": the client closed it
+                    except OSError:  # reset
+                        closed = True
+                    if closed:
+                        sel.unregister(conn)
+                        self.held.discard(conn)
+                        conn.close()
+                if self.sock in ready:
+                    try:
+                        conn, _ = self.sock.accept()
+                    except OSError:
+                        return
+                    self.connections += 1
+                    if self.answer:
+                        conn.recv(65536)
+                        conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+                        conn.close()
+                    else:
+                        self.held.add(conn)
+                        sel.register(conn, selectors.EVENT_READ)
+                        self.most_open = max(self.most_open, len(self.held))
 
     def close(self) -> None:
+        self._closing = True
         self.sock.close()
-        for conn in self.held:
+        for conn in list(self.held):
             conn.close()
 
 
@@ -164,9 +190,11 @@ def test_a_black_holed_endpoint_delays_no_other_tenant(k: Kubectl, operator: Ope
         evaluated.append(time.monotonic() - t0)
     print(f"beside a black hole: Running shown p50 {statistics.median(running):.2f}s max {max(running):.2f}s; "
           f"evaluation shown p50 {statistics.median(evaluated):.2f}s max {max(evaluated):.2f}s; "
-          f"black-hole connections {black_hole.connections}")
+          f"black-hole connections {black_hole.connections}, at most {black_hole.most_open} open at once")
     # A black-holed read takes >= 10 s (read timeout); none of these waited for one.
     assert max(running) < 5.0 and max(evaluated) < 8.0
-    # The stuck tenant is held to its share of the read pool, and says what is wrong.
-    assert black_hole.connections <= 2 * 2  # 2 reads at a time per namespace (botocore retries once)
+    # The stuck tenant is held to its share of the read pool, and says what is wrong: 2 reads
+    # at a time per namespace. (A count of all connections, bounded by 2 reads x 2 botocore
+    # attempts, failed on a slow day: this test outlasted the first reads, and the next began.)
+    assert black_hole.connections >= 2 and black_hole.most_open <= 2
     assert all("metrics" not in subtask(k, stuck, "sink", s) for s in subtasks)
