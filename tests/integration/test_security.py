@@ -191,8 +191,9 @@ def test_a_black_holed_endpoint_delays_no_other_tenant(k: Kubectl, operator: Ope
     print(f"beside a black hole: Running shown p50 {statistics.median(running):.2f}s max {max(running):.2f}s; "
           f"evaluation shown p50 {statistics.median(evaluated):.2f}s max {max(evaluated):.2f}s; "
           f"black-hole connections {black_hole.connections}, at most {black_hole.most_open} open at once")
-    # A black-holed read takes >= 10 s (read timeout); none of these waited for one.
-    assert max(running) < 5.0 and max(evaluated) < 8.0
+    # A black-holed read takes >= 10 s (its read timeout); none of these waited for one. (The
+    # whole bound is that: on a slow day Running took up to 2.3 s and an evaluation 4.2 s.)
+    assert max(running) < 10.0 and max(evaluated) < 10.0
     # The stuck tenant is held to its share of the read pool, and says what is wrong: 2 reads
     # at a time per namespace. (A count of all connections, bounded by 2 reads x 2 botocore
     # attempts, failed on a slow day: this test outlasted the first reads, and the next began.)
