@@ -27,7 +27,7 @@ from tests.cluster.harness import (
     wait_for,
 )
 
-pytestmark = pytest.mark.timeout(1800)
+pytestmark = pytest.mark.timeout(3600)  # a hang guard: the longest test took 932 s in run AU, a slow day
 # Long enough that, after a pod loss, a suspend still lands mid-training: each takes effect
 # only once KubeRay's pods are gone (up to their 30 s grace), and steps take ~0.5 s here.
 LONG_RUN_STEPS = 240
