@@ -182,12 +182,19 @@ def child_ray(job: dict[str, Any], threads: int) -> dict[str, Any]:
 CHILDREN = {"plain": child_plain, "loop": child_loop, "ray": child_ray}
 
 
-def run_variant(variant: str, job: dict[str, Any], threads: int) -> dict[str, Any]:
-    """`loop`, or `loop-z0`: the loop with the spec's ZeRO stage set to 0."""
+def parse_variant(variant: str) -> tuple[str, int | None]:
+    """`loop` -> ("loop", None): the spec's ZeRO stage; `loop-z0` -> ("loop", 0)."""
     name, _, stage = variant.partition("-z")
-    if stage:
+    if name not in CHILDREN or (stage and (name == "plain" or stage not in ("0", "1", "2", "3"))):
+        raise ValueError(f"{variant!r}: one of {', '.join(VARIANTS)}, the last two with -z0 to -z3 for a ZeRO stage")
+    return name, int(stage) if stage else None
+
+
+def run_variant(variant: str, job: dict[str, Any], threads: int) -> dict[str, Any]:
+    name, stage = parse_variant(variant)
+    if stage is not None:
         doc = json.loads(job["spec"])
-        doc["deepspeed"]["zeroStage"] = int(stage)
+        doc["deepspeed"]["zeroStage"] = stage
         job = {**job, "spec": json.dumps(doc)}
     return CHILDREN[name](job, threads)
 
@@ -289,8 +296,13 @@ def main() -> None:
         return
 
     variants = tuple(args.variants.split(","))
-    if variants[0] != "plain" or any(v.split("-z")[0] not in CHILDREN for v in variants):
-        ap.error(f"--variants: plain first, then any of {', '.join(VARIANTS)} (with -zN for a ZeRO stage)")
+    try:
+        for v in variants:
+            parse_variant(v)
+    except ValueError as err:
+        ap.error(f"--variants: {err}")
+    if variants[0] != "plain":
+        ap.error("--variants: plain first (the ratios are to it)")
     results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory(prefix="anytasktune-bench-") as tmp:
         workdir = Path(tmp)
@@ -316,8 +328,9 @@ def main() -> None:
 
 
 def report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -> None:
-    variants = tuple(results)
     import torch
+
+    variants = tuple(results)
 
     def spread(xs: list[float]) -> str:
         return f"{statistics.median(xs):.3f} ({min(xs):.3f}–{max(xs):.3f})"

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -118,15 +118,21 @@ class Cli:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
-    def wait_for(self, text: str | re.Pattern[str], timeout_s: float) -> float:
-        """Seconds until `text` (a string, or a pattern to search) appears in the output
-        (fails the test after timeout_s)."""
+    def wait_until(self, done: Callable[[], bool], what: str, timeout_s: float, interval: float = 0.1) -> float:
+        """Seconds until `done()`; fails the test, with the output, if the trainjob exits
+        first or after timeout_s."""
         t0 = time.monotonic()
-        while (text.search(self.output) is None) if isinstance(text, re.Pattern) else (text not in self.output):
-            assert self.proc.poll() is None, f"exited {self.proc.returncode} before {text!r}:\n{self.output[-4000:]}"
-            assert time.monotonic() - t0 < timeout_s, f"no {text!r} after {timeout_s}s:\n{self.output[-4000:]}"
-            time.sleep(0.1)
+        while not done():
+            assert self.proc.poll() is None, f"exited {self.proc.returncode} before {what}:\n{self.output[-4000:]}"
+            assert time.monotonic() - t0 < timeout_s, f"no {what} after {timeout_s}s:\n{self.output[-4000:]}"
+            time.sleep(interval)
         return time.monotonic() - t0
+
+    def wait_for(self, text: str | re.Pattern[str], timeout_s: float) -> float:
+        """Seconds until `text` (a string, or a pattern to search) appears in the output."""
+        if isinstance(text, re.Pattern):
+            return self.wait_until(lambda: text.search(self.output) is not None, repr(text), timeout_s)
+        return self.wait_until(lambda: text in self.output, repr(text), timeout_s)
 
     def wait(self, timeout_s: float) -> int:
         try:
@@ -139,11 +145,8 @@ class Cli:
 
 
 def _wait_for_key(s3: Any, uri: str, suffix: str, cli: Cli, timeout_s: float = PROGRESS_WAIT_S, count: int = 1) -> None:
-    t0 = time.monotonic()
-    while sum(k.endswith(suffix) for k in _keys(s3, uri)) < count:
-        assert cli.proc.poll() is None, f"exited {cli.proc.returncode} before {count} x {suffix}:\n{cli.output[-4000:]}"
-        assert time.monotonic() - t0 < timeout_s, f"no {count} x {suffix} under {uri} after {timeout_s}s:\n{cli.output[-4000:]}"
-        time.sleep(0.2)
+    cli.wait_until(lambda: sum(k.endswith(suffix) for k in _keys(s3, uri)) >= count, f"{count} x {suffix} under {uri}",
+                   timeout_s, interval=0.2)
 
 
 def _assert_manifest_files_present(s3: Any, spec: Any) -> dict[str, Any]:
@@ -363,11 +366,8 @@ def _wait_for_completion_marker(s3: Any, experiment_prefix: str, step: int, cli:
 
     bucket, _, prefix = experiment_prefix.removeprefix("s3://").partition("/")
     client, wanted = s3.client(), f"/{dir_name(step)}/{COMPLETE}"
-    deadline = time.monotonic() + timeout_s
-    while not any(o["Key"].endswith(wanted) for o in client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])):
-        assert cli.proc.poll() is None, f"exited {cli.proc.returncode} before checkpoint {step}:\n{cli.output[-4000:]}"
-        assert time.monotonic() < deadline, f"checkpoint {step} not marked complete after {timeout_s}s"
-        time.sleep(0.02)
+    cli.wait_until(lambda: any(o["Key"].endswith(wanted) for o in client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])),
+                   f"checkpoint {step} marked complete", timeout_s, interval=0.02)
 
 
 def _registered_checkpoints(s3: Any, experiment_prefix: str) -> int:
