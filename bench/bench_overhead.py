@@ -184,8 +184,8 @@ CHILDREN = {"plain": child_plain, "loop": child_loop, "ray": child_ray}
 
 def parse_variant(variant: str) -> tuple[str, int | None]:
     """`loop` -> ("loop", None): the spec's ZeRO stage; `loop-z0` -> ("loop", 0)."""
-    name, _, stage = variant.partition("-z")
-    if name not in CHILDREN or (stage and (name == "plain" or stage not in ("0", "1", "2", "3"))):
+    name, suffix, stage = variant.partition("-z")
+    if name not in CHILDREN or (suffix and (name == "plain" or stage not in ("0", "1", "2", "3"))):
         raise ValueError(f"{variant!r}: one of {', '.join(VARIANTS)}, the last two with -z0 to -z3 for a ZeRO stage")
     return name, int(stage) if stage else None
 

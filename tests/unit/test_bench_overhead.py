@@ -1,0 +1,42 @@
+"""bench/bench_overhead.py's --variants: what it runs, and the clear error for what it cannot."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+import bench_overhead  # noqa: E402
+
+
+@pytest.mark.parametrize(("variant", "parsed"), [
+    ("plain", ("plain", None)),
+    ("loop", ("loop", None)),  # the spec's own stage
+    ("ray", ("ray", None)),
+    ("loop-z0", ("loop", 0)),
+    ("ray-z3", ("ray", 3)),
+])
+def test_a_variant_names_a_child_and_maybe_a_zero_stage(variant: str, parsed: tuple[str, int | None]) -> None:
+    assert bench_overhead.parse_variant(variant) == parsed
+
+
+@pytest.mark.parametrize("variant", ["torch", "loop-z4", "loop-z", "loop-z0x", "plain-z0", ""])
+def test_a_variant_it_cannot_run_is_refused_by_name(variant: str) -> None:
+    with pytest.raises(ValueError, match=f"{variant!r}: one of plain, loop, ray"):
+        bench_overhead.parse_variant(variant)
+
+
+@pytest.mark.parametrize(("arg", "message"), [
+    ("plain,loop-z9", "--variants: 'loop-z9': one of plain, loop, ray"),
+    ("loop,plain", "--variants: plain first (the ratios are to it)"),
+])
+def test_bad_variants_stop_the_bench_before_it_starts_anything(arg: str, message: str, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(sys, "argv", ["bench_overhead.py", "--variants", arg])
+    monkeypatch.setattr(bench_overhead, "prepare", lambda *a: pytest.fail("started the bench"))
+    with pytest.raises(SystemExit) as exited:
+        bench_overhead.main()
+    assert exited.value.code == 2 and message in capsys.readouterr().err
