@@ -80,8 +80,8 @@ def table(records: list[Record], wall_s: float | None, cores: int) -> str:
     total = sum(cpu.values()) or 1.0
     out = ["| component | CPU (s) | share | processes |", "|---|---|---|---|"]
     for c in sorted(cpu, key=lambda k: -cpu[k]):
-        out.append(f"| {c} | {cpu[c]:,.0f} | {100 * cpu[c] / total:.1f}% | {count[c]:,} |")
-    out.append(f"| **all** | **{total:,.0f}** | 100% | {sum(count.values()):,} |")
+        out.append(f"| {c} | {cpu[c]:,.1f} | {100 * cpu[c] / total:.1f}% | {count[c]:,} |")
+    out.append(f"| **all** | **{total:,.1f}** | 100% | {sum(count.values()):,} |")
     if wall_s:
         out.append("")
         out.append(f"wall {wall_s / 60:.1f} min on {cores} cores: {total / (wall_s * cores):.0%} of the cores busy "

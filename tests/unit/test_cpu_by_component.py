@@ -48,7 +48,7 @@ def test_the_table_sums_by_component_largest_first_with_the_cores_use() -> None:
     records = [cbc.Record("kubectl", 1.0), cbc.Record("python", 6.0), cbc.Record("kubectl", 3.0)]
     text = cbc.table(records, wall_s=10.0, cores=2)
     rows = text.splitlines()
-    assert rows[2] == "| Python: pytest, the operator, CLIs, drivers run in-process | 6 | 60.0% | 1 |"
-    assert rows[3] == "| kubectl and helm | 4 | 40.0% | 2 |"
-    assert rows[4] == "| **all** | **10** | 100% | 3 |"
+    assert rows[2] == "| Python: pytest, the operator, CLIs, drivers run in-process | 6.0 | 60.0% | 1 |"
+    assert rows[3] == "| kubectl and helm | 4.0 | 40.0% | 2 |"
+    assert rows[4] == "| **all** | **10.0** | 100% | 3 |"
     assert "50% of the cores busy" in text
