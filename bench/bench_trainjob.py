@@ -1,10 +1,12 @@
 """Benchmark: LoRA training throughput on the tiny test model, plain torch vs
 DeepSpeed ZeRO stage 0 / 2 / 3, all in one process (CPU, gloo, world size 1),
-as ratios against ZeRO-0; variants are timed in interleaved rounds (median),
-so load from other processes hits them alike. Also measures the DeepSpeed C++ op JIT build (cold: an
+as ratios against ZeRO-0; variants are timed in interleaved rounds, the order reversed every
+other round, so load from other processes hits them alike; each variant's ratio is taken within
+each round and printed as the median with the rounds' range (on this machine a single figure
+moved from 1.88x to 1.06x with the load). Also measures the DeepSpeed C++ op JIT build (cold: an
 empty TORCH_EXTENSIONS_DIR; warm: the cached build).
 
-    .venv/bin/python bench/bench_trainjob.py [--steps 30] [--hidden 64] [--layers 2] [--no-build-timing]
+    .venv/bin/python bench/bench_trainjob.py [--steps 100] [--hidden 64] [--layers 2] [--no-build-timing]
 """
 
 from __future__ import annotations
@@ -54,9 +56,22 @@ def build_timing() -> tuple[float, float]:
         return out[0], out[1]
 
 
+def table(samples: dict[str, list[tuple[float, float]]], reference: str) -> str:
+    """Markdown rows: each variant's median steps/s and tokens/s, and its speed against the
+    reference taken within each round (the same load on both), as the median and the range."""
+    ref = [steps for steps, _ in samples[reference]]
+    rows = ["| variant | steps/s (median) | tokens/s (median) | vs " + reference.split()[-1] + ", median (range of rounds) |",
+            "|---|---|---|---|"]
+    for name, runs in samples.items():
+        ratios = [steps / ref_steps for (steps, _), ref_steps in zip(runs, ref, strict=True)]
+        rows.append(f"| {name} | {statistics.median(x for x, _ in runs):.2f} | {statistics.median(t for _, t in runs):,.0f} | "
+                    f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=100)  # ~3 s a round: 20 spread the rounds wider
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--hidden", type=int, default=64)
@@ -134,24 +149,18 @@ def main() -> None:
     for _, fn in variants:  # warm up every variant
         for i in range(args.warmup):
             fn(batches[i % len(batches)])
-    # interleaved rounds, median per variant: robust to load from other processes
+    # interleaved rounds, the order reversed every other round
     samples: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in variants}
     for r in range(args.rounds):
-        for name, fn in variants:
+        for name, fn in (variants if r % 2 == 0 else variants[::-1]):
             samples[name].append(timed(fn, r * args.steps))
-    rows = []
-    for name, _ in variants:
-        sps = statistics.median(x[0] for x in samples[name])
-        tps = statistics.median(x[1] for x in samples[name])
-        rows.append((name, sps, tps))
 
-    ref = next(r for r in rows if r[0].endswith("ZeRO-0"))
     print()
     print(f"tiny Qwen2 (hidden {args.hidden}, {args.layers} layers, vocab {len(tok)}), LoRA r=8 q/v, "
-          f"micro-batch {args.batch}, fp32, CPU x{torch.get_num_threads()} threads, {args.rounds} interleaved rounds of {args.steps} steps (median)")
-    print(f"{'variant':<28} {'steps/s':>9} {'tokens/s':>10} {'vs ZeRO-0':>10}")
-    for name, sps, tps in rows:
-        print(f"{name:<28} {sps:>9.2f} {tps:>10.0f} {sps / ref[1]:>9.2f}x")
+          f"micro-batch {args.batch}, fp32, CPU x{torch.get_num_threads()} threads, {args.rounds} interleaved rounds "
+          f"of {args.steps} steps (the order reversed every other round)")
+    print()
+    print(table(samples, "DeepSpeed ZeRO-0"))
     if build is not None:
         print(f"\nDeepSpeed shm comm op JIT build: cold {build[0]:.1f}s, warm (cached) {build[1]:.1f}s")
 
