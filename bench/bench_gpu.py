@@ -5,7 +5,7 @@ the CPU): `--shape 8b` or `1b` (Llama 3.x), `135m` (SmolLM2-135M, the demo's mod
 `smoke`, a CPU-sized one that `make bench` runs where there is no GPU. LoRA r=16 on the
 attention and MLP projections, sequence `--seq` (2048 by default), SDPA attention. The loops
 (`--engines`, the first the baseline), each over its own copy of the model, in interleaved
-rounds:
+rounds, the order reversed every other round:
 
   * plain: torch AdamW over the LoRA parameters, gradients clipped as the trainjob clips them;
     PEFT's default fp32 adapters over the bf16 base (every adapter input is cast);
@@ -19,7 +19,8 @@ rounds:
     `liger-kernel` installed. Liger's rotary embedding is patched module-wide (every loop in the
     process gets it), so only with `--liger-rope`, and then best with one loop.
 
-Printed per loop: tokens/s (median of the rounds, and the spread), step time, the loop's own
+Printed per loop: tokens/s (median of the rounds, and the spread), the speed against the first
+loop taken within each round (median and range), step time, the loop's own
 peak memory (its model, optimizer state and activations; the other loops' models excluded), and
 MFU: tokens/s x FLOPs per token / the device's matmul rate measured by this script (an
 8192^3 bf16 matmul on the GPU, fp32 on the CPU). FLOPs per token: N = the base's matmul
@@ -232,8 +233,8 @@ def main() -> None:
         sync(torch, device)
         peaks[name] = peak_memory_gib(torch, device) - others / 2 ** 30
     samples: dict[str, list[float]] = {name: [] for name in loops}
-    for _ in range(args.rounds):
-        for name, step in loops.items():
+    for r in range(args.rounds):  # the order reversed every other round
+        for name, step in (list(loops.items()) if r % 2 == 0 else list(loops.items())[::-1]):
             sync(torch, device)
             t = time.perf_counter()
             for _ in range(args.steps):
@@ -254,15 +255,16 @@ def main() -> None:
           f"batch {args.batch} x seq {seq}, gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}; "
           f"{args.rounds} interleaved rounds of {args.steps} steps; measured matmul rate {rate / 1e12:.1f} TFLOP/s; "
           f"{flops_per_token / n_base:.0f}N FLOPs per token\n")
-    print("| loop | tokens/s (median) | spread (min-max) | step (ms) | MFU | MFU with attention | vs first "
-          "| peak memory (GiB) |")
+    print("| loop | tokens/s (median) | spread (min-max) | step (ms) | MFU | MFU with attention "
+          "| vs first, median (range of rounds) | peak memory (GiB) |")
     print("|---|---|---|---|---|---|---|---|")
-    plain = statistics.median(samples[next(iter(loops))])
+    first = samples[next(iter(loops))]
     for name, values in samples.items():
         med = statistics.median(values)
+        ratios = [v / f for v, f in zip(values, first, strict=True)]  # within each round: the same load
         print(f"| {name} | {med:,.0f} | {min(values):,.0f}-{max(values):,.0f} | {1000 * args.batch * seq / med:,.1f} "
               f"| {100 * med * flops_per_token / rate:.1f}% | {100 * med * (flops_per_token + attention_flops) / rate:.1f}% "
-              f"| {med / plain:.2f}x | {peaks[name]:.2f} |")
+              f"| {statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) | {peaks[name]:.2f} |")
 
 
 def profile(torch: Any, loops: dict[str, Any], sync: Any, device: Any, steps: int) -> None:
