@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from anytasktune.actions import Launch, Plan
 from anytasktune.attempt import ObservedJob, format_time
@@ -73,7 +73,10 @@ class LocalJob:
             errors="replace", start_new_session=True,  # Ctrl-C reaches us first; we stop the children cleanly
         )
         self.started, self.ended, self.stage, self.progress = format_time(datetime.now(timezone.utc)), None, "starting", {}
-        threading.Thread(target=self._follow, args=(self.proc,), daemon=True).start()
+        # Opened here, not in the follower thread: a started job has its log file at once (a
+        # thread that starts late under load left it missing for a moment).
+        log = open(self.log_path, "a", encoding="utf-8")  # noqa: SIM115 - the follower closes it
+        threading.Thread(target=self._follow, args=(self.proc, log), daemon=True).start()
 
     def stop(self) -> None:
         if self.alive:
@@ -96,10 +99,10 @@ class LocalJob:
             start_time=self.started, end_time=self.ended if status[0] in ("Complete", "Failed") else None, created=self.created,
         )
 
-    def _follow(self, proc: subprocess.Popen[str]) -> None:
+    def _follow(self, proc: subprocess.Popen[str], log: TextIO) -> None:
         """Read the process output: keep the tail, parse progress, append to the log."""
         assert proc.stdout is not None
-        with open(self.log_path, "a", encoding="utf-8") as log:
+        with log:
             for line in proc.stdout:
                 log.write(line)
                 log.flush()
