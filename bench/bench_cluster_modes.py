@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pytest
+from ratios import median_range
 
 from tests.cluster.conftest import RESTRICTED, Cluster
 from tests.cluster.harness import STEP, TrainingData, items, status_of, taskfinetune, wait_for
@@ -115,7 +116,7 @@ def test_bench_cluster_modes(cluster: Cluster, operator: str, images: dict[str, 
         shared = [x[key] for x in runs if x["mode"] == "Shared"]
         ratios = [p / s for p, s in zip(per, shared, strict=True)]  # within a round
         table.append(f"| {label} | {statistics.median(per):.1f} | {statistics.median(shared):.1f} | "
-                     f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) |")
+                     f"{median_range(ratios)} |")
     gone = [x["cluster_gone_s"] - x["all_succeeded_s"] for x in runs if "cluster_gone_s" in x]
     table.append(f"\nShared: RayCluster deleted {statistics.median(gone):.1f} s (median) after the pool's last result; "
                  f"{rounds} round(s), load average {os.getloadavg()[0]:.1f} at the end.")

@@ -44,6 +44,8 @@ import statistics
 import time
 from typing import Any
 
+from ratios import median_range
+
 SHAPES: dict[str, dict[str, Any]] = {  # Llama 3.x shapes, and the demo's SmolLM2-135M
     "smoke": {"hidden_size": 128, "intermediate_size": 344, "num_hidden_layers": 2, "num_attention_heads": 4,
               "num_key_value_heads": 2, "vocab_size": 2048},
@@ -264,7 +266,7 @@ def main() -> None:
         ratios = [v / f for v, f in zip(values, first, strict=True)]  # within each round: the same load
         print(f"| {name} | {med:,.0f} | {min(values):,.0f}-{max(values):,.0f} | {1000 * args.batch * seq / med:,.1f} "
               f"| {100 * med * flops_per_token / rate:.1f}% | {100 * med * (flops_per_token + attention_flops) / rate:.1f}% "
-              f"| {statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) | {peaks[name]:.2f} |")
+              f"| {median_range(ratios)} | {peaks[name]:.2f} |")
 
 
 def profile(torch: Any, loops: dict[str, Any], sync: Any, device: Any, steps: int) -> None:

@@ -18,6 +18,8 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from ratios import median_range
+
 from anytasktune import plan as planner
 from anytasktune.attempt import ObservedJob, format_time
 from anytasktune.config import OperatorConfig
@@ -73,11 +75,6 @@ def main() -> None:
     print(table(samples))
 
 
-def spread(ratios: list[float]) -> str:
-    """A ratio's median and its range over the rounds."""
-    return f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
-
-
 def table(samples: dict[tuple[int, bool], list[float]]) -> str:
     """Markdown rows per pool size: ms per pass over a spec seen before and over a new one, and
     the ratios (against the 1-sub-task pool, and new over seen) taken within each round."""
@@ -87,9 +84,9 @@ def table(samples: dict[tuple[int, bool], list[float]]) -> str:
     for n in sorted({n for n, _ in samples}):
         seen, new = samples[(n, False)], samples[(n, True)]
         vs_one = [s / o for s, o in zip(seen, one, strict=True)]
-        rows.append(f"| {n} | {3 * n} | {statistics.median(seen) * 1e3:.2f} | {spread(vs_one)} "
+        rows.append(f"| {n} | {3 * n} | {statistics.median(seen) * 1e3:.2f} | {median_range(vs_one)} "
                     f"| {statistics.median(vs_one) / n:.2f}x | {statistics.median(new) * 1e3:.2f} "
-                    f"| {spread([b / a for a, b in zip(seen, new, strict=True)])} |")
+                    f"| {median_range([b / a for a, b in zip(seen, new, strict=True)])} |")
     return "\n".join(rows)
 
 

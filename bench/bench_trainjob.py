@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ratios import median_range
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
 
@@ -65,7 +67,7 @@ def table(samples: dict[str, list[tuple[float, float]]], reference: str) -> str:
     for name, runs in samples.items():
         ratios = [steps / ref_steps for (steps, _), ref_steps in zip(runs, ref, strict=True)]
         rows.append(f"| {name} | {statistics.median(x for x, _ in runs):.2f} | {statistics.median(t for _, t in runs):,.0f} | "
-                    f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) |")
+                    f"{median_range(ratios)} |")
     return "\n".join(rows)
 
 
