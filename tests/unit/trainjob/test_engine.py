@@ -1,0 +1,100 @@
+"""The trainjob's DeepSpeed engine on one rank: at ZeRO-0 it skips DeepSpeed's gradient
+all-reduce (an average over one rank), and the weights it trains are those DeepSpeed's own
+reduction gives; ZeRO-2 keeps its reduction (it fills the optimizer's partitions)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from anytasktune_contract.trainspec import TrainJobSpec
+from anytasktune_trainjob import encoding, training
+from anytasktune_trainjob.data import parse_record
+from anytasktune_trainjob.worker import worker_context
+
+
+def _spec(stage: int) -> TrainJobSpec:
+    return TrainJobSpec.model_validate({
+        "taskFineTune": "t", "domain": "d", "subtask": "s", "instruction": "Classify", "taskType": "classification",
+        "baseModel": {"uri": "s3://b/m/"}, "dataset": {"uri": "s3://b/d.jsonl"},
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "targetModules": ["q_proj", "v_proj"]},
+        "training": {"maxSteps": 3, "microBatchSize": 2, "learningRate": 1e-2, "maxSeqLength": 64, "seed": 3,
+                     "warmupRatio": 0.0},
+        "deepspeed": {"zeroStage": stage, "precision": "fp32"},
+        "evaluation": {"holdout": 0.15, "maxNewTokens": 2, "batchSize": 8, "maxSamples": 8},
+        "dataContract": {"minSamples": 10, "maxTruncatedFraction": 1.0, "maxDuplicateFraction": 0.0},
+        "storage": {"endpoint": "http://127.0.0.1:1", "region": "us-east-1", "addressingStyle": "path"},
+        "outputPrefix": "s3://b/out/", "scaling": {"numWorkers": 1, "useGpu": False},
+    })
+
+
+@pytest.fixture(scope="module")
+def one_rank() -> Iterator[None]:
+    """A one-rank gloo group, as Ray Train's TorchConfig makes for a one-worker job."""
+    import torch.distributed as dist
+
+    from anytasktune.s3server import free_ports
+
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(free_ports(1)[0]), DS_ACCELERATOR="cpu")
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory, chat_tokenizer: Any) -> Path:
+    import tinymodel
+
+    folder = tmp_path_factory.mktemp("tiny")
+    model = tinymodel.build_model(len(chat_tokenizer), seed=1)
+    model.save_pretrained(folder)
+    chat_tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _trained(spec: TrainJobSpec, model_dir: Path, tokenizer: Any, *, ds_reduction: bool | None) -> tuple[bool, dict[str, Any]]:
+    """The engine's all-reduce switch as built, and the LoRA weights after 3 steps
+    (`ds_reduction` set: DeepSpeed's reduction forced on or off, for comparison)."""
+    import tinymodel
+    import torch
+
+    lora = training.build_lora_model(spec, str(model_dir), torch.float32)
+    turns = [parse_record(r, "taskfinetune", "Classify") for r in tinymodel.sentiment_records(12, seed=4)]
+    encoded = [encoding.encode(tokenizer, t, 64) for t in turns]
+    run = training.build_engine(lora.model, spec, 1, len(encoded))
+    built = bool(run.engine.enable_backward_allreduce)
+    if ds_reduction is not None:
+        run.engine.enable_backward_allreduce = ds_reduction
+    data = {"train_ids": [e.input_ids for e in encoded], "train_labels": [e.labels for e in encoded]}
+    ctx = worker_context(spec, 0, 1, 0)
+    for step in range(3):
+        training.train_step(run, data, step, spec, ctx, tokenizer.pad_token_id)
+    return built, {n: p.detach().clone() for n, p in lora.model.named_parameters() if p.requires_grad}
+
+
+def test_zero0_on_one_rank_skips_the_reduction_and_trains_the_same_weights(one_rank: None, model_dir: Path,
+                                                                             chat_tokenizer: Any) -> None:
+    import torch
+
+    spec = _spec(0)
+    built, skipped = _trained(spec, model_dir, chat_tokenizer, ds_reduction=None)
+    assert built is False
+    _, reduced = _trained(spec, model_dir, chat_tokenizer, ds_reduction=True)
+    _, untrained = _trained(spec.model_copy(update={"training": spec.training.model_copy(update={"learningRate": 0.0})}),
+                            model_dir, chat_tokenizer, ds_reduction=None)
+    assert skipped.keys() == reduced.keys() and skipped
+    for name in skipped:
+        torch.testing.assert_close(skipped[name], reduced[name], rtol=1e-6, atol=1e-7)
+    assert any(not torch.equal(skipped[n], untrained[n]) for n in skipped if "lora_B" in n)  # the steps trained
+
+
+def test_zero2_keeps_its_reduction(one_rank: None, model_dir: Path, chat_tokenizer: Any) -> None:
+    import torch
+
+    lora = training.build_lora_model(_spec(2), str(model_dir), torch.float32)
+    assert training.build_engine(lora.model, _spec(2), 1, 12).engine.enable_backward_allreduce is True
