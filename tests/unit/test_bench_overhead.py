@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -13,29 +14,32 @@ import bench_overhead  # noqa: E402
 
 
 @pytest.mark.parametrize(("variant", "parsed"), [
-    ("plain", ("plain", None)),
-    ("loop", ("loop", None)),  # the spec's own stage
-    ("ray", ("ray", None)),
-    ("loop-z0", ("loop", 0)),
-    ("ray-z3", ("ray", 3)),
+    ("plain", ("plain", None, False)),
+    ("loop", ("loop", None, False)),  # the spec's own stage
+    ("ray", ("ray", None, False)),
+    ("loop-z0", ("loop", 0, False)),
+    ("ray-z3", ("ray", 3, False)),
+    ("loop-z0+reduce", ("loop", 0, True)),  # DeepSpeed's all-reduce kept on one rank
 ])
-def test_a_variant_names_a_child_and_maybe_a_zero_stage(variant: str, parsed: tuple[str, int | None]) -> None:
+def test_a_variant_names_a_child_and_maybe_a_zero_stage(variant: str, parsed: tuple[str, int | None, bool]) -> None:
     assert bench_overhead.parse_variant(variant) == parsed
 
 
-@pytest.mark.parametrize("variant", ["torch", "loop-z4", "loop-z", "loop-z0x", "plain-z0", ""])
+@pytest.mark.parametrize("variant", ["torch", "loop-z4", "loop-z", "loop-z0x", "plain-z0", "", "ray-z0+reduce", "loop-z0+sync", "plain+reduce"])
 def test_a_variant_it_cannot_run_is_refused_by_name(variant: str) -> None:
-    with pytest.raises(ValueError, match=f"{variant!r}: one of plain, loop, ray"):
+    with pytest.raises(ValueError, match=re.escape(f"{variant!r}: one of plain, loop, ray")):
         bench_overhead.parse_variant(variant)
 
 
-@pytest.mark.parametrize(("arg", "message"), [
-    ("plain,loop-z9", "--variants: 'loop-z9': one of plain, loop, ray"),
-    ("loop,plain", "--variants: plain first (the ratios are to it)"),
+@pytest.mark.parametrize(("args", "message"), [
+    (["--variants", "plain,loop-z9"], "--variants: 'loop-z9': one of plain, loop, ray"),
+    (["--variants", "loop,plain"], "--variants: plain first (the ratios are to it)"),
+    (["--variants", "plain,ray-z0", "--profile", "5"], "--profile: plain and loop only"),
 ])
-def test_bad_variants_stop_the_bench_before_it_starts_anything(arg: str, message: str, monkeypatch: pytest.MonkeyPatch,
+def test_bad_variants_stop_the_bench_before_it_starts_anything(args: list[str], message: str,
+                                                               monkeypatch: pytest.MonkeyPatch,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(sys, "argv", ["bench_overhead.py", "--variants", arg])
+    monkeypatch.setattr(sys, "argv", ["bench_overhead.py", *args])
     monkeypatch.setattr(bench_overhead, "prepare", lambda *a: pytest.fail("started the bench"))
     with pytest.raises(SystemExit) as exited:
         bench_overhead.main()
