@@ -147,7 +147,8 @@ def child_plain(job: dict[str, Any], threads: int) -> dict[str, Any]:
         tokens += int(tensors["attention_mask"].sum())
     host_mib, gpu_mib = peak_memory_mib(device)
     return {"step_stats": step_time_stats(steps), "tokens": tokens, "peak_mib": host_mib, "gpu_mib": gpu_mib,
-            "startup": {"imports": t_import - t0, "model + LoRA": t_model - t_import}, "profile": profile.text()}
+            "startup": {"imports": t_import - t0, "model + LoRA": t_model - t_import}, "profile": profile.text(),
+            "last_loss": float(out.loss.detach())}
 
 
 def child_loop(job: dict[str, Any], threads: int) -> dict[str, Any]:
@@ -188,7 +189,7 @@ def child_loop(job: dict[str, Any], threads: int) -> dict[str, Any]:
     dist.destroy_process_group()
     return {"step_stats": step_time_stats(outcome.step_seconds), "tokens": outcome.tokens_this_run, "peak_mib": outcome.peak_host_mib,
             "gpu_mib": outcome.peak_gpu_mib, "startup": {"imports": t_import - t0, "model + LoRA": t_model - t_import, "DeepSpeed init": t_ds - t_model},
-            "profile": profile.text()}
+            "profile": profile.text(), "last_loss": outcome.last_loss}
 
 
 def child_ray(job: dict[str, Any], threads: int) -> dict[str, Any]:
@@ -373,7 +374,8 @@ def main() -> None:
                     med, p10, p90 = steady(r)
                     print(f"round {n} {variant:5s}: steady step {med * 1000:7.1f} ms (p10 {p10 * 1000:.1f}, "
                           f"p90 {p90 * 1000:.1f}), first {first_step(r) * 1000:.0f} ms, {r['tokens']} tokens, "
-                          f"peak {r['peak_mib']:.0f} MiB" + gpu_peak(r), flush=True)
+                          f"peak {r['peak_mib']:.0f} MiB" + gpu_peak(r)
+                          + (f", last loss {r['last_loss']:.4f}" if "last_loss" in r else ""), flush=True)
                     if r.get("profile"):
                         print(f"round {n} {variant} profile: {r['profile']}", flush=True)
         finally:
