@@ -1,5 +1,6 @@
 """Benchmark: LoRA training throughput on the tiny test model, plain torch vs
-DeepSpeed ZeRO stage 0 / 2 / 3, all in one process (CPU, gloo, world size 1),
+DeepSpeed ZeRO stage 0 / 2 / 3 and ZeRO-0 without its all-reduce on one rank (as the trainjob
+builds it), all in one process (CPU, gloo, world size 1),
 as ratios against ZeRO-0; variants are timed in interleaved rounds, the order reversed every
 other round, so load from other processes hits them alike; each variant's ratio is taken within
 each round and printed as the median with the rounds' range (on this machine a single figure
@@ -147,6 +148,13 @@ def main() -> None:
             engine.step()
 
         variants.append((f"DeepSpeed ZeRO-{stage}", ds_step))
+        if stage == 0:  # as the trainjob builds it on one rank (training.build_engine): no all-reduce
+            m = fresh_model()
+            solo, *_ = deepspeed.initialize(model=m, config=cfg,
+                                            model_parameters=[p for p in m.parameters() if p.requires_grad])
+            solo.enable_backward_allreduce = False
+            variants.append(("DeepSpeed ZeRO-0, no all-reduce on one rank (the trainjob's)",
+                             lambda b, engine=solo: ds_step(b, engine)))
 
     for _, fn in variants:  # warm up every variant
         for i in range(args.warmup):

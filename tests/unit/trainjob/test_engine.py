@@ -4,7 +4,6 @@ reduction gives; ZeRO-2 keeps its reduction (it fills the optimizer's partitions
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,11 +38,13 @@ def one_rank() -> Iterator[None]:
 
     from anytasktune.s3server import free_ports
 
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(free_ports(1)[0]), DS_ACCELERATOR="cpu")
-    dist.init_process_group("gloo", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
+    with pytest.MonkeyPatch.context() as env:  # the variables go when the module's tests are done
+        for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                            "MASTER_PORT": str(free_ports(1)[0]), "DS_ACCELERATOR": "cpu"}.items():
+            env.setenv(name, value)
+        dist.init_process_group("gloo", rank=0, world_size=1)
+        yield
+        dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
