@@ -93,6 +93,7 @@ def main() -> None:
     from anytasktune_contract.trainspec import DeepSpeedConfig, TrainingConfig
     from anytasktune_trainjob import encoding
     from anytasktune_trainjob.data import parse_record
+    from anytasktune_trainjob.training import skip_single_rank_allreduce
     from anytasktune_trainjob.zero import build_deepspeed_config
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -148,11 +149,11 @@ def main() -> None:
             engine.step()
 
         variants.append((f"DeepSpeed ZeRO-{stage}", ds_step))
-        if stage == 0:  # as the trainjob builds it on one rank (training.build_engine): no all-reduce
+        if stage == 0:  # as the trainjob builds it on one rank (training.build_engine's rule): no all-reduce
             m = fresh_model()
             solo, *_ = deepspeed.initialize(model=m, config=cfg,
                                             model_parameters=[p for p in m.parameters() if p.requires_grad])
-            solo.enable_backward_allreduce = False
+            skip_single_rank_allreduce(solo, world=1, zero_stage=0)
             variants.append(("DeepSpeed ZeRO-0, no all-reduce on one rank (the trainjob's)",
                              lambda b, engine=solo: ds_step(b, engine)))
 

@@ -126,13 +126,17 @@ def build_engine(model: Any, spec: TrainJobSpec, world: int, records: int) -> En
         config=ds_config,
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, sched),
     )
-    if world == 1 and spec.deepspeed.zeroStage == 0:
-        # ZeRO-0 all-reduces every gradient after the backward: with one rank that averages each
-        # over itself, yet costs a walk of all parameters, a flatten and a copy back each step
-        # (host time a small model's GPU step waits on; bench/RESULTS.md). ZeRO-1/2/3 keep
-        # theirs: their reduction also moves gradients into the optimizer's partitions.
-        engine.enable_backward_allreduce = False
+    skip_single_rank_allreduce(engine, world, spec.deepspeed.zeroStage)
     return Engine(engine, scheduler, plan, ds_config)
+
+
+def skip_single_rank_allreduce(engine: Any, world: int, zero_stage: int) -> None:
+    """ZeRO-0 all-reduces every gradient after the backward: with one rank that averages each
+    over itself, yet costs a walk of all parameters, a flatten and a copy back each step (host
+    time a small model's GPU step waits on; bench/RESULTS.md). ZeRO-1/2/3 keep theirs: their
+    reduction also moves gradients into the optimizer's partitions."""
+    if world == 1 and zero_stage == 0:
+        engine.enable_backward_allreduce = False
 
 
 # --- checkpoints ----------------------------------------------------------------------
