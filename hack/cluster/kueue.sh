@@ -32,21 +32,27 @@ KUEUE_NAMESPACE="kueue-system"
 kq="$STATE/kueue"
 rendered="$kq/rendered.yaml"
 
+# within <seconds> <command...>: whether the command succeeds before the deadline.
+within() {
+  local deadline=$(( $(date +%s) + $1 ))
+  shift
+  until "$@" >/dev/null 2>&1; do
+    (( $(date +%s) > deadline )) && return 1
+    sleep 0.5
+  done
+}
+
 # poll <what> <seconds> <command...>: until the command succeeds; on timeout, what Kueue's
 # pod says.
 poll() {
-  local what=$1 timeout=$2 deadline
+  local what=$1 timeout=$2
   shift 2
-  deadline=$(( $(date +%s) + timeout ))
-  until "$@" >/dev/null 2>&1; do
-    if (( $(date +%s) > deadline )); then
-      kubectl_ -n "$KUEUE_NAMESPACE" get pods -o wide >&2 || true
-      kubectl_ -n "$KUEUE_NAMESPACE" logs deploy/kueue-controller-manager --tail=30 >&2 || true
-      cat "$kq/probe.err" >&2 2>/dev/null || true
-      die "timed out after ${timeout}s waiting for $what"
-    fi
-    sleep 0.5
-  done
+  if ! within "$timeout" "$@"; then
+    kubectl_ -n "$KUEUE_NAMESPACE" get pods -o wide >&2 || true
+    kubectl_ -n "$KUEUE_NAMESPACE" logs deploy/kueue-controller-manager --tail=30 >&2 || true
+    cat "$kq/probe.err" >&2 2>/dev/null || true
+    die "timed out after ${timeout}s waiting for $what"
+  fi
 }
 
 render() {
@@ -120,7 +126,21 @@ up)
   deployment_available() {
     [[ "$(kubectl_ -n "$KUEUE_NAMESPACE" get deploy kueue-controller-manager -o jsonpath='{.status.availableReplicas}')" == 1 ]]
   }
-  poll "the Kueue controller manager Deployment" 180 deployment_available
+  # Kueue's pod is ready once cert-controller sees the serving certificate, which it wrote
+  # into its Secret, in the Secret's volume. The kubelet copies it there on a pod sync (up to
+  # a minute, more on a loaded node), and cert-controller looks with exponential backoff
+  # (1, 2, 4 ... 256 s, jittered up to twice): a copy that lands at 70 s can be seen only at
+  # 4 minutes (a CI run timed out at 180 s so). A pod started after the Secret has its
+  # certificate mounts it at once: so, if the first one is not ready by then, restart it.
+  secret_has_certificate() {
+    [[ -n "$(kubectl_ -n "$KUEUE_NAMESPACE" get secret kueue-webhook-server-cert -o jsonpath='{.data.tls\.crt}')" ]]
+  }
+  if ! within "${ANYTASKTUNE_KUEUE_FIRST_POD_WAIT_S:-60}" deployment_available; then
+    poll "Kueue's serving certificate in its Secret" 120 secret_has_certificate
+    log "Kueue's pod is not ready yet; restarting it so that it mounts the certificate now in its Secret"
+    kubectl_ -n "$KUEUE_NAMESPACE" delete pod -l control-plane=controller-manager --wait=false >/dev/null
+    poll "the Kueue controller manager Deployment" 240 deployment_available
+  fi
   # A dry-run create goes through Kueue's mutating and validating webhooks (the API server
   # -> the Service's ClusterIP -> kube-proxy's DNAT -> the pod on the bridge, over TLS with
   # the CA Kueue injected): proof that admission works, not just that the pod runs.
