@@ -29,6 +29,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -82,9 +83,11 @@ def port_claims_dir() -> Path:
 
 
 def _process_identity(pid: int) -> str | None:
-    """"<pid> <start time>" of a running process (the start time tells a reused pid apart)."""
+    """"<pid> <start time>" of a running process (the start time tells a reused pid apart);
+    None for a process that has ended, a zombie included."""
     try:
-        return f"{pid} {Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[19]}"
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return None if fields[0] == "Z" else f"{pid} {fields[19]}"
     except (OSError, IndexError):
         return None
 
@@ -250,6 +253,7 @@ class EmbeddedS3:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "data").mkdir(exist_ok=True)
         atexit.register(self.stop)  # idempotent: a server left running at exit is stopped once
+        self._take_over_a_server_left_behind()
         fresh = not self._ports  # a restart keeps its ports (its clients know them)
         for attempt in range(1, 4 if fresh else 2):
             if fresh:
@@ -259,9 +263,12 @@ class EmbeddedS3:
             log_from = self.log_path.stat().st_size if self.log_path.exists() else 0
             self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
             self._proc = subprocess.Popen(
-                self._args(binary), stdout=self._log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=self.data_dir, start_new_session=True,
+                self._dies_with_us() + self._args(binary), stdout=self._log_file, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, cwd=self.data_dir, start_new_session=True,
             )
+            self._owner_file.write_text(json.dumps({
+                "weed": _process_identity(self._proc.pid), "owner": _process_identity(os.getpid()),
+                "ports": sorted(p for pair in self._ports.values() for p in pair)}))
             try:
                 self._wait_ready(timeout_s)
                 for bucket in self.buckets:
@@ -296,10 +303,12 @@ class EmbeddedS3:
                 except ProcessLookupError:
                     pass
                 proc.wait(timeout=5)
+        if proc is not None:
+            self._owner_file.unlink(missing_ok=True)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
-        self._remove_sockets()
+        _remove_sockets([p for pair in self._ports.values() for p in pair])
         if self._own_dir and not keep_data:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
@@ -315,6 +324,56 @@ class EmbeddedS3:
         path.write_text(json.dumps(doc))
         os.chmod(path, 0o600)
         return path
+
+    @property
+    def _owner_file(self) -> Path:
+        """Which weed serves this folder, for which process: {"weed", "owner"} as
+        `_process_identity` strings, and weed's ports (its sockets in /tmp)."""
+        return self.data_dir / "weed.owner"
+
+    @staticmethod
+    def _dies_with_us() -> list[str]:
+        """A parent-death signal for weed (`setpriv --pdeathsig`, util-linux), so that a
+        SIGKILL of this process (`kill -9`, the OOM killer) stops it too. Linux sends it when
+        the *thread* that started the child ends, so only from the main thread, whose end
+        is the process's; a server started elsewhere that is left behind is taken over by
+        the next start on its folder instead."""
+        setpriv = shutil.which("setpriv")
+        if setpriv is None or threading.current_thread() is not threading.main_thread():
+            return []
+        # KILL: weed takes ~15 s to stop on TERM, and what it acknowledged is on disk
+        # (as after `stop(graceful=False)`), so the folder is free for a rerun at once.
+        return [setpriv, "--pdeathsig", "KILL", "--"]
+
+    def _take_over_a_server_left_behind(self) -> None:
+        """A weed still serving this folder holds its leveldb lock: a new one would die at
+        start. If the process that started it is gone, stop it (it is ours, orphaned);
+        if that process still runs, refuse: the folder is in use."""
+        try:
+            doc = json.loads(self._owner_file.read_text())
+            weed_pid = int(doc["weed"].split()[0])
+        except (OSError, ValueError, KeyError, AttributeError):
+            return
+        if _process_identity(weed_pid) != doc["weed"]:
+            return  # it has ended (the file outlived a crash of weed itself)
+        owner = str(doc.get("owner") or "")
+        if owner and _process_identity(int(owner.split()[0])) == owner:
+            raise RuntimeError(f"{self.data_dir} is in use by the S3 server (weed pid {weed_pid}) of process "
+                               f"{owner.split()[0]}, which is still running: stop that first")
+        print(f"anytasktune: stopping the S3 server (weed pid {weed_pid}) left running on {self.data_dir} "
+              f"by process {owner.split()[0] if owner else '?'}, which has ended", file=sys.stderr)
+        for sig, wait_s in ((signal.SIGINT, self.stop_timeout_s), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(weed_pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait_s
+            while _process_identity(weed_pid) == doc["weed"] and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if _process_identity(weed_pid) != doc["weed"]:
+                break
+        _remove_sockets(doc.get("ports") or [])
+        self._owner_file.unlink(missing_ok=True)
 
     def _args(self, binary: str) -> list[str]:
         config = self._write_config("s3.json", {"identities": [{
@@ -356,15 +415,6 @@ class EmbeddedS3:
                 time.sleep(0.2)
         raise TimeoutError(f"S3 gateway not ready after {timeout_s}s; see {self.log_path}:\n{self._tail()}")
 
-    def _remove_sockets(self) -> None:
-        """weed leaves a unix socket per gRPC/S3 port in /tmp (the path is built in, named
-        after the port); remove ours once it has stopped, or they pile up by thousands."""
-        ports = {str(p) for pair in self._ports.values() for p in pair}
-        for folder in {Path("/tmp"), Path(tempfile.gettempdir())}:
-            for path in folder.glob("seaweedfs-*.sock"):
-                if path.stem.rsplit("-", 1)[-1] in ports:
-                    path.unlink(missing_ok=True)
-
     def _log_since(self, offset: int) -> str:
         try:
             with open(self.log_path, "rb") as f:
@@ -378,3 +428,13 @@ class EmbeddedS3:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
         except OSError:
             return ""
+
+
+def _remove_sockets(ports: list[int]) -> None:
+    """weed leaves a unix socket per gRPC/S3 port in /tmp (the path is built in, named
+    after the port); remove a stopped server's, or they pile up by thousands."""
+    names = {str(p) for p in ports}
+    for folder in {Path("/tmp"), Path(tempfile.gettempdir())}:
+        for path in folder.glob("seaweedfs-*.sock"):
+            if path.stem.rsplit("-", 1)[-1] in names:
+                path.unlink(missing_ok=True)

@@ -1,0 +1,103 @@
+"""The embedded S3 server and the process that started it: `weed` must not outlive a
+killed `anytasktune run` (it would hold the folder's leveldb lock, so the rerun that is to
+resume from the checkpoints there died: "weed exited early (code 255)"), and a server that
+was left behind anyway is taken over by the next one on the same folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from anytasktune.s3server import EmbeddedS3, _process_identity
+
+# A child process that starts a server on FOLDER (in the main thread, or in another thread
+# that has ended by the time the server is up), prints weed's pid and waits to be killed.
+CHILD = """
+import sys, threading, time
+from pathlib import Path
+from anytasktune.s3server import EmbeddedS3
+folder, where = Path(sys.argv[1]), sys.argv[2]
+servers = []
+def start():
+    servers.append(EmbeddedS3(folder, secret_key="s" * 32, buckets=["kept-bucket"]).start())
+if where == "main":
+    start()
+else:
+    t = threading.Thread(target=start)
+    t.start()
+    t.join()
+print(servers[0]._proc.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def _start_child(folder: Path, where: str) -> tuple[subprocess.Popen[str], int]:
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(folder), where], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    line = child.stdout.readline()
+    assert line.strip().isdigit(), f"the child did not start its server: {line!r}"
+    return child, int(line)
+
+
+def _gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if _process_identity(pid) is None:  # None for a zombie too
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _kill_if_alive(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def test_weed_stops_when_the_process_that_started_it_is_killed(tmp_path: Path) -> None:
+    child, weed = _start_child(tmp_path / "s3", "main")
+    try:
+        child.kill()  # SIGKILL: no atexit, no finally
+        child.wait()
+        assert _gone_within(weed, 15), "weed outlived the process that started it"
+    finally:
+        _kill_if_alive(weed)
+
+
+def test_a_server_left_behind_is_taken_over_and_its_objects_kept(tmp_path: Path) -> None:
+    # Started from a thread that has ended, the server has no parent-death signal (it would
+    # stop when that thread ends): killed, the process leaves it running.
+    folder = tmp_path / "s3"
+    child, orphan = _start_child(folder, "thread")
+    try:
+        child.kill()
+        child.wait()
+        assert not _gone_within(orphan, 1), "the setup needs a weed left running"
+        with EmbeddedS3(folder, secret_key="s" * 32) as s3:
+            assert _gone_within(orphan, 1), "the orphan still runs beside the new server"
+            assert [b["Name"] for b in s3.client().list_buckets()["Buckets"]] == ["kept-bucket"]
+            assert json.loads((folder / "weed.owner").read_text())["owner"] == _process_identity(os.getpid())
+        assert not (folder / "weed.owner").exists()
+    finally:
+        _kill_if_alive(orphan)
+
+
+def test_a_folder_whose_server_still_has_its_owner_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "s3"
+    child, weed = _start_child(folder, "main")
+    try:
+        with pytest.raises(RuntimeError, match=rf"in use by the S3 server \(weed pid {weed}\) of process {child.pid}"):
+            EmbeddedS3(folder, secret_key="s" * 32).start()
+        assert _process_identity(weed) is not None, "the refusal must leave the running server alone"
+    finally:
+        child.kill()
+        child.wait()
+        _kill_if_alive(weed)
