@@ -40,7 +40,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_operator_scale import (  # noqa: E402
     STATUS_SEQUENCE,
     SUBTASKS,
-    delete_namespace_and_wait,
     kube_clients,
     percentile,
     taskfinetune,
@@ -116,6 +115,22 @@ def post_all(cp: ControlPlane, path: str, bodies: list[bytes], concurrency: int,
     if errors:
         raise RuntimeError(f"{len(errors)} requests failed; first: {errors[0]}")
     return latencies
+
+
+def delete_namespace_and_wait(core: Any, namespace: str, limit_s: float = 900) -> None:
+    """Delete the namespace and wait until it (and all in it) is gone, so that the next
+    concurrency's run starts on an API server that holds none of this one's RayJobs."""
+    core.delete_namespace(namespace)
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        try:
+            core.read_namespace(namespace)
+        except Exception as err:  # kubernetes.client ApiException
+            if getattr(err, "status", None) == 404:
+                return
+            raise
+        time.sleep(2)
+    raise TimeoutError(f"namespace {namespace} still there {limit_s:.0f} s after its deletion")
 
 
 def run(cp: ControlPlane, n: int, concurrency: int) -> dict[str, Any]:

@@ -139,8 +139,8 @@ def main() -> None:
     seq = args.seq or (128 if args.shape == "smoke" else 2048)
     deepspeed.init_distributed(dist_backend="nccl" if gpu else "gloo")
     torch.manual_seed(0)
-    config = LlamaConfig(**{"tie_word_embeddings": False, **SHAPES[args.shape]},
-                         max_position_embeddings=max(seq, 2048), attn_implementation="sdpa")
+    config = LlamaConfig(**{"tie_word_embeddings": False, **SHAPES[args.shape]},  # type: ignore[call-arg]
+                         max_position_embeddings=max(seq, 2048), attn_implementation="sdpa")  # a PretrainedConfig kwarg
     counts: dict[str, int] = {}
 
     def lora_model(autocast_adapter_dtype: bool, liger: bool = False) -> Any:

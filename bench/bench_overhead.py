@@ -121,7 +121,8 @@ def child_plain(job: dict[str, Any], threads: int) -> dict[str, Any]:
     t_import = time.perf_counter()
     torch.manual_seed(spec.training.seed)
     model: Any = AutoModelForCausalLM.from_pretrained(
-        job["model_dir"], dtype=torch.bfloat16 if device.type == "cuda" else torch.float32).to(device)
+        job["model_dir"], dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
+    model = model.to(device)
     lora = spec.lora
     model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                              target_modules=list(lora.targetModules), task_type="CAUSAL_LM"))

@@ -53,8 +53,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 SUBTASKS = ("sentiment", "topic", "price", "length")
 KS = (2, 4)
-LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "targetModules": ["q_proj", "v_proj"]}
-SHAPES = {  # Llama-shaped bases built from a config (random weights; the vocabulary is the bench's own BPE)
+LORA: dict[str, Any] = {"r": 16, "alpha": 32, "dropout": 0.0, "targetModules": ["q_proj", "v_proj"]}
+SHAPES: dict[str, dict[str, Any]] = {  # Llama-shaped bases built from a config (random weights; the vocabulary is the bench's own BPE)
     "small": {"hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 8, "num_attention_heads": 8,
               "num_key_value_heads": 4},
     # SmolLM2-135M's layers (the demo's model), for a GPU: one sub-task's micro-batch leaves it idle.

@@ -13,6 +13,7 @@ empty TORCH_EXTENSIONS_DIR; warm: the cached build).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import socket
 import statistics
@@ -20,7 +21,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ratios import median_range
 
@@ -124,7 +127,7 @@ def main() -> None:
         dt = time.perf_counter() - t
         return args.steps / dt, tokens / dt
 
-    variants: list[tuple[str, object]] = []
+    variants: list[tuple[str, Callable[[Any], Any]]] = []
     model = fresh_model()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
 
@@ -155,7 +158,7 @@ def main() -> None:
                                             model_parameters=[p for p in m.parameters() if p.requires_grad])
             skip_single_rank_allreduce(solo, world=1, zero_stage=0)
             variants.append(("DeepSpeed ZeRO-0, no all-reduce on one rank (the trainjob's)",
-                             lambda b, engine=solo: ds_step(b, engine)))
+                             functools.partial(ds_step, engine=solo)))
 
     for _, fn in variants:  # warm up every variant
         for i in range(args.warmup):

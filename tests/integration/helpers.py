@@ -270,7 +270,7 @@ def pod_refusals(core: Any, namespace: str, rayjob_spec: dict[str, Any]) -> dict
                  "worker": rayjob_spec["rayClusterSpec"]["workerGroupSpecs"][0]["template"]}
     if "submitterPodTemplate" in rayjob_spec:
         templates["submitter"] = rayjob_spec["submitterPodTemplate"]
-    refused = {}
+    refused: dict[str, str] = {}
     for role, template in templates.items():
         pod_spec = copy.deepcopy(template["spec"])
         if pod_spec.get("serviceAccountName"):  # must exist for admission; its name is checked by the schema
@@ -283,5 +283,5 @@ def pod_refusals(core: Any, namespace: str, rayjob_spec: dict[str, Any]) -> dict
         try:
             core.create_namespaced_pod(namespace, pod, dry_run="All")
         except ApiException as err:
-            refused[role] = err.body
+            refused[role] = str(err.body)
     return refused
