@@ -155,6 +155,15 @@ def free_port(host: str = "127.0.0.1") -> int:
     return free_ports(1, host)[0]
 
 
+class FolderInUse(RuntimeError):
+    """Another running process's S3 server serves this data folder."""
+
+    def __init__(self, folder: Path, weed_pid: int, owner_pid: int) -> None:
+        super().__init__(f"{folder} is in use by the S3 server (weed pid {weed_pid}) of process {owner_pid}, "
+                         f"which is still running: stop that first")
+        self.folder, self.weed_pid, self.owner_pid = folder, weed_pid, owner_pid
+
+
 class EmbeddedS3:
     """A single-node SeaweedFS (master + volume + filer + S3 gateway) on loopback."""
 
@@ -358,8 +367,7 @@ class EmbeddedS3:
             return  # it has ended (the file outlived a crash of weed itself)
         owner = str(doc.get("owner") or "")
         if owner and _process_identity(int(owner.split()[0])) == owner:
-            raise RuntimeError(f"{self.data_dir} is in use by the S3 server (weed pid {weed_pid}) of process "
-                               f"{owner.split()[0]}, which is still running: stop that first")
+            raise FolderInUse(self.data_dir, weed_pid, int(owner.split()[0]))
         print(f"anytasktune: stopping the S3 server (weed pid {weed_pid}) left running on {self.data_dir} "
               f"by process {owner.split()[0] if owner else '?'}, which has ended", file=sys.stderr)
         for sig, wait_s in ((signal.SIGINT, self.stop_timeout_s), (signal.SIGKILL, 5.0)):

@@ -118,7 +118,7 @@ def s3_server(workdir: Path, endpoint: str | None) -> Iterator[tuple[str, dict[s
     if endpoint:
         yield endpoint, {}
         return
-    from anytasktune.s3server import EmbeddedS3
+    from anytasktune.s3server import EmbeddedS3, FolderInUse
 
     data = workdir / "s3"
     data.mkdir(parents=True, exist_ok=True)
@@ -126,7 +126,11 @@ def s3_server(workdir: Path, endpoint: str | None) -> Iterator[tuple[str, dict[s
     secret_file = workdir / ".s3-secret"
     if not secret_file.exists():
         secret_file.write_text(os.urandom(16).hex())
-    server = EmbeddedS3(data, secret_key=secret_file.read_text().strip()).start()
+    try:
+        server = EmbeddedS3(data, secret_key=secret_file.read_text().strip()).start()
+    except FolderInUse as err:
+        raise LocalError(f"{workdir} is in use by another run (process {err.owner_pid}, whose S3 server is weed "
+                         f"pid {err.weed_pid}): wait for it to end or stop it, then run again") from None
     try:
         yield server.endpoint, server.env()
     finally:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from anytasktune.local.staging import LocalError, s3_server
 from anytasktune.s3server import EmbeddedS3, _process_identity
 
 # A child process that starts a server on FOLDER (in the main thread, or in another thread
@@ -97,6 +98,20 @@ def test_a_folder_whose_server_still_has_its_owner_is_refused(tmp_path: Path) ->
         with pytest.raises(RuntimeError, match=rf"in use by the S3 server \(weed pid {weed}\) of process {child.pid}"):
             EmbeddedS3(folder, secret_key="s" * 32).start()
         assert _process_identity(weed) is not None, "the refusal must leave the running server alone"
+    finally:
+        child.kill()
+        child.wait()
+        _kill_if_alive(weed)
+
+
+def test_local_mode_names_the_run_that_holds_its_folder(tmp_path: Path) -> None:
+    """Two `anytasktune run`s on one workdir: the second stops with one line, the first goes on."""
+    child, weed = _start_child(tmp_path / "s3", "main")  # local mode's server folder: <workdir>/s3
+    try:
+        with pytest.raises(LocalError, match=rf"in use by another run \(process {child.pid}, whose S3 server is weed pid {weed}\)"):
+            with s3_server(tmp_path, None):
+                pass
+        assert _process_identity(weed) is not None
     finally:
         child.kill()
         child.wait()
