@@ -11,12 +11,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from anytasktune.local.staging import LocalError, s3_server
-from anytasktune.s3server import EmbeddedS3, _process_identity
+from anytasktune.s3server import EmbeddedS3, FolderInUse, _process_identity
 
 # A child process that starts a server on FOLDER (in the main thread, or in another thread
 # that has ended by the time the server is up), prints weed's pid and waits to be killed.
@@ -39,12 +41,25 @@ time.sleep(600)
 """
 
 
-def _start_child(folder: Path, where: str) -> tuple[subprocess.Popen[str], int]:
+@contextmanager
+def server_child(folder: Path, where: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """(the child, weed's pid); both killed at the end, whatever the test did to them."""
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(folder), where], stdout=subprocess.PIPE, text=True)
-    assert child.stdout is not None
-    line = child.stdout.readline()
-    assert line.strip().isdigit(), f"the child did not start its server: {line!r}"
-    return child, int(line)
+    weed = 0
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        assert line.strip().isdigit(), f"the child did not start its server: {line!r}"
+        weed = int(line)
+        yield child, weed
+    finally:
+        child.kill()
+        child.wait()
+        if weed:
+            try:
+                os.killpg(weed, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def _gone_within(pid: int, seconds: float) -> bool:
@@ -56,29 +71,18 @@ def _gone_within(pid: int, seconds: float) -> bool:
     return False
 
 
-def _kill_if_alive(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
 def test_weed_stops_when_the_process_that_started_it_is_killed(tmp_path: Path) -> None:
-    child, weed = _start_child(tmp_path / "s3", "main")
-    try:
+    with server_child(tmp_path / "s3", "main") as (child, weed):
         child.kill()  # SIGKILL: no atexit, no finally
         child.wait()
         assert _gone_within(weed, 15), "weed outlived the process that started it"
-    finally:
-        _kill_if_alive(weed)
 
 
 def test_a_server_left_behind_is_taken_over_and_its_objects_kept(tmp_path: Path) -> None:
     # Started from a thread that has ended, the server has no parent-death signal (it would
     # stop when that thread ends): killed, the process leaves it running.
     folder = tmp_path / "s3"
-    child, orphan = _start_child(folder, "thread")
-    try:
+    with server_child(folder, "thread") as (child, orphan):
         child.kill()
         child.wait()
         assert not _gone_within(orphan, 1), "the setup needs a weed left running"
@@ -87,32 +91,20 @@ def test_a_server_left_behind_is_taken_over_and_its_objects_kept(tmp_path: Path)
             assert [b["Name"] for b in s3.client().list_buckets()["Buckets"]] == ["kept-bucket"]
             assert json.loads((folder / "weed.owner").read_text())["owner"] == _process_identity(os.getpid())
         assert not (folder / "weed.owner").exists()
-    finally:
-        _kill_if_alive(orphan)
 
 
 def test_a_folder_whose_server_still_has_its_owner_is_refused(tmp_path: Path) -> None:
     folder = tmp_path / "s3"
-    child, weed = _start_child(folder, "main")
-    try:
-        with pytest.raises(RuntimeError, match=rf"in use by the S3 server \(weed pid {weed}\) of process {child.pid}"):
+    with server_child(folder, "main") as (child, weed):
+        with pytest.raises(FolderInUse, match=rf"in use by the S3 server \(weed pid {weed}\) of process {child.pid}"):
             EmbeddedS3(folder, secret_key="s" * 32).start()
         assert _process_identity(weed) is not None, "the refusal must leave the running server alone"
-    finally:
-        child.kill()
-        child.wait()
-        _kill_if_alive(weed)
 
 
 def test_local_mode_names_the_run_that_holds_its_folder(tmp_path: Path) -> None:
     """Two `anytasktune run`s on one workdir: the second stops with one line, the first goes on."""
-    child, weed = _start_child(tmp_path / "s3", "main")  # local mode's server folder: <workdir>/s3
-    try:
+    with server_child(tmp_path / "s3", "main") as (child, weed):  # local mode's server folder: <workdir>/s3
         with pytest.raises(LocalError, match=rf"in use by another run \(process {child.pid}, whose S3 server is weed pid {weed}\)"):
             with s3_server(tmp_path, None):
                 pass
         assert _process_identity(weed) is not None
-    finally:
-        child.kill()
-        child.wait()
-        _kill_if_alive(weed)
