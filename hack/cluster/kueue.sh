@@ -129,9 +129,10 @@ up)
   # Kueue's pod is ready once cert-controller sees the serving certificate, which it wrote
   # into its Secret, in the Secret's volume. The kubelet copies it there on a pod sync (up to
   # a minute, more on a loaded node), and cert-controller looks with exponential backoff
-  # (1, 2, 4 ... 256 s, jittered up to twice): a copy that lands at 70 s can be seen only at
-  # 4 minutes (a CI run timed out at 180 s so). A pod started after the Secret has its
-  # certificate mounts it at once: so, if the first one is not ready by then, restart it.
+  # (1, 2, 4 ... 256 s, each jittered up to twice, 10 looks): a copy that lands at 70 s may
+  # be seen only 2-4 minutes after the start (a CI run timed out at 180 s so). A pod started
+  # after the Secret has its certificate mounts it at once: so, if the first one is not
+  # ready within a minute, restart it.
   secret_has_certificate() {
     [[ -n "$(kubectl_ -n "$KUEUE_NAMESPACE" get secret kueue-webhook-server-cert -o jsonpath='{.data.tls\.crt}')" ]]
   }
