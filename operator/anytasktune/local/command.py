@@ -106,16 +106,30 @@ def main(args: argparse.Namespace) -> int:
 
 def datasets_check(args: argparse.Namespace) -> int:
     """Run each sub-task's data contract (the trainjob's own code) without training."""
-    path = Path(args.file)
     try:
-        prepared = prepare(path)
-    except LocalError as err:
+        results = _check_each_subtask(Path(args.file), args.s3_endpoint)
+    except LocalError as err:  # a bad file, or its workdir's S3 server held by a run
         print(f"error: {err}", file=sys.stderr)
         return 1
+    if args.output == "json":
+        print(json.dumps(results, indent=2, ensure_ascii=False))
+    else:
+        for r in results:
+            if r["ok"]:
+                contract = json.loads(r["detail"][r["detail"].index("{"):])
+                print(f"{r['subtask']}: ok ({json.dumps(contract.get('dataContract', {}), ensure_ascii=False)[:200]})")
+            else:
+                print(f"{r['subtask']}: {r['detail']}", file=sys.stderr)
+    return 0 if all(r["ok"] for r in results) else 1
+
+
+def _check_each_subtask(path: Path, s3_endpoint: str | None) -> list[dict[str, Any]]:
+    """Each sub-task's data contract, run by the trainjob's own code against the staged data."""
+    prepared = prepare(path)
     workdir = Path("out").resolve() / prepared.obj["metadata"]["name"]
     workdir.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
-    with s3_server(workdir, args.s3_endpoint) as (endpoint, s3_env):
+    with s3_server(workdir, s3_endpoint) as (endpoint, s3_env):
         stage(endpoint, s3_env, prepared)
         obj = point_at(prepared.obj, endpoint)
         model = TaskFineTune.model_validate({"metadata": obj["metadata"], "spec": obj["spec"]})
@@ -127,13 +141,4 @@ def datasets_check(args: argparse.Namespace) -> int:
             ok = proc.returncode == 0
             last = (proc.stdout.strip().splitlines() or [""])[-1]
             results.append({"subtask": sub.name, "ok": ok, "detail": proc.stdout if ok else last})
-    if args.output == "json":
-        print(json.dumps(results, indent=2, ensure_ascii=False))
-    else:
-        for r in results:
-            if r["ok"]:
-                contract = json.loads(r["detail"][r["detail"].index("{"):])
-                print(f"{r['subtask']}: ok ({json.dumps(contract.get('dataContract', {}), ensure_ascii=False)[:200]})")
-            else:
-                print(f"{r['subtask']}: {r['detail']}", file=sys.stderr)
-    return 0 if all(r["ok"] for r in results) else 1
+    return results

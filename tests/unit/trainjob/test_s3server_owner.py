@@ -108,3 +108,23 @@ def test_local_mode_names_the_run_that_holds_its_folder(tmp_path: Path) -> None:
             with s3_server(tmp_path, None):
                 pass
         assert _process_identity(weed) is not None
+
+
+def test_datasets_check_names_the_run_that_holds_its_workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from anytasktune.cli import main
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")  # never read: the check stops before staging
+    (tmp_path / "data.jsonl").write_text('{"input": "a", "output": "b"}\n')
+    pool = tmp_path / "pool.yaml"
+    pool.write_text(json.dumps({
+        "apiVersion": "anytasktune.io/v1alpha1", "kind": "TaskFineTune", "metadata": {"name": "held"},
+        "spec": {"domain": "test", "baseModel": {"uri": "model"}, "storage": {"output": "s3://local-e2e/adapters/"},
+                 "subtasks": [{"name": "one", "taskType": "generation", "instruction": "Answer.",
+                               "dataset": {"uri": "data.jsonl"}}]}}))
+    monkeypatch.chdir(tmp_path)  # `datasets check` works in ./out/<name>
+    with server_child(tmp_path / "out" / "held" / "s3", "main") as (child, _):
+        assert main(["datasets", "check", str(pool)]) == 1
+    err = capsys.readouterr().err
+    assert f"is in use by another run (process {child.pid}" in err and "Traceback" not in err, err
