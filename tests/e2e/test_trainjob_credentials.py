@@ -52,7 +52,7 @@ class WebIdentityIssuer:
     """An OpenID issuer on loopback: RS256 tokens for a Kubernetes-style service account."""
 
     def __init__(self, folder: Path) -> None:
-        from anytasktune.s3server import free_port
+        from anytasktune.ports import free_port
 
         self.key = folder / "issuer-key.pem"
         subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",

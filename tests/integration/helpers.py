@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from anytasktune.s3server import free_port
+from anytasktune.ports import free_port
 from tests.kube.controlplane import ControlPlane, ControlPlaneBinaryMissing
 
 T = TypeVar("T")

@@ -29,7 +29,7 @@ import urllib.request
 from pathlib import Path
 from typing import IO, Any
 
-from anytasktune.s3server import free_port, free_ports
+from anytasktune.ports import free_port, free_ports
 
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager")
 BUILD_HINT = "build it with `make controlplane` (runs hack/build-controlplane.sh)"

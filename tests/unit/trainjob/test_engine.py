@@ -36,7 +36,7 @@ def one_rank() -> Iterator[None]:
     """A one-rank gloo group, as Ray Train's TorchConfig makes for a one-worker job."""
     import torch.distributed as dist
 
-    from anytasktune.s3server import free_ports
+    from anytasktune.ports import free_ports
 
     with pytest.MonkeyPatch.context() as env:  # the variables go when the module's tests are done
         for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from anytasktune.local.staging import LocalError, s3_server
-from anytasktune.s3server import EmbeddedS3, FolderInUse, _process_identity
+from anytasktune.ports import process_identity
+from anytasktune.s3server import EmbeddedS3, FolderInUse
 
 # A child process that starts a server on FOLDER (in the main thread, or in another thread
 # that has ended by the time the server is up), prints weed's pid and waits to be killed.
@@ -65,7 +66,7 @@ def server_child(folder: Path, where: str) -> Iterator[tuple[subprocess.Popen[st
 def _gone_within(pid: int, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if _process_identity(pid) is None:  # None for a zombie too
+        if process_identity(pid) is None:  # None for a zombie too
             return True
         time.sleep(0.1)
     return False
@@ -89,7 +90,7 @@ def test_a_server_left_behind_is_taken_over_and_its_objects_kept(tmp_path: Path)
         with EmbeddedS3(folder, secret_key="s" * 32) as s3:
             assert _gone_within(orphan, 1), "the orphan still runs beside the new server"
             assert [b["Name"] for b in s3.client().list_buckets()["Buckets"]] == ["kept-bucket"]
-            assert json.loads((folder / "weed.owner").read_text())["owner"] == _process_identity(os.getpid())
+            assert json.loads((folder / "weed.owner").read_text())["owner"] == process_identity(os.getpid())
         assert not (folder / "weed.owner").exists()
 
 
@@ -98,7 +99,7 @@ def test_a_folder_whose_server_still_has_its_owner_is_refused(tmp_path: Path) ->
     with server_child(folder, "main") as (child, weed):
         with pytest.raises(FolderInUse, match=rf"in use by the S3 server \(weed pid {weed}\) of process {child.pid}"):
             EmbeddedS3(folder, secret_key="s" * 32).start()
-        assert _process_identity(weed) is not None, "the refusal must leave the running server alone"
+        assert process_identity(weed) is not None, "the refusal must leave the running server alone"
 
 
 def test_local_mode_names_the_run_that_holds_its_folder(tmp_path: Path) -> None:
@@ -107,7 +108,7 @@ def test_local_mode_names_the_run_that_holds_its_folder(tmp_path: Path) -> None:
         with pytest.raises(LocalError, match=rf"in use by another run \(process {child.pid}, whose S3 server is weed pid {weed}\)"):
             with s3_server(tmp_path, None):
                 pass
-        assert _process_identity(weed) is not None
+        assert process_identity(weed) is not None
 
 
 def test_datasets_check_names_the_run_that_holds_its_workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from anytasktune.s3server import SERVER_PORTS, free_ports
+from anytasktune.ports import SERVER_PORTS, free_ports
 
 
 def _ephemeral_range() -> tuple[int, int]:
@@ -54,7 +54,7 @@ def test_ports_another_live_process_chose_are_not_handed_out_while_it_runs(monke
     import subprocess
     import sys
 
-    child = subprocess.Popen([sys.executable, "-c", "import sys; from anytasktune.s3server import free_ports; "
+    child = subprocess.Popen([sys.executable, "-c", "import sys; from anytasktune.ports import free_ports; "
                               "print(*free_ports(300), flush=True); sys.stdin.read()"],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -66,10 +66,10 @@ def test_ports_another_live_process_chose_are_not_handed_out_while_it_runs(monke
     finally:
         child.communicate("")
     # the claimer is gone: its ports are free to choose again
-    from anytasktune import s3server
+    from anytasktune import ports
 
     for port in sorted(theirs)[:3]:
-        monkeypatch.setattr(s3server, "SERVER_PORTS", (port, port + 1))
+        monkeypatch.setattr(ports, "SERVER_PORTS", (port, port + 1))
         assert free_ports(1) == [port]
 
 
