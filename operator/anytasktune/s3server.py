@@ -185,7 +185,7 @@ class EmbeddedS3:
             )
             self._owner_file.write_text(json.dumps({
                 "weed": process_identity(self._proc.pid), "owner": process_identity(os.getpid()),
-                "ports": sorted(p for pair in self._ports.values() for p in pair)}))
+                "ports": self._all_ports}))
             try:
                 self._wait_ready(timeout_s)
                 for bucket in self.buckets:
@@ -225,7 +225,7 @@ class EmbeddedS3:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
-        _remove_sockets([p for pair in self._ports.values() for p in pair])
+        _remove_sockets(self._all_ports)
         if self._own_dir and not keep_data:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
@@ -241,6 +241,11 @@ class EmbeddedS3:
         path.write_text(json.dumps(doc))
         os.chmod(path, 0o600)
         return path
+
+    @property
+    def _all_ports(self) -> list[int]:
+        """Every port weed listens on (each server's HTTP and gRPC), sorted."""
+        return sorted(p for pair in self._ports.values() for p in pair)
 
     @property
     def _owner_file(self) -> Path:
@@ -274,10 +279,11 @@ class EmbeddedS3:
         if process_identity(weed_pid) != doc["weed"]:
             return  # it has ended (the file outlived a crash of weed itself)
         owner = str(doc.get("owner") or "")
-        if owner and process_identity(int(owner.split()[0])) == owner:
-            raise FolderInUse(self.data_dir, weed_pid, int(owner.split()[0]))
+        owner_pid = int(owner.split()[0]) if owner else None
+        if owner_pid is not None and process_identity(owner_pid) == owner:
+            raise FolderInUse(self.data_dir, weed_pid, owner_pid)
         print(f"anytasktune: stopping the S3 server (weed pid {weed_pid}) left running on {self.data_dir} "
-              f"by process {owner.split()[0] if owner else '?'}, which has ended", file=sys.stderr)
+              f"by process {owner_pid or '?'}, which has ended", file=sys.stderr)
         for sig, wait_s in ((signal.SIGINT, self.stop_timeout_s), (signal.SIGKILL, 5.0)):
             try:
                 os.killpg(weed_pid, sig)
