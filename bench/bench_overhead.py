@@ -365,7 +365,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
     ap.add_argument("--variants", default=",".join(VARIANTS),
                     help="comma-separated, in round 1's order; `loop-z0`, `ray-z0`: the same at ZeRO stage 0 (the spec's is 2); "
-                         "`loop-z0+reduce`: with DeepSpeed's gradient all-reduce on one rank, as before the trainjob skipped it")
+                         "`loop-z0+reduce`: with DeepSpeed's gradient all-reduce on one rank, as before the trainjob skipped it; "
+                         "`loop-z0+fp32-adapters`: DeepSpeed's fp32 mode over a bf16 base (no bf16 optimizer wrapper)")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="profile plain's and the loop's steps (cProfile) and print the N functions with the most own time")
     ap.add_argument("--precision", choices=("auto", "bf16"), default="auto",
@@ -395,6 +396,8 @@ def main() -> None:
         ap.error("--profile: plain and loop only (Ray Train's steps run in its worker process)")
     if args.count_ops and any(parse_variant(v).child == "ray" for v in variants):
         ap.error("--count-ops: plain and loop only (Ray Train's steps run in its worker process)")
+    if args.count_ops and args.steps < 2:
+        ap.error("--count-ops: --steps 2 or more (the first step is not counted: it also builds the optimizer's state)")
     if args.device == "cpu" and args.precision == "auto" and any(parse_variant(v).fp32_adapters for v in variants):
         ap.error("--variants: +fp32-adapters needs a bf16 base: --device cuda or --precision bf16")
     results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
@@ -453,7 +456,8 @@ def report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -
               f"{statistics.median(r['peak_mib'] for r in results[v]):.0f} |"
               + (f" {statistics.median(r['gpu_mib'] for r in results[v]):,.0f} |" if gpu else ""))
     if any(r.get("ops") for r in results["plain"]):
-        print("\n" + ops_table(results))
+        print("\n(--count-ops: the counted steps ran under a dispatch hook, so the step times above mean nothing)\n")
+        print(ops_table(results))
     print("\nStart-up (median of rounds, seconds):\n")
     for v in variants:
         parts = results[v][0]["startup"].keys()

@@ -39,6 +39,7 @@ def test_a_variant_it_cannot_run_is_refused_by_name(variant: str) -> None:
     (["--variants", "loop,plain"], "--variants: plain first (the ratios are to it)"),
     (["--variants", "plain,ray-z0", "--profile", "5"], "--profile: plain and loop only"),
     (["--variants", "plain,ray", "--count-ops"], "--count-ops: plain and loop only"),
+    (["--variants", "plain,loop", "--count-ops", "--steps", "1"], "--count-ops: --steps 2 or more"),
     (["--variants", "plain,loop-z0+fp32-adapters"], "+fp32-adapters needs a bf16 base: --device cuda or --precision bf16"),
 ])
 def test_bad_variants_stop_the_bench_before_it_starts_anything(args: list[str], message: str,
