@@ -386,19 +386,19 @@ def main() -> None:
 
     variants = tuple(args.variants.split(","))
     try:
-        for v in variants:
-            parse_variant(v)
+        parsed = [parse_variant(v) for v in variants]
     except ValueError as err:
         ap.error(f"--variants: {err}")
     if variants[0] != "plain":
         ap.error("--variants: plain first (the ratios are to it)")
-    if args.profile and any(parse_variant(v).child == "ray" for v in variants):
+    with_ray = any(v.child == "ray" for v in parsed)
+    if args.profile and with_ray:
         ap.error("--profile: plain and loop only (Ray Train's steps run in its worker process)")
-    if args.count_ops and any(parse_variant(v).child == "ray" for v in variants):
+    if args.count_ops and with_ray:
         ap.error("--count-ops: plain and loop only (Ray Train's steps run in its worker process)")
     if args.count_ops and args.steps < 2:
         ap.error("--count-ops: --steps 2 or more (the first step is not counted: it also builds the optimizer's state)")
-    if args.device == "cpu" and args.precision == "auto" and any(parse_variant(v).fp32_adapters for v in variants):
+    if args.device == "cpu" and args.precision == "auto" and any(v.fp32_adapters for v in parsed):
         ap.error("--variants: +fp32-adapters needs a bf16 base: --device cuda or --precision bf16")
     results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory(prefix="anytasktune-bench-") as tmp:

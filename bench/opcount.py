@@ -10,15 +10,15 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-# Ops that only make or reshape a tensor's view or header: no kernel on any device.
+HOST_SYNC = "aten._local_scalar_dense"  # .item(), float(t), bool(t): the host waits for the device
+# Ops that only make or reshape a tensor's view or header, and the host sync: no kernel on any device.
 NO_KERNEL = frozenset({
     "aten.view", "aten._unsafe_view", "aten.t", "aten.detach", "aten.alias", "aten.slice", "aten.select",
     "aten.expand", "aten.as_strided", "aten.transpose", "aten.reshape", "aten.unsqueeze", "aten.squeeze",
     "aten.permute", "aten.split", "aten.split_with_sizes", "aten.unbind", "aten.is_same_size", "aten.lift_fresh",
     "aten.empty", "aten.empty_like", "aten.empty_strided", "aten.new_empty", "aten.new_empty_strided",
-    "aten._local_scalar_dense",
+    HOST_SYNC,
 })
-HOST_SYNC = "aten._local_scalar_dense"  # .item(), float(t), bool(t): the host waits for the device
 
 
 def summarize(counts: Counter[str], steps: int, top: int = 8) -> dict[str, Any]:
