@@ -31,7 +31,7 @@ from .identity import settle
 from .models import resolve_base_model
 from .publish import record_outcome, why_trained, without_training
 from .store import open_store, retry_budget_from_env
-from .worker import train_loop_per_worker
+from .worker import DIVERGED, train_loop_per_worker
 
 MANIFEST_KIND = "TrainJobManifest"
 VERSIONED_PACKAGES = ("anytasktune", "torch", "deepspeed", "ray", "peft", "transformers", "accelerate",
@@ -277,6 +277,8 @@ def fit(trainer: Any) -> tuple[dict[str, Any], str | None]:
     summary = getattr(result, "return_value", None)  # Ray Train V2: rank 0's return value
     if not isinstance(summary, dict):
         raise TrainJobError("the rank-0 worker returned no summary")
+    if DIVERGED in summary:  # the spec's training cannot work: not retried (InvalidSpec)
+        raise InvalidSpecError(summary[DIVERGED])
     latest = getattr(result, "checkpoint", None)
     return summary, (f"s3://{latest.path}" if latest is not None else None)
 

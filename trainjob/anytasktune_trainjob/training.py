@@ -7,6 +7,7 @@ the driver imports this module's types without them."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -234,6 +235,18 @@ class TrainOutcome:
     step_seconds: list[float] = field(default_factory=list)  # each train_step alone (no checkpoint, no log)
     peak_host_mib: float | None = None  # this process's peak resident memory, at the loop's end
     peak_gpu_mib: float | None = None  # torch's peak allocation on this worker's GPU
+    diverged: str | None = None  # why the loop stopped early: the loss was nan or inf (nothing to publish)
+
+
+def divergence(step: int, loss: float, lr: float) -> str | None:
+    """What to tell the user when a step's loss is not finite, else None. The weights are
+    ruined by then; a retry from the last checkpoint meets the same loss, so it is no
+    transient failure."""
+    if math.isfinite(loss):
+        return None
+    return (f"training diverged at step {step}: the loss is {loss} (learning rate {lr:.3g}); nothing of this run "
+            "is published and the last checkpoint is before this step; lower training.learningRate or raise "
+            "training.warmupRatio, then apply again")
 
 
 def peak_memory_mib(device: Any) -> tuple[float, float | None]:
@@ -290,7 +303,8 @@ def progress_line(m: dict[str, Any]) -> str:
 def train(run: Engine, state: TrainState, data: dict[str, Any], spec: TrainJobSpec, ctx: WorkerContext, *,
           pad_id: int, checkpoints: CheckpointFolder, fault_after_step: int | None = None) -> TrainOutcome:
     """Optimizer steps from `state.step` to the plan's end, advancing `state`;
-    checkpoints when due, a progress line every logEverySteps. Ray Train hears only of
+    checkpoints when due, a progress line every logEverySteps; stops, before that step's
+    checkpoint, at a loss that is nan or inf (`outcome.diverged`). Ray Train hears only of
     checkpoints: its report() blocks until the controller has polled the previous one
     (every 2 s), so a metrics-only report per log step capped fast steps at that rate.
     `fault_after_step` (tests) fails once, after that step's checkpoint;
@@ -306,6 +320,10 @@ def train(run: Engine, state: TrainState, data: dict[str, Any], spec: TrainJobSp
         t_step = time.perf_counter()
         loss, tokens = train_step(run, data, state.step, spec, ctx, pad_id)
         outcome.step_seconds.append(time.perf_counter() - t_step)
+        outcome.diverged = divergence(state.step + 1, loss, lr)  # the world's mean loss: every rank stops alike
+        if outcome.diverged:
+            ctx.log(outcome.diverged)
+            break
         if pause_s:
             time.sleep(pause_s)
         state.step += 1

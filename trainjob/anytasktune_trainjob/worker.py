@@ -30,6 +30,8 @@ from .cache import cache_root
 from .store import open_store
 from .zero import resolve_precision
 
+DIVERGED = "diverged"  # rank 0's only summary key when the loss went nan or inf: the driver fails the run
+
 
 def setup_worker_env(use_gpu: bool) -> None:
     """Must run before deepspeed is imported."""
@@ -105,6 +107,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
             f"trainable {lora.trainable:,}/{lora.total:,} params")
     outcome = train(run, state, data, spec, ctx, pad_id=int(config["pad_id"]), checkpoints=checkpoints,
                     fault_after_step=config.get("fault_after_step"))
+    if outcome.diverged:  # returned, not raised: Ray Train would retry an error, and a retry diverges again
+        return {DIVERGED: outcome.diverged} if ctx.rank == 0 else None
     clock.mark("trained")
 
     adapter_dir = save_adapter(run.engine.module, spec, ctx, model_dir, config["base_model_identity"])

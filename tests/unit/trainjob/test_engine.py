@@ -1,28 +1,31 @@
 """The trainjob's DeepSpeed engine on one rank: at ZeRO-0 it skips DeepSpeed's gradient
 all-reduce (an average over one rank), and the weights it trains are those DeepSpeed's own
-reduction gives; ZeRO-2 keeps its reduction (it fills the optimizer's partitions)."""
+reduction gives; ZeRO-2 keeps its reduction (it fills the optimizer's partitions). A loss
+that goes nan or inf stops the loop before that step's checkpoint, and the driver fails the
+run as InvalidSpec without publishing."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from anytasktune_contract.trainspec import TrainJobSpec
+from anytasktune_contract.trainspec import RunInputs, TrainJobSpec
 from anytasktune_trainjob import encoding, training
 from anytasktune_trainjob.data import parse_record
 from anytasktune_trainjob.worker import worker_context
 
 
-def _spec(stage: int) -> TrainJobSpec:
+def _spec(stage: int, **training: Any) -> TrainJobSpec:
     return TrainJobSpec.model_validate({
         "taskFineTune": "t", "domain": "d", "subtask": "s", "instruction": "Classify", "taskType": "classification",
         "baseModel": {"uri": "s3://b/m/"}, "dataset": {"uri": "s3://b/d.jsonl"},
         "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "targetModules": ["q_proj", "v_proj"]},
         "training": {"maxSteps": 3, "microBatchSize": 2, "learningRate": 1e-2, "maxSeqLength": 64, "seed": 3,
-                     "warmupRatio": 0.0},
+                     "warmupRatio": 0.0, **training},
         "deepspeed": {"zeroStage": stage, "precision": "fp32"},
         "evaluation": {"holdout": 0.15, "maxNewTokens": 2, "batchSize": 8, "maxSamples": 8},
         "dataContract": {"minSamples": 10, "maxTruncatedFraction": 1.0, "maxDuplicateFraction": 0.0},
@@ -58,20 +61,25 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory, chat_tokenizer: Any) -> 
     return folder
 
 
-def _trained(spec: TrainJobSpec, model_dir: Path, tokenizer: Any, *, ds_reduction: bool | None) -> tuple[bool, dict[str, Any]]:
-    """The engine's all-reduce switch as built, and the LoRA weights after 3 steps
-    (`ds_reduction` set: DeepSpeed's reduction forced on or off, for comparison)."""
+def _engine(spec: TrainJobSpec, model_dir: Path, tokenizer: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """(the LoRA model, the engine, the encoded records) for 12 sentiment records."""
     import tinymodel
     import torch
 
     lora = training.build_lora_model(spec, str(model_dir), torch.float32)
     turns = [parse_record(r, "taskfinetune", "Classify") for r in tinymodel.sentiment_records(12, seed=4)]
     encoded = [encoding.encode(tokenizer, t, 64) for t in turns]
-    run = training.build_engine(lora.model, spec, 1, len(encoded))
+    data = {"train_ids": [e.input_ids for e in encoded], "train_labels": [e.labels for e in encoded]}
+    return lora, training.build_engine(lora.model, spec, 1, len(encoded)), data
+
+
+def _trained(spec: TrainJobSpec, model_dir: Path, tokenizer: Any, *, ds_reduction: bool | None) -> tuple[bool, dict[str, Any]]:
+    """The engine's all-reduce switch as built, and the LoRA weights after 3 steps
+    (`ds_reduction` set: DeepSpeed's reduction forced on or off, for comparison)."""
+    lora, run, data = _engine(spec, model_dir, tokenizer)
     built = bool(run.engine.enable_backward_allreduce)
     if ds_reduction is not None:
         run.engine.enable_backward_allreduce = ds_reduction
-    data = {"train_ids": [e.input_ids for e in encoded], "train_labels": [e.labels for e in encoded]}
     ctx = worker_context(spec, 0, 1, 0)
     for step in range(3):
         training.train_step(run, data, step, spec, ctx, tokenizer.pad_token_id)
@@ -99,3 +107,54 @@ def test_zero2_keeps_its_reduction(one_rank: None, model_dir: Path, chat_tokeniz
 
     lora = training.build_lora_model(_spec(2), str(model_dir), torch.float32)
     assert training.build_engine(lora.model, _spec(2), 1, 12).engine.enable_backward_allreduce is True
+
+
+@pytest.mark.parametrize("loss, expected", [
+    (2.5, None), (0.0, None),
+    (math.nan, "training diverged at step 7: the loss is nan (learning rate 0.001)"),
+    (math.inf, "training diverged at step 7: the loss is inf"),
+    (-math.inf, "training diverged at step 7: the loss is -inf"),
+])
+def test_divergence_names_the_step_and_the_loss(loss: float, expected: str | None) -> None:
+    found = training.divergence(7, loss, 1e-3)
+    assert found == expected if expected is None else (found or "").startswith(expected)
+
+
+def test_a_diverging_loss_stops_the_loop_before_that_steps_checkpoint(one_rank: None, model_dir: Path,
+                                                                      chat_tokenizer: Any, monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A real divergence: AdamW's first update moves each trained weight by ~the learning rate;
+    at 1e30 (past the schema's bound of 1, set without validation: a tiny fp32 model does not
+    overflow at any rate the schema allows) the trained lm_head's logits overflow at step 3.
+    Steps 1 and 2 are finite and checkpointed; the loop stops at step 3, before its
+    checkpoint, and says why."""
+    spec = _spec(0, maxSteps=6, checkpointEverySteps=1)
+    spec = spec.model_copy(update={"training": spec.training.model_copy(update={"learningRate": 1e30}),
+                                   "lora": spec.lora.model_copy(update={"modulesToSave": ["lm_head"]}),
+                                   "inputs": RunInputs(dataset="d", baseModel="m", trainjob="t")})
+    _, run, data = _engine(spec, model_dir, chat_tokenizer)
+    saved: list[int] = []
+    monkeypatch.setattr(training, "save_checkpoint", lambda engine, state, *a, **k: saved.append(state.step))
+    ctx = worker_context(spec, 0, 1, 0)
+    state = training.TrainState()
+    outcome = training.train(run, state, data, spec, ctx, pad_id=chat_tokenizer.pad_token_id,
+                             checkpoints=None)  # type: ignore[arg-type]  # save_checkpoint is replaced
+    assert outcome.diverged is not None and outcome.diverged.startswith("training diverged at step 3: the loss is nan")
+    assert (state.step, saved, [h["step"] for h in state.history]) == (2, [1, 2], [1, 2])
+    assert capsys.readouterr().out.splitlines()[-1] == f"[anytasktune] {outcome.diverged}"
+
+
+def test_a_run_whose_workers_diverged_fails_as_invalid_spec() -> None:
+    """Rank 0 returns the reason instead of raising it (Ray Train would retry an error, and
+    diverge again): the driver fails the run with it, a class the operator does not retry."""
+    from types import SimpleNamespace
+
+    from anytasktune_contract.failures import FailureClass, InvalidSpecError
+    from anytasktune_trainjob.runner import fit
+    from anytasktune_trainjob.worker import DIVERGED
+
+    result = SimpleNamespace(error=None, return_value={DIVERGED: "training diverged at step 2: the loss is nan"},
+                             checkpoint=None)
+    with pytest.raises(InvalidSpecError, match="diverged at step 2") as raised:
+        fit(SimpleNamespace(fit=lambda: result))
+    assert raised.value.failure_class is FailureClass.InvalidSpec
