@@ -341,17 +341,22 @@ def test_a_checkpoint_outage_longer_than_the_budget_exits_storage_unavailable(ru
     assert "manifest.json" not in _keys(s3, settled.run_prefix())
 
 
-def _ray_train_workers(root_pid: int) -> list[Any]:
+def _ray_processes(root_pid: int, title: str) -> list[Any]:
+    """Ray's worker processes under `root_pid` whose title (ray::Class...) starts with `title`."""
     import psutil
 
     found = []
     for proc in psutil.Process(root_pid).children(recursive=True):
         try:
-            if proc.cmdline() and proc.cmdline()[0].startswith("ray::RayTrainWorker"):
+            if proc.cmdline() and proc.cmdline()[0].startswith(title):
                 found.append(proc)
         except psutil.NoSuchProcess:
             pass
     return found
+
+
+def _ray_train_workers(root_pid: int) -> list[Any]:
+    return _ray_processes(root_pid, "ray::RayTrainWorker")
 
 
 def _last_step(output: str) -> int:
@@ -359,14 +364,18 @@ def _last_step(output: str) -> int:
     return int(steps[-1]) if steps else 0
 
 
-def _wait_for_completion_marker(s3: Any, experiment_prefix: str, step: int, cli: Cli, timeout_s: float = PROGRESS_WAIT_S) -> None:
-    """Until the trainjob has marked checkpoint `step` complete (right after its report to
-    Ray Train): one cheap listing every 20 ms."""
+def _completion_marked(s3: Any, experiment_prefix: str, step: int) -> bool:
+    """Whether the trainjob has marked checkpoint `step` complete (right after its report to Ray Train)."""
     from anytasktune_trainjob.checkpoints import COMPLETE, dir_name
 
     bucket, _, prefix = experiment_prefix.removeprefix("s3://").partition("/")
-    client, wanted = s3.client(), f"/{dir_name(step)}/{COMPLETE}"
-    cli.wait_until(lambda: any(o["Key"].endswith(wanted) for o in client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])),
+    wanted = f"/{dir_name(step)}/{COMPLETE}"
+    return any(o["Key"].endswith(wanted) for o in s3.client().list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", []))
+
+
+def _wait_for_completion_marker(s3: Any, experiment_prefix: str, step: int, cli: Cli, timeout_s: float = PROGRESS_WAIT_S) -> None:
+    """Until checkpoint `step` is marked complete: one cheap listing every 20 ms."""
+    cli.wait_until(lambda: _completion_marked(s3, experiment_prefix, step),
                    f"checkpoint {step} marked complete", timeout_s, interval=0.02)
 
 
@@ -427,26 +436,34 @@ def test_a_worker_killed_before_ray_train_registered_its_checkpoint_resumes_ther
     before Ray Train's controller collected it; the restarted workers find the checkpoint
     marked complete in storage and resume there, not from step 0.
 
-    The controller collects a report when it polls, every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S
-    (made 60 s here), at moments the test cannot see: the kill must come between the
-    report and the next poll. It follows the checkpoint's completion marker in storage
-    within ~0.05 s on an idle machine (the victim is found beforehand). Waiting for the log
-    line instead, which Ray forwards from the worker with a delay, then looking the worker up,
-    let the poll come first once in a fresh-clone run; with a 20 s poll the marker's listing and
-    the kill still lost the race once at a load average of 30 (run BH). 60 s makes that 3x less
-    likely, for ~40 s more before the controller sees the dead worker."""
+    The controller collects a report when it polls (every 2 s), at moments the test cannot
+    see. Racing the poll lost twice in fresh-clone runs, the last time with a 60 s poll at a
+    load average of 30 (run BH). So the test holds the poll: it stops the controller's process
+    (SIGSTOP) once training runs, kills the worker after its report, then lets the controller
+    go on. The workers do not wait on the controller between reports (Ray Train's report
+    queue holds one), so training goes on meanwhile."""
     s3 = running
     every, total = 6, 12
     spec = _spec(s3, "worker-kill-early", training={"maxSteps": total, "checkpointEverySteps": every,
                                                     "logEverySteps": 1})
     settled = _settled(s3, spec)
-    cli = Cli(spec, tmp_path, s3, ANYTASKTUNE_MAX_FAILURES="1", RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="60")
-    cli.wait_for("] step 1/", timeout_s=PROGRESS_WAIT_S)  # the worker group runs: find the victim outside the window
+    prefix = settled.checkpoint_prefix()
+    # 0.5 s a step keeps step 6 well after the hold, however late Ray forwards the step-1 line
+    cli = Cli(spec, tmp_path, s3, ANYTASKTUNE_MAX_FAILURES="1", ANYTASKTUNE_TEST_STEP_PAUSE_S="0.5")
+    cli.wait_for("] step 1/", timeout_s=PROGRESS_WAIT_S)  # the worker group trains: the controller's work to start it is done
     victim = min(_ray_train_workers(cli.proc.pid), key=lambda p: p.pid)
-    _wait_for_completion_marker(s3, settled.checkpoint_prefix(), every, cli)
-    victim.kill()
+    [controller] = _ray_processes(cli.proc.pid, "ray::TrainController")
+    controller.suspend()
+    try:
+        assert not _completion_marked(s3, prefix, every), "checkpoint 6 came before the hold: steps too fast for this test"
+        _wait_for_completion_marker(s3, prefix, every, cli)
+        time.sleep(5)  # two of the controller's 2 s polls: without the hold it would collect the report now
+        victim.kill()
+        victim.wait(timeout=60)
+    finally:
+        controller.resume()
     # Ray Train did not know of the checkpoint when the worker died (a dead worker's report is never collected)
-    assert _registered_checkpoints(s3, settled.checkpoint_prefix()) == 0
+    assert _registered_checkpoints(s3, prefix) == 0
     cli.wait_for(f"resumed from checkpoint at step {every}/{total} (complete in storage, not yet registered "
                  "by Ray Train)", timeout_s=PROGRESS_WAIT_S)
     # the rank-0 worker logs; it may be the survivor and step on until the group is stopped
