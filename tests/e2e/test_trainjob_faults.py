@@ -452,7 +452,9 @@ def test_a_worker_killed_before_ray_train_registered_its_checkpoint_resumes_ther
     cli = Cli(spec, tmp_path, s3, ANYTASKTUNE_MAX_FAILURES="1", ANYTASKTUNE_TEST_STEP_PAUSE_S="0.5")
     cli.wait_for("] step 1/", timeout_s=PROGRESS_WAIT_S)  # the worker group trains: the controller's work to start it is done
     victim = min(_ray_train_workers(cli.proc.pid), key=lambda p: p.pid)
-    [controller] = _ray_processes(cli.proc.pid, "ray::TrainController")
+    controllers = _ray_processes(cli.proc.pid, "ray::TrainController")
+    assert len(controllers) == 1, [c.cmdline() for c in controllers]
+    controller = controllers[0]
     controller.suspend()
     try:
         assert not _completion_marked(s3, prefix, every), "checkpoint 6 came before the hold: steps too fast for this test"
