@@ -1,6 +1,7 @@
 """The trainjob's DeepSpeed engine on one rank: at ZeRO-0 it skips DeepSpeed's gradient
 all-reduce (an average over one rank), and the weights it trains are those DeepSpeed's own
-reduction gives; ZeRO-2 keeps its reduction (it fills the optimizer's partitions). A loss
+reduction gives; ZeRO-2 keeps its reduction (it fills the optimizer's partitions). bf16 at
+ZeRO-1 runs DeepSpeed's BF16_Optimizer, and its checkpoint resumes exactly. A loss
 that goes nan or inf stops the loop before that step's checkpoint, and the driver fails the
 run as InvalidSpec without publishing."""
 
@@ -19,14 +20,14 @@ from anytasktune_trainjob.data import parse_record
 from anytasktune_trainjob.worker import worker_context
 
 
-def _spec(stage: int, **training: Any) -> TrainJobSpec:
+def _spec(stage: int, precision: str = "fp32", **training: Any) -> TrainJobSpec:
     return TrainJobSpec.model_validate({
         "taskFineTune": "t", "domain": "d", "subtask": "s", "instruction": "Classify", "taskType": "classification",
         "baseModel": {"uri": "s3://b/m/"}, "dataset": {"uri": "s3://b/d.jsonl"},
         "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "targetModules": ["q_proj", "v_proj"]},
         "training": {"maxSteps": 3, "microBatchSize": 2, "learningRate": 1e-2, "maxSeqLength": 64, "seed": 3,
                      "warmupRatio": 0.0, **training},
-        "deepspeed": {"zeroStage": stage, "precision": "fp32"},
+        "deepspeed": {"zeroStage": stage, "precision": precision},
         "evaluation": {"holdout": 0.15, "maxNewTokens": 2, "batchSize": 8, "maxSamples": 8},
         "dataContract": {"minSamples": 10, "maxTruncatedFraction": 1.0, "maxDuplicateFraction": 0.0},
         "storage": {"endpoint": "http://127.0.0.1:1", "region": "us-east-1", "addressingStyle": "path"},
@@ -64,9 +65,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory, chat_tokenizer: Any) -> 
 def _engine(spec: TrainJobSpec, model_dir: Path, tokenizer: Any) -> tuple[Any, Any, dict[str, Any]]:
     """(the LoRA model, the engine, the encoded records) for 12 sentiment records."""
     import tinymodel
-    import torch
 
-    lora = training.build_lora_model(spec, str(model_dir), torch.float32)
+    lora = training.build_lora_model(spec, str(model_dir), worker_context(spec, 0, 1, 0).dtype)
     turns = [parse_record(r, "taskfinetune", "Classify") for r in tinymodel.sentiment_records(12, seed=4)]
     encoded = [encoding.encode(tokenizer, t, 64) for t in turns]
     data = {"train_ids": [e.input_ids for e in encoded], "train_labels": [e.labels for e in encoded]}
@@ -107,6 +107,44 @@ def test_zero2_keeps_its_reduction(one_rank: None, model_dir: Path, chat_tokeniz
 
     lora = training.build_lora_model(_spec(2), str(model_dir), torch.float32)
     assert training.build_engine(lora.model, _spec(2), 1, 12).engine.enable_backward_allreduce is True
+
+
+def test_bf16_at_zero1_runs_the_bf16_optimizer_and_its_checkpoint_resumes_exactly(
+        one_rank: None, model_dir: Path, chat_tokenizer: Any, tmp_path: Path) -> None:
+    """Gradients accumulated in fp32 (`zero.py`) give DeepSpeed's BF16_Optimizer: fp32 master
+    weights the module's bf16 weights are copied from. Its checkpoint must carry them: 2 steps,
+    a checkpoint, a new engine restored from it and 1 more step train the same weights, to the
+    bit, as 3 steps without a stop (on the CPU, where bf16 runs too)."""
+    import torch
+
+    spec = _spec(1, "bf16")
+    ctx = worker_context(spec, 0, 1, 0)
+    pad = chat_tokenizer.pad_token_id
+
+    def trainable(model: Any) -> dict[str, Any]:
+        return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    lora, run, data = _engine(spec, model_dir, chat_tokenizer)
+    assert type(run.engine.optimizer).__name__ == "BF16_Optimizer"
+    assert {p.dtype for p in lora.model.parameters() if p.requires_grad} == {torch.bfloat16}
+    before = trainable(lora.model)
+    for step in range(3):
+        training.train_step(run, data, step, spec, ctx, pad)
+    straight = trainable(lora.model)
+
+    lora, run, data = _engine(spec, model_dir, chat_tokenizer)
+    for step in range(2):
+        training.train_step(run, data, step, spec, ctx, pad)
+    assert training.write_checkpoint(run.engine, tmp_path, training.TrainState(step=2), 0, "run")
+    lora, run, data = _engine(spec, model_dir, chat_tokenizer)
+    assert training.load_checkpoint(run.engine, tmp_path).step == 2
+    training.train_step(run, data, 2, spec, ctx, pad)
+    resumed = trainable(lora.model)
+
+    assert straight.keys() == resumed.keys() and straight
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    assert any(not torch.equal(straight[n], before[n]) for n in straight if "lora_B" in n)  # the steps trained
 
 
 @pytest.mark.parametrize("loss, expected", [

@@ -42,6 +42,22 @@ def test_deepspeed_config(stage: int, offload: bool, use_gpu: bool, precision: s
         training, world_size=2, use_gpu=use_gpu, total_steps=100)
 
 
+@pytest.mark.parametrize(("stage", "precision", "offload", "grad_accum"), [
+    (1, "bf16", False, "fp32"),  # DeepSpeed's BF16_Optimizer
+    (1, "bf16", True, None),  # offload keeps ZeRO's own optimizer
+    (0, "bf16", False, None),
+    (2, "bf16", False, None),
+    (3, "bf16", False, None),
+    (1, "fp32", False, None),
+    (1, "fp16", False, None),
+])
+def test_bf16_at_zero1_accumulates_gradients_in_fp32(stage: int, precision: str, offload: bool,
+                                                      grad_accum: str | None) -> None:
+    cfg = Z.build_deepspeed_config(DeepSpeedConfig(zeroStage=stage, offloadOptimizer=offload, precision=precision),
+                                   TrainingConfig(), world_size=1, use_gpu=True, total_steps=10)
+    assert cfg.get("data_types", {}).get("grad_accum_dtype") == grad_accum
+
+
 @pytest.mark.parametrize(("precision", "gpu", "resolved"),
                          [("auto", True, "bf16"), ("auto", False, "fp32"), ("fp16", False, "fp16")])
 def test_resolve_precision(precision: str, gpu: bool, resolved: str) -> None:
