@@ -149,6 +149,33 @@ def test_zero3_with_gradient_checkpointing_saves_gathered_adapter(ray_session: N
     assert tensors and all(t.numel() > 0 for t in tensors.values())  # gathered, not empty partitions
 
 
+def test_bf16_at_zero1_on_two_workers_checkpoints_and_publishes(ray_session: None, s3_server: Any, tiny_model_uri: str,
+                                                                 dataset_uri: str) -> None:
+    """The GPU's precision on the CPU: bf16 at ZeRO-1 takes DeepSpeed's BF16_Optimizer (fp32
+    gradients, `zero.py`), here with its fp32 state partitioned over two ranks, a checkpoint
+    from each, and the adapter gathered and published."""
+    import math
+
+    from safetensors.torch import load
+
+    from anytasktune_trainjob import run
+
+    spec = _settled(make_spec(model_uri=tiny_model_uri, dataset_uri=dataset_uri, endpoint=s3_server.endpoint,
+                              subtask="sentiment-z1-bf16", deepspeed={"zeroStage": 1, "precision": "bf16"},
+                              training={"maxSteps": 4, "checkpointEverySteps": 2}, evaluation={"maxSamples": 4}),
+                    s3_server)
+    result = run(spec, max_failures=0)
+    trained = result.manifest["training"]
+    assert (trained["zeroStage"], trained["precision"], trained["worldSize"]) == (1, "bf16", 2)
+    assert trained["deepspeedConfig"]["data_types"] == {"grad_accum_dtype": "fp32"}
+    assert math.isfinite(trained["finalLoss"])
+    checkpoints = _keys(s3_server.client(), spec.checkpoint_prefix())
+    assert any("bf16_zero_pp_rank_1" in key for key in checkpoints), checkpoints  # rank 1's part of the fp32 state
+    bucket, _, key = (result.run_prefix + "adapter_model.safetensors").removeprefix("s3://").partition("/")
+    tensors = load(s3_server.client().get_object(Bucket=bucket, Key=key)["Body"].read())
+    assert tensors and all(t.numel() > 0 for t in tensors.values())
+
+
 def _cli(spec: TrainJobSpec, tmp_path: Path, s3_server: Any) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "spec.json"
     path.write_text(spec.to_json(), encoding="utf-8")
