@@ -135,8 +135,6 @@ def test_adapter_reloads_with_peft(resumed_run: dict[str, Any], s3_server: Any, 
 
 def test_zero3_with_gradient_checkpointing_saves_gathered_adapter(ray_session: None, s3_server: Any, tiny_model_uri: str,
                                                  dataset_uri: str) -> None:
-    from safetensors.torch import load
-
     from anytasktune_trainjob import run
 
     spec = make_spec(model_uri=tiny_model_uri, dataset_uri=dataset_uri, endpoint=s3_server.endpoint,
@@ -144,8 +142,7 @@ def test_zero3_with_gradient_checkpointing_saves_gathered_adapter(ray_session: N
                      training={"maxSteps": 4, "checkpointEverySteps": 0, "gradientCheckpointing": True}, evaluation={"maxSamples": 4})
     result = run(spec, max_failures=0)
     assert result.manifest["training"]["zeroStage"] == 3
-    bucket, _, key = (result.run_prefix + "adapter_model.safetensors").removeprefix("s3://").partition("/")
-    tensors = load(s3_server.client().get_object(Bucket=bucket, Key=key)["Body"].read())
+    tensors = _published_adapter(result, s3_server)
     assert tensors and all(t.numel() > 0 for t in tensors.values())  # gathered, not empty partitions
 
 
@@ -155,8 +152,6 @@ def test_bf16_at_zero1_on_two_workers_checkpoints_and_publishes(ray_session: Non
     gradients, `zero.py`), here with its fp32 state partitioned over two ranks, a checkpoint
     from each, and the adapter gathered and published."""
     import math
-
-    from safetensors.torch import load
 
     from anytasktune_trainjob import run
 
@@ -171,9 +166,16 @@ def test_bf16_at_zero1_on_two_workers_checkpoints_and_publishes(ray_session: Non
     assert math.isfinite(trained["finalLoss"])
     checkpoints = _keys(s3_server.client(), spec.checkpoint_prefix())
     assert any("bf16_zero_pp_rank_1" in key for key in checkpoints), checkpoints  # rank 1's part of the fp32 state
-    bucket, _, key = (result.run_prefix + "adapter_model.safetensors").removeprefix("s3://").partition("/")
-    tensors = load(s3_server.client().get_object(Bucket=bucket, Key=key)["Body"].read())
+    tensors = _published_adapter(result, s3_server)
     assert tensors and all(t.numel() > 0 for t in tensors.values())
+
+
+def _published_adapter(result: Any, s3_server: Any) -> dict[str, Any]:
+    """The published adapter's tensors, read back from S3."""
+    from safetensors.torch import load
+
+    bucket, _, key = (result.run_prefix + "adapter_model.safetensors").removeprefix("s3://").partition("/")
+    return load(s3_server.client().get_object(Bucket=bucket, Key=key)["Body"].read())
 
 
 def _cli(spec: TrainJobSpec, tmp_path: Path, s3_server: Any) -> subprocess.CompletedProcess[str]:

@@ -83,7 +83,12 @@ def _trained(spec: TrainJobSpec, model_dir: Path, tokenizer: Any, *, ds_reductio
     ctx = worker_context(spec, 0, 1, 0)
     for step in range(3):
         training.train_step(run, data, step, spec, ctx, tokenizer.pad_token_id)
-    return built, {n: p.detach().clone() for n, p in lora.model.named_parameters() if p.requires_grad}
+    return built, _trainable_weights(lora.model)
+
+
+def _trainable_weights(model: Any) -> dict[str, Any]:
+    """A copy of the model's trained parameters, by name."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def test_zero0_on_one_rank_skips_the_reduction_and_trains_the_same_weights(one_rank: None, model_dir: Path,
@@ -120,17 +125,13 @@ def test_bf16_at_zero1_runs_the_bf16_optimizer_and_its_checkpoint_resumes_exactl
     spec = _spec(1, "bf16")
     ctx = worker_context(spec, 0, 1, 0)
     pad = chat_tokenizer.pad_token_id
-
-    def trainable(model: Any) -> dict[str, Any]:
-        return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
     lora, run, data = _engine(spec, model_dir, chat_tokenizer)
     assert type(run.engine.optimizer).__name__ == "BF16_Optimizer"
     assert {p.dtype for p in lora.model.parameters() if p.requires_grad} == {torch.bfloat16}
-    before = trainable(lora.model)
+    before = _trainable_weights(lora.model)
     for step in range(3):
         training.train_step(run, data, step, spec, ctx, pad)
-    straight = trainable(lora.model)
+    straight = _trainable_weights(lora.model)
 
     lora, run, data = _engine(spec, model_dir, chat_tokenizer)
     for step in range(2):
@@ -139,7 +140,7 @@ def test_bf16_at_zero1_runs_the_bf16_optimizer_and_its_checkpoint_resumes_exactl
     lora, run, data = _engine(spec, model_dir, chat_tokenizer)
     assert training.load_checkpoint(run.engine, tmp_path).step == 2
     training.train_step(run, data, 2, spec, ctx, pad)
-    resumed = trainable(lora.model)
+    resumed = _trainable_weights(lora.model)
 
     assert straight.keys() == resumed.keys() and straight
     for name in straight:
