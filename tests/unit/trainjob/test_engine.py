@@ -148,6 +148,45 @@ def test_bf16_at_zero1_runs_the_bf16_optimizer_and_its_checkpoint_resumes_exactl
     assert any(not torch.equal(straight[n], before[n]) for n in straight if "lora_B" in n)  # the steps trained
 
 
+def test_a_bf16_zero1_checkpoint_of_the_earlier_build_resumes_into_the_bf16_optimizer(
+        one_rank: None, model_dir: Path, chat_tokenizer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run checkpointed by the build before fp32 gradient accumulation (bf16 at ZeRO-1 then
+    ran DeepSpeed's ZeRO optimizer) and resumed after an upgrade: the run id is the same (the
+    trainjob's version did not change), so the new BF16_Optimizer must restore that checkpoint's
+    fp32 master weights and Adam state, to the bit, not start its optimizer again."""
+    import torch
+
+    spec = _spec(1, "bf16")
+    ctx = worker_context(spec, 0, 1, 0)
+    pad = chat_tokenizer.pad_token_id
+    this_build = training.build_deepspeed_config
+
+    def earlier_build(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        config = this_build(*args, **kwargs)
+        config.pop("data_types")  # all that commit 5cef9b8 added
+        return config
+
+    monkeypatch.setattr(training, "build_deepspeed_config", earlier_build)
+    _, run, data = _engine(spec, model_dir, chat_tokenizer)
+    assert type(run.engine.optimizer).__name__ == "DeepSpeedZeroOptimizer"
+    for step in range(2):
+        training.train_step(run, data, step, spec, ctx, pad)
+    assert training.write_checkpoint(run.engine, tmp_path, training.TrainState(step=2), 0, "run")
+    master = run.engine.optimizer.single_partition_of_fp32_groups[0].detach().clone()
+    adam = {k: torch.as_tensor(v).clone() for k, v in next(iter(run.engine.optimizer.optimizer.state.values())).items()}
+
+    monkeypatch.setattr(training, "build_deepspeed_config", this_build)
+    _, run, data = _engine(spec, model_dir, chat_tokenizer)
+    assert type(run.engine.optimizer).__name__ == "BF16_Optimizer"
+    assert training.load_checkpoint(run.engine, tmp_path).step == 2
+    assert torch.equal(run.engine.optimizer.fp32_groups_flat_partition[0], master)
+    restored = next(iter(run.engine.optimizer.optimizer.state.values()))
+    assert adam.keys() == restored.keys() >= {"step", "exp_avg", "exp_avg_sq"}
+    for key, value in adam.items():
+        assert torch.equal(torch.as_tensor(restored[key]), value), key
+    assert float(adam["exp_avg"].abs().sum()) > 0  # two steps' moments, not a fresh optimizer's zeros
+
+
 @pytest.mark.parametrize("loss, expected", [
     (2.5, None), (0.0, None),
     (math.nan, "training diverged at step 7: the loss is nan (learning rate 0.001)"),
