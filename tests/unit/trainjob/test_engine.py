@@ -176,7 +176,7 @@ def test_a_bf16_zero1_checkpoint_of_the_earlier_build_resumes_into_the_bf16_opti
     adam = {k: torch.as_tensor(v).clone() for k, v in next(iter(run.engine.optimizer.optimizer.state.values())).items()}
 
     monkeypatch.setattr(training, "build_deepspeed_config", this_build)
-    _, run, data = _engine(spec, model_dir, chat_tokenizer)
+    _, run, _ = _engine(spec, model_dir, chat_tokenizer)
     assert type(run.engine.optimizer).__name__ == "BF16_Optimizer"
     assert training.load_checkpoint(run.engine, tmp_path).step == 2
     assert torch.equal(run.engine.optimizer.fp32_groups_flat_partition[0], master)
