@@ -19,11 +19,11 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Any
 
 import pytest
 
+from anytasktune.attempt import parse_time
 from tests.cluster.conftest import Cluster
 from tests.cluster.harness import (
     REPO,
@@ -96,7 +96,9 @@ def written_by_the_create(entry_time: str, created: str) -> bool:
     """Stamped no later than creationTimestamp (to the second): the create, not a later update.
     The queued RayJob is held for HELD_S before any quota, so a write at admission would read
     well after it."""
-    return bool(datetime.fromisoformat(entry_time) <= datetime.fromisoformat(created))
+    entry, creation = parse_time(entry_time), parse_time(created)
+    assert entry and creation, (entry_time, created)
+    return entry <= creation
 
 
 def with_managed_fields(cluster: Cluster, rayjob: str, namespace: str) -> dict[str, Any]:
