@@ -10,7 +10,7 @@ wheel's RECORD, then next to the interpreter, then on PATH.
         s3.env()           # AWS_* variables for child processes (boto3, pyarrow)
         s3.client()        # a ready boto3 S3 client
 
-    s3.stop(keep_data=True, graceful=False); s3.start()   # an outage: same ports and objects after
+    s3.stop(keep_data=True); s3.start()   # an outage: same ports and objects after
 
 `iam_config` (SeaweedFS's advanced IAM document: `sts`, `providers`, `roles`,
 `policies`) turns on its STS (AssumeRoleWithWebIdentity at the S3 endpoint) for
@@ -100,7 +100,6 @@ class EmbeddedS3:
         self._ports: dict[str, tuple[int, int]] = {}  # chosen at the first start, kept for restarts
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: Any = None
-        self.stop_timeout_s = 5.0
 
     # --- public API -------------------------------------------------------------
     @property
@@ -201,25 +200,19 @@ class EmbeddedS3:
                     raise
         return self
 
-    def stop(self, *, keep_data: bool = False, graceful: bool = True) -> None:
-        """Stop the server: SIGINT, then SIGKILL after `stop_timeout_s` (weed keeps
-        serving while it shuts down); `graceful=False` kills it at once (an outage that
-        starts now; what it acknowledged is on disk). Its own temporary data folder is
-        removed unless `keep_data` (for a restart)."""
+    def stop(self, *, keep_data: bool = False) -> None:
+        """Stop the server: SIGKILL, at once. weed's own graceful stop waits 15 s on its
+        filer's internal gRPC streams and then forces the stop, and what it acknowledged
+        is already in the files it appended to: a kill loses nothing a graceful stop would
+        keep (so a stop is also how tests start an outage). Its own temporary data folder
+        is removed unless `keep_data` (for a restart)."""
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             try:
-                os.killpg(proc.pid, signal.SIGINT if graceful else signal.SIGKILL)
+                os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            try:
-                proc.wait(timeout=self.stop_timeout_s)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait(timeout=5)
+            proc.wait(timeout=5)
         if proc is not None:
             self._owner_file.unlink(missing_ok=True)
         if self._log_file is not None:
@@ -264,7 +257,7 @@ class EmbeddedS3:
         if setpriv is None or threading.current_thread() is not threading.main_thread():
             return []
         # KILL: weed takes ~15 s to stop on TERM, and what it acknowledged is on disk
-        # (as after `stop(graceful=False)`), so the folder is free for a rerun at once.
+        # (as after `stop`), so the folder is free for a rerun at once.
         return [setpriv, "--pdeathsig", "KILL", "--"]
 
     def _take_over_a_server_left_behind(self) -> None:
@@ -284,16 +277,13 @@ class EmbeddedS3:
             raise FolderInUse(self.data_dir, weed_pid, owner_pid)
         print(f"anytasktune: stopping the S3 server (weed pid {weed_pid}) left running on {self.data_dir} "
               f"by process {owner_pid or '?'}, which has ended", file=sys.stderr)
-        for sig, wait_s in ((signal.SIGINT, self.stop_timeout_s), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(weed_pid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + wait_s
-            while process_identity(weed_pid) == doc["weed"] and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if process_identity(weed_pid) != doc["weed"]:
-                break
+        try:
+            os.killpg(weed_pid, signal.SIGKILL)  # as `stop`: a kill loses nothing it acknowledged
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + 5.0
+        while process_identity(weed_pid) == doc["weed"] and time.monotonic() < deadline:
+            time.sleep(0.1)
         _remove_sockets(doc.get("ports") or [])
         self._owner_file.unlink(missing_ok=True)
 

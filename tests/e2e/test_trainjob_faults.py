@@ -166,7 +166,7 @@ def test_outages_during_dataset_download_and_checkpoint_upload_are_survived(runn
     spec = _spec(s3, "outages", scaling=ONE_WORKER)
     settled = _settled(s3, spec)
     data_key = "s3://anytasktune-faults/data/reviews.jsonl failed"  # its HEAD (run identity), then its GET
-    s3.stop(keep_data=True, graceful=False)
+    s3.stop(keep_data=True)
     cli = Cli(spec, tmp_path, s3, **PACED)  # the outage must come before the next checkpoint
     cli.wait_for(data_key, timeout_s=300)  # reading the dataset met the outage
     time.sleep(3)
@@ -176,7 +176,7 @@ def test_outages_during_dataset_download_and_checkpoint_upload_are_survived(runn
     data_recovery_s = time.monotonic() - first_back
 
     _wait_for_key(s3, settled.checkpoint_prefix(), "trainer_state.json", cli)
-    s3.stop(keep_data=True, graceful=False)  # the next checkpoint (5 steps on) meets this outage
+    s3.stop(keep_data=True)  # the next checkpoint (5 steps on) meets this outage
     # a retry line of the checkpoint's storage (the upload, or Ray Train's check of the
     # storage marker before it), not one of Ray's own lines naming the checkpoint
     checkpoint_retry = re.compile(r"\w+ s3://\S*/checkpoints/\S* failed \(")
@@ -250,7 +250,7 @@ def _stop_after_first_file(monkeypatch: pytest.MonkeyPatch, s3: Any, down_s: flo
         real(self, path, uri)
         if "stopped" not in times:
             times["stopped"] = time.monotonic()
-            s3.stop(keep_data=True, graceful=False)
+            s3.stop(keep_data=True)
             if down_s is not None:
                 def restart() -> None:
                     time.sleep(down_s)
@@ -319,7 +319,7 @@ def test_an_outage_longer_than_the_budget_fails_the_publication_and_leaves_no_ma
 def test_a_dataset_outage_longer_than_the_budget_exits_storage_unavailable(running: Any, tmp_path: Path) -> None:
     s3 = running
     spec = _spec(s3, "data-outage", scaling=ONE_WORKER)
-    s3.stop(keep_data=True, graceful=False)
+    s3.stop(keep_data=True)
     cli = Cli(spec, tmp_path, s3, ANYTASKTUNE_S3_RETRY_SECONDS="4")
     assert cli.wait(timeout_s=300) == 5, cli.output[-4000:]
     last = cli.output.strip().splitlines()[-1]
@@ -334,7 +334,7 @@ def test_a_checkpoint_outage_longer_than_the_budget_exits_storage_unavailable(ru
     settled = _settled(s3, spec)
     cli = Cli(spec, tmp_path, s3, ANYTASKTUNE_S3_RETRY_SECONDS="6", ANYTASKTUNE_MAX_FAILURES="0", **PACED)
     _wait_for_key(s3, settled.checkpoint_prefix(), "trainer_state.json", cli)
-    s3.stop(keep_data=True, graceful=False)
+    s3.stop(keep_data=True)
     assert cli.wait(timeout_s=PROGRESS_WAIT_S) == 5, cli.output[-4000:]
     assert cli.output.strip().splitlines()[-1].startswith(f"{FAILURE_MARKER} class=StorageUnavailable: ")
     s3.start()

@@ -350,7 +350,7 @@ def test_s3_outage_is_retried_with_backoff_shown_held_and_recovered(k: Kubectl, 
             run_id = jobs[f"unlucky-{name}-1"]["metadata"]["labels"]["anytasktune.io/run-id"]
             manifest = {"runId": run_id, "evaluation": {"base": {"f1": 0.2}, "adapter": {"f1": 0.7}, "lift": {"f1": 0.5}}}
             own.client().put_object(Bucket="adapters", Key=f"unlucky/{name}/{run_id}/manifest.json", Body=json.dumps(manifest).encode())
-        own.stop(keep_data=True, graceful=False)
+        own.stop(keep_data=True)
         held_before = held_reads(operator)
         for name in names:
             k.set_rayjob_status(ns, f"unlucky-{name}-1", **SUCCEEDED)

@@ -129,3 +129,23 @@ def test_datasets_check_names_the_run_that_holds_its_workdir(tmp_path: Path, mon
         assert main(["datasets", "check", str(pool)]) == 1
     err = capsys.readouterr().err
     assert f"is in use by another run (process {child.pid}" in err and "Traceback" not in err, err
+
+
+def test_a_stop_kills_weed_at_once_and_what_it_acknowledged_is_served_after_a_restart(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """weed's own graceful stop waits 15 s on its filer's internal gRPC streams ("graceful
+    stop timed out after 15s, forcing stop" in its log) and writes nothing a kill would lose:
+    each acknowledged object is already in the files it appended to. So a stop is a SIGKILL,
+    not a SIGINT and a wait that every `anytasktune run` and every test's server paid."""
+    import anytasktune.s3server as s3server
+
+    sent: list[int] = []
+    real_killpg = os.killpg
+    monkeypatch.setattr(s3server.os, "killpg", lambda pid, sig: (sent.append(sig), real_killpg(pid, sig))[1])
+    s3 = EmbeddedS3(tmp_path / "s3", secret_key="s" * 32, buckets=["kept-bucket"]).start()
+    body = os.urandom(70_000)
+    s3.client().put_object(Bucket="kept-bucket", Key="adapter/weights.bin", Body=body)
+    s3.stop(keep_data=True)
+    assert sent == [signal.SIGKILL]
+    with s3.start():
+        assert s3.client().get_object(Bucket="kept-bucket", Key="adapter/weights.bin")["Body"].read() == body
